@@ -1,0 +1,319 @@
+//! Job rows and their transitions. Every transition is one conditional UPDATE, so two workers
+//! (or a worker and a cancel) can never both win.
+
+use chrono::{DateTime, Utc};
+use jewelshot_domain::{JobId, JobStatus, NewEdit, Priority, UserId};
+
+use crate::{Db, DbError, Result};
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: JobId,
+    pub seq: i64,
+    pub user_id: UserId,
+    pub status: JobStatus,
+    pub priority: Priority,
+    pub prompt: String,
+    pub input_url: String,
+    pub webhook_url: Option<String>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub result_url: Option<String>,
+    pub worker_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
+    let text: String = row.get(col);
+    text.parse().map_err(|_| DbError::Corrupt(format!("{col} = {text:?}")))
+}
+
+pub(crate) fn job_from_row(row: &tokio_postgres::Row) -> Result<JobRow> {
+    Ok(JobRow {
+        id: parse(row, "id")?,
+        seq: row.get("seq"),
+        user_id: parse(row, "user_id")?,
+        status: parse(row, "status")?,
+        priority: parse(row, "priority")?,
+        prompt: row.get("prompt"),
+        input_url: row.get("input_url"),
+        webhook_url: row.get("webhook_url"),
+        run_at: row.get("run_at"),
+        attempts: row.get("attempts"),
+        max_attempts: row.get("max_attempts"),
+        error_code: row.get("error_code"),
+        error_message: row.get("error_message"),
+        result_url: row.get("result_url"),
+        worker_id: row.get("worker_id"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    })
+}
+
+fn jobs_from_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<JobRow>> {
+    rows.iter().map(job_from_row).collect()
+}
+
+/// Outcome of a cancel request.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    Canceled(Box<JobRow>),
+    NotFound,
+    /// The job exists but is past the point where it can be canceled.
+    NotCancelable(JobStatus),
+}
+
+/// Job counts by state, for `GET /api/queue` and `queue stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting and due.
+    pub queued: i64,
+    /// Waiting for their `run_at`.
+    pub scheduled: i64,
+    pub processing: i64,
+    pub complete: i64,
+    pub failed: i64,
+    pub canceled: i64,
+}
+
+impl Db {
+    /// Record a new job in `queued`.
+    pub async fn insert_job(&self, id: JobId, user: UserId, edit: &NewEdit, max_attempts: i32) -> Result<JobRow> {
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
+                &[
+                    &id.to_string(),
+                    &user.to_string(),
+                    &edit.priority.as_str(),
+                    &edit.prompt,
+                    &edit.image_url.as_str(),
+                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                    &edit.run_at,
+                    &max_attempts,
+                ],
+            )
+            .await?;
+        job_from_row(&row)
+    }
+
+    /// Remove a job that never reached the queue (the enqueue failed), so nothing half-written stays.
+    pub async fn delete_unqueued_job(&self, id: JobId) -> Result<()> {
+        self.conn()
+            .await?
+            .execute("DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND attempts = 0", &[&id.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Option<JobRow>> {
+        let row = self.conn().await?.query_opt("SELECT * FROM jobs WHERE id = $1", &[&id.to_string()]).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// A job, only if `user` owns it: another user's job is indistinguishable from none.
+    pub async fn job_for_user(&self, id: JobId, user: UserId) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt("SELECT * FROM jobs WHERE id = $1 AND user_id = $2", &[&id.to_string(), &user.to_string()])
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// `user`'s jobs, newest first, strictly older than `before` when given.
+    pub async fn list_jobs(
+        &self,
+        user: Option<UserId>,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT * FROM jobs
+                  WHERE ($1::text IS NULL OR user_id = $1)
+                    AND ($2::text IS NULL OR status = $2)
+                    AND ($3::text IS NULL OR id < $3)
+                  ORDER BY id DESC LIMIT $4",
+                &[
+                    &user.map(|u| u.to_string()),
+                    &status.map(|s| s.as_str()),
+                    &before.map(|b| b.to_string()),
+                    &limit,
+                ],
+            )
+            .await?;
+        jobs_from_rows(&rows)
+    }
+
+    /// 1-based place in line among due waiting jobs (1 = next to run); 0 when the job is not
+    /// waiting or not yet due. Dispatch is FIFO on `seq`, so this is the count of due waiting
+    /// jobs submitted no later than this one.
+    pub async fn queue_position(&self, job: &JobRow) -> Result<i64> {
+        if job.status != JobStatus::Queued || job.run_at.is_some_and(|t| t > Utc::now()) {
+            return Ok(0);
+        }
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM jobs
+                  WHERE status = 'queued' AND seq <= $1 AND (run_at IS NULL OR run_at <= now())",
+                &[&job.seq],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Count jobs by state.
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT status, (run_at IS NOT NULL AND run_at > now()) AS later, count(*)
+                   FROM jobs GROUP BY 1, 2",
+                &[],
+            )
+            .await?;
+        let mut c = QueueCounts::default();
+        for row in rows {
+            let status: String = row.get(0);
+            let later: bool = row.get(1);
+            let n: i64 = row.get(2);
+            match (status.as_str(), later) {
+                ("queued", true) => c.scheduled += n,
+                ("queued", false) => c.queued += n,
+                ("processing", _) => c.processing += n,
+                ("complete", _) => c.complete += n,
+                ("failed", _) => c.failed += n,
+                ("canceled", _) => c.canceled += n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Start an attempt: `queued`/`processing` → `processing`, attempts + 1. `None` when the job
+    /// is gone or final (canceled while waiting, finished by another worker).
+    pub async fn begin_attempt(&self, id: JobId, worker: &str) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET status = 'processing', attempts = attempts + 1, worker_id = $2,
+                        started_at = coalesce(started_at, now()), updated_at = now()
+                  WHERE id = $1 AND status IN ('queued', 'processing')
+                  RETURNING *",
+                &[&id.to_string(), &worker],
+            )
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Count one more attempt on a job already processing (an in-process retry).
+    pub async fn next_attempt(&self, id: JobId) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET attempts = attempts + 1, updated_at = now()
+                  WHERE id = $1 AND status = 'processing' RETURNING *",
+                &[&id.to_string()],
+            )
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Record the last error without ending the job (it will be retried).
+    pub async fn note_job_error(&self, id: JobId, code: &str, message: &str) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "UPDATE jobs SET error_code = $2, error_message = $3, updated_at = now()
+                  WHERE id = $1 AND status = 'processing'",
+                &[&id.to_string(), &code, &message],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// End a job as `failed`. `None` if it was already final.
+    pub async fn fail_job(&self, id: JobId, code: &str, message: &str) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET status = 'failed', error_code = $2, error_message = $3,
+                        finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND status IN ('queued', 'processing') RETURNING *",
+                &[&id.to_string(), &code, &message],
+            )
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// End a job as `complete` with its gallery URL. `None` if it was already final.
+    pub async fn complete_job(&self, id: JobId, result_url: &str) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET status = 'complete', result_url = $2, error_code = NULL, error_message = NULL,
+                        finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND status = 'processing' RETURNING *",
+                &[&id.to_string(), &result_url],
+            )
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Cancel `user`'s job if it is still waiting.
+    pub async fn cancel_queued(&self, id: JobId, user: UserId) -> Result<CancelOutcome> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET status = 'canceled', finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND user_id = $2 AND status = 'queued' RETURNING *",
+                &[&id.to_string(), &user.to_string()],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(CancelOutcome::Canceled(Box::new(job_from_row(&row)?)));
+        }
+        Ok(match self.job_for_user(id, user).await? {
+            None => CancelOutcome::NotFound,
+            Some(job) => CancelOutcome::NotCancelable(job.status),
+        })
+    }
+
+    /// Mean seconds a `generate-image` step took over the last hour.
+    pub async fn mean_generation_seconds(&self) -> Result<Option<f64>> {
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT avg(extract(epoch FROM finished_at - started_at))::float8 FROM job_steps
+                  WHERE step = 'generate-image' AND status = 'complete'
+                    AND finished_at > now() - interval '1 hour'",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}

@@ -1,0 +1,159 @@
+//! # jewelshot-db
+//!
+//! The Postgres record: a bounded deadpool pool, embedded migrations, and every SQL statement the
+//! system runs. Nothing outside this crate writes SQL.
+//!
+//! ## Layout
+//! - [`DbConfig`] / [`Db::connect`]: the pool (bounded by `max_connections`, every wait timed out).
+//! - [`Db::migrate`]: applies `migrations/` (refinery, embedded at build time).
+//! - [`users`]: users and API keys (keys stored as SHA-256 only).
+//! - [`jobs`]: job rows, queue position, status transitions.
+//! - [`steps`]: per-step outcome and output — what makes a retry skip finished work.
+//! - [`gallery`]: saved images.
+
+pub mod gallery;
+pub mod jobs;
+pub mod steps;
+pub mod users;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// Database settings (`JEWELSHOT_DATABASE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DbConfig {
+    /// libpq-style URL, e.g. `postgres://postgres@127.0.0.1:5432/jewelshot`.
+    pub url: String,
+    /// Most connections this process holds at once.
+    pub max_connections: usize,
+    /// Longest wait for a pooled connection or a new connection, in milliseconds.
+    pub timeout_ms: u64,
+    /// Longest a single statement may run, in milliseconds (server-side `statement_timeout`).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/jewelshot".into(),
+            max_connections: 16,
+            timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// What went wrong talking to Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("stored data is malformed: {0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    /// Stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "database-config",
+            Self::Pool(_) => "database-unavailable",
+            Self::Query(_) => "database-error",
+            Self::Migration(_) => "migration-failed",
+            Self::Corrupt(_) => "database-corrupt",
+        }
+    }
+
+    /// True for faults that may pass (connection lost, pool exhausted, serialization failure).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Query(e) => e.is_closed() || e.as_db_error().is_none() || e.code().is_some_and(|c| c.code().starts_with("40")),
+            _ => false,
+        }
+    }
+
+    /// True when Postgres could not be reached at all (answer 503, not 500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// A handle on the pool; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("status", &self.pool.status()).finish()
+    }
+}
+
+impl Db {
+    /// Build the pool. Connections are opened lazily; call [`Db::ping`] to check reachability.
+    pub fn connect(cfg: &DbConfig) -> Result<Self> {
+        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        pg.connect_timeout(timeout);
+        pg.options(format!("-c statement_timeout={}", cfg.statement_timeout_ms));
+        pg.application_name("jewelshot");
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(cfg.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
+            .build()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Apply pending migrations. Safe to run concurrently from several processes: refinery
+    /// runs them in one transaction per migration and records them in `refinery_schema_history`.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        // Serialise concurrent migrators (several workers starting at once).
+        client.execute("SELECT pg_advisory_lock(727274)", &[]).await?;
+        let report = embedded::migrations::runner().run_async(client).await;
+        client.execute("SELECT pg_advisory_unlock(727274)", &[]).await?;
+        Ok(report?.applied_migrations().iter().map(|m| m.to_string()).collect())
+    }
+
+    /// One round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        self.conn().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Pool occupancy, for metrics and `queue stats`.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.max_size)
+    }
+}

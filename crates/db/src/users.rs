@@ -1,0 +1,109 @@
+//! Users and API keys. A key is shown once at creation; only its SHA-256 is stored, so a
+//! database leak does not leak usable keys.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jewelshot_domain::UserId;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::{Db, DbError, Result};
+
+/// Every key starts with this, so leaked keys are easy to scan for.
+pub const KEY_PREFIX: &str = "jsk_";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub plan: String,
+    pub webhook_secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A freshly issued key: `key` is the only copy of the secret.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub id: String,
+    pub user_id: UserId,
+    pub key: String,
+}
+
+/// Hex SHA-256 of an API key, as stored.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+fn user_from_row(row: &tokio_postgres::Row) -> Result<User> {
+    let id: String = row.get("id");
+    Ok(User {
+        id: id.parse().map_err(|_| DbError::Corrupt(format!("user id {id}")))?,
+        email: row.get("email"),
+        plan: row.get("plan"),
+        webhook_secret: row.get("webhook_secret"),
+        created_at: row.get("created_at"),
+    })
+}
+
+impl Db {
+    /// Create a user with a fresh webhook signing secret.
+    pub async fn create_user(&self, email: &str, plan: &str) -> Result<User> {
+        let id = UserId::generate();
+        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<24>()));
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "INSERT INTO users (id, email, plan, webhook_secret) VALUES ($1, $2, $3, $4) RETURNING *",
+                &[&id.to_string(), &email, &plan, &secret],
+            )
+            .await?;
+        user_from_row(&row)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row = self.conn().await?.query_opt("SELECT * FROM users WHERE email = $1", &[&email]).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<User>> {
+        let row = self.conn().await?.query_opt("SELECT * FROM users WHERE id = $1", &[&id.to_string()]).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Issue an API key for `user`. The returned key is not recoverable later.
+    pub async fn create_api_key(&self, user: UserId, name: &str) -> Result<IssuedKey> {
+        let id = ulid::Ulid::generate().to_string();
+        let key = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO api_keys (id, user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &user.to_string(), &name, &prefix, &hash_key(&key)],
+            )
+            .await?;
+        Ok(IssuedKey { id, user_id: user, key })
+    }
+
+    /// The user a presented key belongs to, if the key is known and not revoked.
+    pub async fn user_by_api_key(&self, key: &str) -> Result<Option<User>> {
+        // A read only: the hot path (every poll) must not write.
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT u.* FROM api_keys k JOIN users u ON u.id = k.user_id
+                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                &[&hash_key(key)],
+            )
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+}

@@ -1,0 +1,136 @@
+//! Job and step states, and the codes a failed job reports.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stable wire and database spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownValue(other.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+/// A string that names no value of the enum it was parsed as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value `{0}`")]
+pub struct UnknownValue(pub String);
+
+string_enum!(
+    /// Where a job is in its life. `complete`, `failed` and `canceled` are final.
+    JobStatus {
+        Queued => "queued",
+        Processing => "processing",
+        Complete => "complete",
+        Failed => "failed",
+        Canceled => "canceled",
+    }
+);
+
+impl JobStatus {
+    /// A final state never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed | Self::Canceled)
+    }
+}
+
+string_enum!(
+    /// Dispatch priority requested on submit.
+    Priority {
+        Normal => "normal",
+        High => "high",
+    }
+);
+
+string_enum!(
+    /// The steps of an edit job, in the order they run.
+    StepName {
+        GenerateImage => "generate-image",
+        SaveToGallery => "save-to-gallery",
+        NotifyUser => "notify-user",
+    }
+);
+
+string_enum!(
+    /// Where one step is. A `complete` step is never run again.
+    StepStatus {
+        Pending => "pending",
+        Running => "running",
+        Complete => "complete",
+        Failed => "failed",
+    }
+);
+
+/// Stable codes a failed job reports in `error.code`.
+pub mod error_code {
+    /// fal refused the input (422): retrying cannot help.
+    pub const UPSTREAM_INVALID_INPUT: &str = "upstream-invalid-input";
+    /// Every fal key was refused (401/403).
+    pub const UPSTREAM_UNAUTHORIZED: &str = "upstream-unauthorized";
+    /// fal kept failing (5xx, timeouts, 429) until attempts ran out.
+    pub const UPSTREAM_UNAVAILABLE: &str = "upstream-unavailable";
+    /// fal answered something we could not use.
+    pub const UPSTREAM_BAD_RESPONSE: &str = "upstream-bad-response";
+    /// The generated image could not be fetched or stored.
+    pub const STORAGE_FAILED: &str = "storage-failed";
+    /// The job's worker died on every attempt.
+    pub const POISON_JOB: &str = "poison-job";
+    /// Something of ours failed repeatedly (database, queue).
+    pub const INTERNAL: &str = "internal-error";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for s in StepName::ALL {
+            assert_eq!(s.as_str().parse::<StepName>(), Ok(*s));
+        }
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>(), Ok(*s));
+        }
+        assert!("urgent".parse::<Priority>().is_err());
+        assert_eq!(
+            serde_json::to_string(&StepName::SaveToGallery).expect("serialize"),
+            "\"save-to-gallery\""
+        );
+    }
+
+    #[test]
+    fn final_states() {
+        assert!(JobStatus::Complete.is_final());
+        assert!(!JobStatus::Processing.is_final());
+    }
+}

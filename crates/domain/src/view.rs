@@ -1,0 +1,96 @@
+//! Response shapes, camelCase as the web client reads them. The webhook carries the same
+//! [`JobView`] a poll returns, so one type serves both.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::job::{JobStatus, Priority, StepName, StepStatus};
+
+/// A job as `GET /api/jobs/{jobId}` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// 1 = next to run; 0 once no longer waiting (or while scheduled for later).
+    pub queue_position: i64,
+    /// Estimated seconds until the job completes; absent when unknown.
+    pub eta_seconds: Option<i64>,
+    /// The saved gallery copy, once complete.
+    pub image_url: Option<String>,
+    pub error: Option<ErrorView>,
+    pub attempts: i32,
+    pub prompt: String,
+    pub priority: Priority,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub steps: Vec<StepView>,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub name: StepName,
+    pub status: StepStatus,
+    pub attempts: i32,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// `{"code", "message"}`: the body of every error and the reason a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+/// The 202 answer to a submit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmittedView {
+    pub job_id: String,
+    pub status: JobStatus,
+    pub queue_position: i64,
+    pub eta_seconds: Option<i64>,
+    pub status_url: String,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/queue`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueView {
+    pub queued: i64,
+    pub processing: i64,
+    /// Jobs waiting for their `run_at`.
+    pub scheduled: i64,
+    pub eta_seconds_for_new_job: Option<i64>,
+    pub upstream: UpstreamView,
+}
+
+/// What we know of the upstream (fal) capacity.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamView {
+    pub model: String,
+    /// Mean seconds a generation took over the last hour, if any completed.
+    pub mean_generation_seconds: Option<f64>,
+}
+
+/// The webhook body: `{"type": "job.completed"|"job.failed", "data": <JobView>}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: JobView,
+}

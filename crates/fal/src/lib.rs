@@ -1,0 +1,303 @@
+//! # jewelshot-fal
+//!
+//! A client for fal.ai's queue API (and for our emulator, which speaks the same protocol):
+//! submit → poll status → fetch result, and cancel. Every call has a timeout; every error says
+//! whether a retry can help.
+//!
+//! ## Layout
+//! - [`FalConfig`]: base URL, model, key, timeouts (`JEWELSHOT_FAL__*`, key from `FAL_KEY`).
+//! - [`FalClient`]: the four queue calls.
+//! - [`FalError`]: typed failures with `code()`, `is_retryable()` and `retry_after()`.
+
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// fal's public queue endpoint.
+pub const DEFAULT_QUEUE_URL: &str = "https://queue.fal.run";
+/// The image-edit model used by default.
+pub const DEFAULT_MODEL: &str = "fal-ai/flux-pro/kontext";
+
+/// A secret that never prints.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "<unset>" } else { "<redacted>" })
+    }
+}
+
+/// Upstream settings (`JEWELSHOT_FAL__*`; the key also from `FAL_KEY`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FalConfig {
+    pub queue_url: String,
+    pub model: String,
+    pub key: Secret,
+    /// Per HTTP call (connect + answer), in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How often to poll a request's status, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Give up on one generation after this long, in seconds (then cancel it and retry).
+    pub generation_timeout_secs: u64,
+}
+
+impl Default for FalConfig {
+    fn default() -> Self {
+        Self {
+            queue_url: DEFAULT_QUEUE_URL.into(),
+            model: DEFAULT_MODEL.into(),
+            key: Secret::default(),
+            request_timeout_ms: 15_000,
+            poll_interval_ms: 1_000,
+            generation_timeout_secs: 300,
+        }
+    }
+}
+
+/// The input of an image-edit model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EditInput {
+    pub image_url: String,
+    pub prompt: String,
+}
+
+/// What fal answers to a submit: where to look for the request from now on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueuedRequest {
+    pub request_id: String,
+    pub status_url: String,
+    pub response_url: String,
+    pub cancel_url: String,
+    #[serde(default)]
+    pub queue_position: Option<i64>,
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RequestState {
+    InQueue,
+    InProgress,
+    Completed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub status: RequestState,
+    #[serde(default)]
+    pub queue_position: Option<i64>,
+}
+
+/// One generated image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FalImage {
+    pub url: String,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// A finished request's output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EditOutput {
+    pub images: Vec<FalImage>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// How a cancel went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancelState {
+    CancellationRequested,
+    AlreadyCompleted,
+    NotFound,
+}
+
+/// A failed upstream call.
+#[derive(Debug, thiserror::Error)]
+pub enum FalError {
+    #[error("fal rejected the key ({status})")]
+    Unauthorized { status: u16 },
+    #[error("fal refused the input: {detail}")]
+    InvalidInput { detail: String },
+    #[error("fal rate limit reached")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("fal answered {status}: {detail}")]
+    Upstream { status: u16, detail: String, retry_after: Option<Duration> },
+    #[error("fal did not answer in time")]
+    Timeout,
+    #[error("could not reach fal: {0}")]
+    Network(String),
+    #[error("fal answered something unexpected: {0}")]
+    BadResponse(String),
+    #[error("the request was not found at fal")]
+    NotFound,
+}
+
+impl FalError {
+    /// Stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => "upstream-unauthorized",
+            Self::InvalidInput { .. } => "upstream-invalid-input",
+            Self::RateLimited { .. } => "upstream-rate-limited",
+            Self::Upstream { .. } => "upstream-error",
+            Self::Timeout => "upstream-timeout",
+            Self::Network(_) => "upstream-unreachable",
+            Self::BadResponse(_) => "upstream-bad-response",
+            Self::NotFound => "upstream-not-found",
+        }
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Timeout | Self::Network(_) => true,
+            Self::Upstream { status, .. } => *status >= 500 || *status == 408 || *status == 409,
+            Self::Unauthorized { .. } | Self::InvalidInput { .. } | Self::BadResponse(_) | Self::NotFound => false,
+        }
+    }
+
+    /// The wait fal asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } | Self::Upstream { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The queue API client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FalClient {
+    http: reqwest::Client,
+    cfg: FalConfig,
+}
+
+impl FalClient {
+    pub fn new(cfg: FalConfig) -> Result<Self, FalError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
+            .user_agent(concat!("jewelshot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FalError::Network(e.to_string()))?;
+        Ok(Self { http, cfg })
+    }
+
+    pub fn config(&self) -> &FalConfig {
+        &self.cfg
+    }
+
+    /// `POST {queue_url}/{model}`: enqueue a generation. This is the call fal bills.
+    pub async fn submit(&self, input: &EditInput) -> Result<QueuedRequest, FalError> {
+        let url = format!("{}/{}", self.cfg.queue_url.trim_end_matches('/'), self.cfg.model);
+        let resp = self.http.post(url).header("Authorization", self.auth()).json(input).send().await;
+        decode(resp).await
+    }
+
+    /// `GET {status_url}`.
+    pub async fn status(&self, req: &QueuedRequest) -> Result<StatusResponse, FalError> {
+        decode(self.http.get(&req.status_url).header("Authorization", self.auth()).send().await).await
+    }
+
+    /// `GET {response_url}`: the output of a completed request (or its failure).
+    pub async fn result(&self, req: &QueuedRequest) -> Result<EditOutput, FalError> {
+        decode(self.http.get(&req.response_url).header("Authorization", self.auth()).send().await).await
+    }
+
+    /// `PUT {cancel_url}`.
+    pub async fn cancel(&self, req: &QueuedRequest) -> Result<CancelState, FalError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            status: CancelState,
+        }
+        let a: Answer = decode(self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await).await?;
+        Ok(a.status)
+    }
+
+    fn auth(&self) -> String {
+        format!("Key {}", self.cfg.key.0)
+    }
+}
+
+fn map_transport(e: reqwest::Error) -> FalError {
+    if e.is_timeout() {
+        FalError::Timeout
+    } else {
+        FalError::Network(e.to_string())
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+/// Turn an answer into `T` or a typed error; reads at most what `reqwest`'s timeout allows.
+async fn decode<T: serde::de::DeserializeOwned>(resp: Result<reqwest::Response, reqwest::Error>) -> Result<T, FalError> {
+    let resp = resp.map_err(map_transport)?;
+    let status = resp.status().as_u16();
+    let wait = retry_after(resp.headers());
+    let body = resp.bytes().await.map_err(map_transport)?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&body).map_err(|e| FalError::BadResponse(e.to_string()));
+    }
+    let detail = detail_of(&body);
+    Err(match status {
+        401 | 403 => FalError::Unauthorized { status },
+        404 => FalError::NotFound,
+        400 | 422 => FalError::InvalidInput { detail },
+        429 => FalError::RateLimited { retry_after: wait },
+        _ => FalError::Upstream { status, detail, retry_after: wait },
+    })
+}
+
+fn detail_of(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => match v.get("detail") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => v.to_string(),
+        },
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    text.chars().take(500).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        assert!(!FalError::InvalidInput { detail: String::new() }.is_retryable());
+        assert!(!FalError::Unauthorized { status: 401 }.is_retryable());
+        assert!(FalError::RateLimited { retry_after: None }.is_retryable());
+        assert!(FalError::Upstream { status: 503, detail: String::new(), retry_after: None }.is_retryable());
+        assert!(!FalError::Upstream { status: 418, detail: String::new(), retry_after: None }.is_retryable());
+        assert_eq!(FalError::InvalidInput { detail: String::new() }.code(), "upstream-invalid-input");
+    }
+
+    #[test]
+    fn reads_detail_and_retry_after() {
+        assert_eq!(detail_of(br#"{"detail":"bad prompt"}"#), "bad prompt");
+        assert_eq!(detail_of(b"plain"), "plain");
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_static("2.5"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let c = FalConfig { key: Secret("abc".into()), ..Default::default() };
+        assert!(!format!("{c:?}").contains("abc"));
+    }
+}
