@@ -1,1 +1,21 @@
-//! placeholder
+//! # fal-emulator
+//!
+//! A stand-in for fal.ai's queue API, for the demo, tests and load tests. It speaks fal's real
+//! queue protocol (so fal's official clients work against it), enforces fal's per-key limits
+//! (requests per minute, requests in progress at once) either by refusing with 429 or by
+//! queueing, takes a configurable time per request, injects failures, and returns a real edited
+//! image that it serves itself.
+//!
+//! ## Layout
+//! - [`EmulatorConfig`]: the command-line flags.
+//! - `state`: requests, per-key limits and counters (`GET /__stats`).
+//! - `edit`: the deterministic "edit" (auto-levels and a warm tint).
+//! - `http`: the routes; [`run`] serves them on a bound listener until shutdown.
+
+mod edit;
+mod http;
+mod state;
+
+pub use edit::edit_image;
+pub use http::run;
+pub use state::{EmulatorConfig, Mode};

@@ -213,14 +213,20 @@ impl FalClient {
         decode(self.http.get(&req.response_url).header("Authorization", self.auth()).send().await).await
     }
 
-    /// `PUT {cancel_url}`.
+    /// `PUT {cancel_url}`. fal answers 202/400/404 with a `status` body; all three are answers.
     pub async fn cancel(&self, req: &QueuedRequest) -> Result<CancelState, FalError> {
         #[derive(Deserialize)]
         struct Answer {
             status: CancelState,
         }
-        let a: Answer = decode(self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await).await?;
-        Ok(a.status)
+        let resp = self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await.map_err(map_transport)?;
+        let status = resp.status().as_u16();
+        let wait = retry_after(resp.headers());
+        let body = resp.bytes().await.map_err(map_transport)?;
+        match serde_json::from_slice::<Answer>(&body) {
+            Ok(a) => Ok(a.status),
+            Err(_) => Err(error_for(status, wait, &body)),
+        }
     }
 
     fn auth(&self) -> String {
@@ -250,14 +256,18 @@ async fn decode<T: serde::de::DeserializeOwned>(resp: Result<reqwest::Response, 
     if (200..300).contains(&status) {
         return serde_json::from_slice(&body).map_err(|e| FalError::BadResponse(e.to_string()));
     }
-    let detail = detail_of(&body);
-    Err(match status {
+    Err(error_for(status, wait, &body))
+}
+
+fn error_for(status: u16, wait: Option<Duration>, body: &[u8]) -> FalError {
+    let detail = detail_of(body);
+    match status {
         401 | 403 => FalError::Unauthorized { status },
         404 => FalError::NotFound,
         400 | 422 => FalError::InvalidInput { detail },
         429 => FalError::RateLimited { retry_after: wait },
         _ => FalError::Upstream { status, detail, retry_after: wait },
-    })
+    }
 }
 
 fn detail_of(body: &[u8]) -> String {

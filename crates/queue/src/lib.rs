@@ -1,1 +1,164 @@
-//! placeholder
+//! # jewelshot-queue
+//!
+//! The work queue shared by the gateway (which pushes) and the workers (which pull): apalis on
+//! Redis, one task per job, the task id equal to the job id. Tasks carry ids only — Postgres
+//! holds the job's truth.
+//!
+//! ## Layout
+//! - [`QueueConfig`]: Redis URL and queue name (`JEWELSHOT_QUEUE__*`); the name prefixes every
+//!   Redis key, which is how tests isolate themselves.
+//! - [`EditTask`]: the task payload.
+//! - [`Queue`]: push a job (now or at `run_at`) and read queue depths.
+
+use std::time::Duration;
+
+use apalis_core::{
+    backend::TaskSink,
+    task::{builder::TaskBuilder, task_id::TaskId},
+};
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use chrono::{DateTime, Utc};
+use jewelshot_domain::JobId;
+use serde::{Deserialize, Serialize};
+
+/// The payload of a queue task: which job to run. Nothing else — the job row has the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditTask {
+    pub job_id: JobId,
+}
+
+/// `JEWELSHOT_QUEUE__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    pub redis_url: String,
+    /// Prefix of every Redis key of the queue.
+    pub name: String,
+    /// Longest wait for one Redis command, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { redis_url: "redis://127.0.0.1:6379".into(), name: "jewelshot:edits".into(), timeout_ms: 3_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue push failed: {0}")]
+    Push(String),
+    #[error("queue did not answer in time")]
+    Timeout,
+}
+
+impl QueueError {
+    pub fn code(&self) -> &'static str {
+        "queue-unavailable"
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// Queue depths as Redis sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueDepths {
+    /// Ready to be fetched.
+    pub active: u64,
+    /// Waiting for their time (delayed pushes, retries).
+    pub scheduled: u64,
+    /// Fetched by a worker and not yet acknowledged.
+    pub inflight: u64,
+}
+
+/// A handle for pushing jobs; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    storage: RedisStorage<EditTask>,
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.storage.get_config().queue.as_ref()).finish()
+    }
+}
+
+/// The apalis backend configuration used by both sides, so keys agree.
+pub fn apalis_config(cfg: &QueueConfig) -> Config {
+    Config::default().queue(&cfg.name)
+}
+
+/// Open a Redis connection manager (it reconnects by itself) with command timeouts.
+pub async fn connect(cfg: &QueueConfig) -> Result<ConnectionManager, QueueError> {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2);
+    tokio::time::timeout(timeout, client.get_connection_manager_with_config(mgr_cfg))
+        .await
+        .map_err(|_| QueueError::Timeout)?
+        .map_err(QueueError::from)
+}
+
+impl Queue {
+    pub async fn connect(cfg: &QueueConfig) -> Result<Self, QueueError> {
+        let conn = connect(cfg).await?;
+        let storage = RedisStorage::new(conn.clone()).with_config(apalis_config(cfg));
+        Ok(Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms) })
+    }
+
+    /// Push `job` to run now, or at `run_at`.
+    pub async fn push(&self, job: JobId, run_at: Option<DateTime<Utc>>) -> Result<(), QueueError> {
+        let mut builder = TaskBuilder::new(EditTask { job_id: job }).task_id(TaskId::from_ulid(job.0));
+        if let Some(at) = run_at {
+            builder = builder.run_at_timestamp(at.timestamp().max(0) as u64);
+        }
+        let mut storage = self.storage.clone();
+        tokio::time::timeout(self.timeout, storage.push_task(builder.build()))
+            .await
+            .map_err(|_| QueueError::Timeout)?
+            .map_err(|e| QueueError::Push(e.to_string()))
+    }
+
+    /// PING, for readiness checks.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        Ok(())
+    }
+
+    /// Depths of the queue's Redis structures.
+    pub async fn depths(&self) -> Result<QueueDepths, QueueError> {
+        let cfg = self.storage.get_config();
+        let mut conn = self.conn.clone();
+        let workers: Vec<String> = redis::cmd("ZRANGE").arg(cfg.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(cfg.active_jobs_list()).cmd("ZCARD").arg(cfg.scheduled_jobs_set());
+        for w in &workers {
+            pipe.cmd("SCARD").arg(w);
+        }
+        let counts: Vec<u64> = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        Ok(QueueDepths {
+            active: counts.first().copied().unwrap_or(0),
+            scheduled: counts.get(1).copied().unwrap_or(0),
+            inflight: counts.iter().skip(2).sum(),
+        })
+    }
+
+    /// The Redis connection (shared, auto-reconnecting).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}

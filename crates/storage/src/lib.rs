@@ -1,1 +1,153 @@
-//! placeholder
+//! # jewelshot-storage
+//!
+//! Where images live. One [`ObjectStore`] trait, shaped for object storage (keys, content types,
+//! public or signed URLs), with a local-filesystem backend as the default; the S3 backend
+//! (issue B) implements the same trait.
+//!
+//! ## Layout
+//! - [`ObjectKey`]: a validated relative key (`jobs/<user>/<job>.jpg`); no `..`, no absolute paths.
+//! - [`ObjectStore`]: put/get/delete/exists/url/health.
+//! - [`local::LocalFs`]: files under a root directory, written atomically (temp file + rename).
+//! - [`StorageConfig`] / [`open`]: builds the configured backend.
+
+pub mod local;
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A validated object key: ASCII letters, digits, `._-/`, no empty or dot segments.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn new(key: impl Into<String>) -> Result<Self, StorageError> {
+        let key = key.into();
+        let ok_chars = key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        let ok_segments = key.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+        if key.is_empty() || key.len() > 512 || !ok_chars || !ok_segments {
+            return Err(StorageError::InvalidKey(key));
+        }
+        Ok(Self(key))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An object read back.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub body: Bytes,
+    pub content_type: String,
+}
+
+/// What a put stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: ObjectKey,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid object key `{0}`")]
+    InvalidKey(String),
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidKey(_) => "invalid-object-key",
+            Self::Io(_) | Self::Backend(_) => "storage-unavailable",
+            Self::Config(_) => "storage-config",
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Backend(_))
+    }
+}
+
+/// An object store. Implementations must make `put` atomic: a reader sees the old object, the
+/// new one, or none — never a partial write.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<StoredObject, StorageError>;
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Object>, StorageError>;
+    async fn exists(&self, key: &ObjectKey) -> Result<bool, StorageError>;
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+    /// A URL a client can fetch the object from (public base, or a signed URL for S3).
+    async fn url(&self, key: &ObjectKey) -> Result<String, StorageError>;
+    /// Cheap reachability check for `/readyz`.
+    async fn health(&self) -> Result<(), StorageError>;
+}
+
+/// Storage settings (`JEWELSHOT_STORAGE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// `local` (default). `s3` arrives with issue B.
+    pub backend: String,
+    pub local: local::LocalConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { backend: "local".into(), local: local::LocalConfig::default() }
+    }
+}
+
+/// Build the configured store.
+pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    match cfg.backend.as_str() {
+        "local" => Ok(Arc::new(local::LocalFs::new(&cfg.local)?)),
+        other => Err(StorageError::Config(format!("unknown storage backend `{other}` (expected `local`)"))),
+    }
+}
+
+/// The content type for a key's extension (for stores that keep none).
+pub fn content_type_for(key: &ObjectKey) -> &'static str {
+    match key.as_str().rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The key a job's gallery image is stored under: derived from ids only, so a repeated save
+/// overwrites the same object instead of adding one.
+pub fn job_result_key(user: &str, job: &str, ext: &str) -> Result<ObjectKey, StorageError> {
+    ObjectKey::new(format!("results/{user}/{job}.{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        assert!(ObjectKey::new("results/u/j.jpg").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "a/./b", "sp ace", "a\\b", "ü"] {
+            assert!(ObjectKey::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}
