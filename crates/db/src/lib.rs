@@ -15,6 +15,7 @@ pub mod gallery;
 pub mod jobs;
 pub mod steps;
 pub mod users;
+mod views;
 
 use std::time::Duration;
 

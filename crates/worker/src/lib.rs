@@ -1,1 +1,106 @@
-//! placeholder
+//! # jewelshot-worker
+//!
+//! Runs edit jobs from the queue. Scale by running more processes (each with its own id);
+//! within a process, `concurrency` jobs run at once.
+//!
+//! ## Layout
+//! - [`config`]: `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
+//! - [`pipeline`]: one job as three recorded, resumable steps.
+//! - [`webhook`]: signed, SSRF-guarded webhook delivery.
+//! - [`backoff`]: retry delays.
+//! - [`run`]: wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
+
+pub mod backoff;
+pub mod config;
+pub mod pipeline;
+pub mod webhook;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, ParallelizeExt, WorkerBuilder, WorkerBuilderExt};
+use apalis_redis::RedisStorage;
+use jewelshot_db::Db;
+use jewelshot_fal::FalClient;
+use jewelshot_queue::EditTask;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::Config;
+use pipeline::Ctx;
+
+/// A name unique to this process, for apalis (which requires it) and for the job row.
+fn worker_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}-{}-{}", std::process::id(), &ulid::Ulid::generate().to_string()[20..])
+}
+
+async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let span = tracing::info_span!("job", job_id = %task.job_id);
+    pipeline::run_job(&ctx, task.job_id).instrument(span).await.map_err(|e| {
+        tracing::warn!(error = %e, "handing the job back to the queue");
+        e.into()
+    })
+}
+
+/// Run until `shutdown` resolves, then stop taking jobs and give in-flight ones the grace period.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let db = Db::connect(&cfg.database)?;
+    db.ping().await?;
+    let store = jewelshot_storage::open(&cfg.storage)?;
+    let s = &cfg.worker;
+    let name = worker_name(&s.id);
+    let token = CancellationToken::new();
+    let ctx = Arc::new(Ctx {
+        db,
+        fal: FalClient::new(cfg.fal.clone())?,
+        store,
+        webhooks: webhook::WebhookSender::new(cfg.webhook.clone())?,
+        settings: s.clone(),
+        worker_id: name.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(s.download_timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .build()?,
+        shutdown: token.clone(),
+    });
+    let conn = jewelshot_queue::connect(&cfg.queue).await?;
+    // lock_tasks off: per-task leases scan the active list (slow with a backlog); the worker's
+    // in-flight set plus heartbeats already recover a dead worker's tasks.
+    let backend_cfg = jewelshot_queue::apalis_config(&cfg.queue)
+        .batch_size(s.concurrency)
+        .heartbeat_interval(Duration::from_secs(s.heartbeat_secs))
+        .missed_heartbeats(s.missed_heartbeats)
+        .lock_tasks(false)
+        .emit_events(false);
+    let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
+    let (concurrency, poll) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
+    tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
+
+    let monitor = Monitor::new()
+        .register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(storage.clone().poll_with_interval(poll))
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .data(ctx.clone())
+                .build(handle)
+        })
+        .should_restart(|w, err| {
+            tracing::warn!(worker = %w.name(), error = %err, "worker stopped; restarting");
+            true
+        })
+        .shutdown_timeout(Duration::from_secs(s.shutdown_grace_secs));
+    monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: finishing in-flight jobs");
+            token.cancel();
+            Ok(())
+        })
+        .await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

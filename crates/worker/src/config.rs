@@ -1,0 +1,111 @@
+//! Worker configuration: one struct per concern, loaded from `JEWELSHOT_*` (nested with `__`).
+
+use figment::{
+    providers::{Env, Serialized},
+    Figment,
+};
+use jewelshot_db::DbConfig;
+use jewelshot_fal::{FalConfig, Secret};
+use jewelshot_queue::QueueConfig;
+use jewelshot_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `jewelshot-worker` reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub database: DbConfig,
+    pub queue: QueueConfig,
+    pub fal: FalConfig,
+    pub storage: StorageConfig,
+    pub worker: WorkerSettings,
+    pub webhook: WebhookConfig,
+}
+
+/// `JEWELSHOT_WORKER__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Unique name of this worker process; generated when empty.
+    pub id: String,
+    /// Jobs run at once by this process (also the fetch batch size, so one worker does not hoard).
+    pub concurrency: usize,
+    /// How often an idle worker looks for new tasks, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Liveness heartbeat, in seconds; a worker silent for `heartbeat_secs * missed_heartbeats`
+    /// is presumed dead and its tasks are handed to others.
+    pub heartbeat_secs: u64,
+    pub missed_heartbeats: usize,
+    /// First retry delay, in milliseconds; doubles per attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Longest download of a generated image, in seconds.
+    pub download_timeout_secs: u64,
+    /// Largest generated image accepted, in bytes.
+    pub max_result_bytes: u64,
+    /// On SIGTERM, how long in-flight jobs get to finish, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            concurrency: 4,
+            poll_interval_ms: 250,
+            heartbeat_secs: 10,
+            missed_heartbeats: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            download_timeout_secs: 60,
+            max_result_bytes: 50 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `JEWELSHOT_WEBHOOK__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    /// Development only: allow `http://` and loopback targets. Never enable in production.
+    pub allow_insecure: bool,
+    /// Per delivery attempt, in milliseconds.
+    pub timeout_ms: u64,
+    /// Delivery attempts before giving up (the job stays complete).
+    pub max_attempts: u32,
+    /// First redelivery delay, in milliseconds; doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self { allow_insecure: false, timeout_ms: 10_000, max_attempts: 6, backoff_base_ms: 2_000 }
+    }
+}
+
+impl Config {
+    /// Defaults, then `JEWELSHOT_*` variables; `FAL_KEY` fills the fal key when unset.
+    pub fn load() -> anyhow::Result<Self> {
+        let mut cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Env::prefixed("JEWELSHOT_").split("__"))
+            .extract()?;
+        if cfg.fal.key.0.is_empty() {
+            if let Ok(k) = std::env::var("FAL_KEY") {
+                cfg.fal.key = Secret(k);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks, at start-up rather than at the first job.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.worker.concurrency > 0, "JEWELSHOT_WORKER__CONCURRENCY must be at least 1");
+        anyhow::ensure!(self.worker.heartbeat_secs > 0, "JEWELSHOT_WORKER__HEARTBEAT_SECS must be at least 1");
+        anyhow::ensure!(!self.fal.key.0.is_empty(), "no fal key: set FAL_KEY (or JEWELSHOT_FAL__KEY)");
+        anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
+        Ok(())
+    }
+}

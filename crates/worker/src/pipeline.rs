@@ -1,0 +1,391 @@
+//! One job, as three steps: `generate-image` → `save-to-gallery` → `notify-user`.
+//!
+//! Every step records its outcome in Postgres. A step marked complete is never run again (its
+//! output is reused), and `generate-image` checkpoints fal's request id right after submitting,
+//! so a retry or another worker resumes polling the same fal request instead of paying again.
+//! Attempts are counted in the job row and capped by the job's `max_attempts`.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use jewelshot_db::{gallery::NewGalleryImage, jobs::JobRow, Db, DbError};
+use jewelshot_domain::{job::error_code, view::WebhookEvent, JobId, JobStatus, StepName, StepStatus};
+use jewelshot_fal::{EditInput, FalClient, FalError, FalImage, QueuedRequest, RequestState};
+use jewelshot_storage::{job_result_key, ObjectStore, StorageError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{backoff::backoff, config::WorkerSettings, webhook::WebhookSender};
+
+/// Everything a job needs; shared by all of a worker's tasks.
+#[derive(Debug)]
+pub struct Ctx {
+    pub db: Db,
+    pub fal: FalClient,
+    pub store: Arc<dyn ObjectStore>,
+    pub webhooks: WebhookSender,
+    pub settings: WorkerSettings,
+    pub worker_id: String,
+    /// Downloads generated images.
+    pub http: reqwest::Client,
+    /// Cancelled on SIGTERM: waiting retries hand their job back at once.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a job goes back to the queue instead of finishing here.
+#[derive(Debug, thiserror::Error)]
+pub enum HandBack {
+    #[error("database unavailable: {0}")]
+    Db(#[from] DbError),
+    #[error("worker shutting down")]
+    Shutdown,
+}
+
+/// How a step failed.
+#[derive(Debug)]
+enum StepFailure {
+    /// Retrying cannot help: the job fails now.
+    Fatal { code: &'static str, message: String },
+    /// May pass: retry the job (resuming after its last finished step).
+    Retry { code: &'static str, message: String, retry_after: Option<Duration> },
+}
+
+impl From<FalError> for StepFailure {
+    fn from(e: FalError) -> Self {
+        let message = e.to_string();
+        match e {
+            FalError::InvalidInput { .. } => Self::Fatal { code: error_code::UPSTREAM_INVALID_INPUT, message },
+            FalError::Unauthorized { .. } => Self::Fatal { code: error_code::UPSTREAM_UNAUTHORIZED, message },
+            FalError::BadResponse(_) => Self::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message },
+            other => Self::Retry { code: error_code::UPSTREAM_UNAVAILABLE, message, retry_after: other.retry_after() },
+        }
+    }
+}
+
+impl From<DbError> for StepFailure {
+    fn from(e: DbError) -> Self {
+        Self::Retry { code: error_code::INTERNAL, message: e.to_string(), retry_after: None }
+    }
+}
+
+impl From<StorageError> for StepFailure {
+    fn from(e: StorageError) -> Self {
+        Self::Retry { code: error_code::STORAGE_FAILED, message: e.to_string(), retry_after: None }
+    }
+}
+
+/// What `generate-image` produced (stored as its output).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generated {
+    pub request_id: String,
+    pub image: FalImage,
+}
+
+/// While `generate-image` runs: the fal request to resume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    request: QueuedRequest,
+}
+
+/// What `save-to-gallery` produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub key: String,
+    pub url: String,
+    pub bytes: u64,
+    pub content_type: String,
+}
+
+/// Run one delivery of a job's task. `Ok` means the queue task is done (the job finished, failed,
+/// or was already final); `Err` hands the task back to the queue.
+pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
+    let Some(mut job) = ctx.db.begin_attempt(job_id, &ctx.worker_id).await? else {
+        // Gone or final. A final job may still owe its notification if its worker died between
+        // finishing the job and notifying.
+        if let Some(job) = ctx.db.job(job_id).await? {
+            if matches!(job.status, JobStatus::Complete | JobStatus::Failed) {
+                notify(ctx, &job).await?;
+            }
+        }
+        return Ok(());
+    };
+    if job.attempts > job.max_attempts {
+        // Our own retries stop at the maximum, so only re-deliveries after a dead worker get here.
+        let msg = format!("the job's worker stopped during each of {} attempts", job.max_attempts);
+        return end_failed(ctx, &job, error_code::POISON_JOB, &msg).await;
+    }
+    loop {
+        tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
+        match run_steps(ctx, &job).await {
+            Ok(()) => return Ok(()),
+            Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message).await,
+            Err(StepFailure::Retry { code, message, retry_after }) => {
+                tracing::warn!(attempt = job.attempts, code, %message, "job attempt failed");
+                ctx.db.note_job_error(job.id, code, &message).await?;
+                if job.attempts >= job.max_attempts {
+                    let msg = format!("gave up after {} attempts: {message}", job.attempts);
+                    return end_failed(ctx, &job, code, &msg).await;
+                }
+                let s = &ctx.settings;
+                let delay = backoff(job.attempts.max(1) as u32, s.backoff_base_ms, s.backoff_max_ms, retry_after);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.shutdown.cancelled() => return Err(HandBack::Shutdown),
+                }
+                match ctx.db.next_attempt(job.id).await? {
+                    Some(next) => job = next,
+                    None => return Ok(()), // canceled or finished meanwhile
+                }
+            }
+        }
+    }
+}
+
+async fn run_steps(ctx: &Ctx, job: &JobRow) -> Result<(), StepFailure> {
+    let generated = generate_image(ctx, job).await?;
+    let saved = save_to_gallery(ctx, job, &generated).await?;
+    let Some(done) = ctx.db.complete_job(job.id, &saved.url).await? else {
+        return Ok(()); // canceled meanwhile: nothing to announce
+    };
+    notify(ctx, &done).await?;
+    Ok(())
+}
+
+/// Record a step failure, then pass it on.
+async fn failed_step<T>(ctx: &Ctx, job: JobId, step: StepName, f: StepFailure) -> Result<T, StepFailure> {
+    let msg = match &f {
+        StepFailure::Fatal { message, .. } | StepFailure::Retry { message, .. } => message.clone(),
+    };
+    ctx.db.fail_step(job, step, &msg).await?;
+    Err(f)
+}
+
+fn output_of<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Result<T, StepFailure> {
+    serde_json::from_value(v.unwrap_or_default())
+        .map_err(|e| StepFailure::Fatal { code: error_code::INTERNAL, message: format!("stored step output unreadable: {e}") })
+}
+
+#[tracing::instrument(skip_all, fields(step = "generate-image"))]
+async fn generate_image(ctx: &Ctx, job: &JobRow) -> Result<Generated, StepFailure> {
+    const STEP: StepName = StepName::GenerateImage;
+    let rec = ctx.db.start_step(job.id, STEP).await?;
+    if rec.status == StepStatus::Complete {
+        return output_of(rec.output);
+    }
+    let resumed = rec.output.and_then(|o| serde_json::from_value::<Checkpoint>(o).ok());
+    let request = match resumed {
+        Some(cp) => {
+            tracing::info!(request_id = %cp.request.request_id, "resuming fal request");
+            cp.request
+        }
+        None => {
+            let input = EditInput { image_url: job.input_url.clone(), prompt: job.prompt.clone() };
+            let queued = match ctx.fal.submit(&input).await {
+                Ok(q) => q,
+                Err(e) => return failed_step(ctx, job.id, STEP, e.into()).await,
+            };
+            tracing::info!(request_id = %queued.request_id, "submitted to fal");
+            let cp = serde_json::to_value(Checkpoint { request: queued.clone() }).unwrap_or_default();
+            ctx.db.checkpoint_step(job.id, STEP, &cp).await?;
+            queued
+        }
+    };
+    match wait_for_result(&ctx.fal, &request).await {
+        Ok(image) => {
+            let out = Generated { request_id: request.request_id.clone(), image };
+            ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&out).unwrap_or_default()).await?;
+            Ok(out)
+        }
+        Err((e, request_is_spent)) => {
+            if request_is_spent {
+                // fal finished (or lost) this request without a usable result: the next attempt
+                // must submit anew.
+                ctx.db.checkpoint_step(job.id, STEP, &serde_json::Value::Null).await?;
+            }
+            failed_step(ctx, job.id, STEP, e).await
+        }
+    }
+}
+
+/// Poll until fal completes the request, then fetch its first image. The flag says whether the
+/// request can no longer produce a result (so resubmitting is the only way forward).
+async fn wait_for_result(fal: &FalClient, req: &QueuedRequest) -> Result<FalImage, (StepFailure, bool)> {
+    let cfg = fal.config();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.generation_timeout_secs);
+    let poll = Duration::from_millis(cfg.poll_interval_ms.max(10));
+    let mut transient_errors = 0u32;
+    loop {
+        match fal.status(req).await {
+            Ok(s) if s.status == RequestState::Completed => break,
+            Ok(_) => transient_errors = 0,
+            Err(FalError::NotFound) => return Err((FalError::NotFound.into(), true)),
+            Err(e) if e.is_retryable() && transient_errors < 10 => {
+                transient_errors += 1;
+                tracing::debug!(error = %e, "status poll failed; polling on");
+            }
+            Err(e) => return Err((e.into(), false)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = fal.cancel(req).await;
+            let f = StepFailure::Retry {
+                code: error_code::UPSTREAM_UNAVAILABLE,
+                message: format!("fal did not finish within {} s", cfg.generation_timeout_secs),
+                retry_after: None,
+            };
+            return Err((f, true));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    match fal.result(req).await {
+        Ok(out) => out.images.into_iter().next().ok_or_else(|| {
+            (StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: "fal returned no image".into() }, true)
+        }),
+        // Transport trouble: the result is still there to fetch next time.
+        Err(e @ (FalError::Timeout | FalError::Network(_))) => Err((e.into(), false)),
+        Err(e) => Err((e.into(), true)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(step = "save-to-gallery"))]
+async fn save_to_gallery(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Result<Saved, StepFailure> {
+    const STEP: StepName = StepName::SaveToGallery;
+    let rec = ctx.db.start_step(job.id, STEP).await?;
+    if rec.status == StepStatus::Complete {
+        return output_of(rec.output);
+    }
+    let body = match download(ctx, &generated.image.url).await {
+        Ok(b) => b,
+        Err(f) => return failed_step(ctx, job.id, STEP, f).await,
+    };
+    let Some((ext, content_type)) = sniff_image(&body) else {
+        let f = StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: "fal's result is not a JPEG, PNG or WebP image".into() };
+        return failed_step(ctx, job.id, STEP, f).await;
+    };
+    // The key depends on the job only, so a repeated save overwrites rather than duplicates.
+    let key = job_result_key(&job.user_id.to_string(), &job.id.to_string(), ext)?;
+    let stored = match ctx.store.put(&key, body, content_type).await {
+        Ok(s) => s,
+        Err(e) => return failed_step(ctx, job.id, STEP, e.into()).await,
+    };
+    let url = ctx.store.url(&key).await?;
+    let image = ctx
+        .db
+        .save_gallery_image(&NewGalleryImage {
+            user_id: job.user_id,
+            job_id: job.id,
+            storage_key: key.as_str(),
+            url: &url,
+            content_type,
+            bytes: stored.bytes as i64,
+            width: generated.image.width.map(|w| w as i32),
+            height: generated.image.height.map(|h| h as i32),
+        })
+        .await?;
+    let saved = Saved { key: image.storage_key, url: image.url, bytes: stored.bytes, content_type: content_type.to_owned() };
+    ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&saved).unwrap_or_default()).await?;
+    Ok(saved)
+}
+
+/// Fetch a generated image, refusing anything larger than `max_result_bytes`.
+async fn download(ctx: &Ctx, url: &str) -> Result<Bytes, StepFailure> {
+    let retry = |message: String| StepFailure::Retry { code: error_code::STORAGE_FAILED, message, retry_after: None };
+    let mut resp = ctx.http.get(url).send().await.map_err(|e| retry(format!("downloading the result failed: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(retry(format!("downloading the result answered {}", resp.status())));
+    }
+    let cap = ctx.settings.max_result_bytes;
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: format!("result is larger than {cap} bytes") });
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| retry(format!("downloading the result failed: {e}")))? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() as u64 > cap {
+            return Err(StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: format!("result is larger than {cap} bytes") });
+        }
+    }
+    Ok(buf.into())
+}
+
+/// Recognise an image by its magic bytes.
+pub fn sniff_image(b: &[u8]) -> Option<(&'static str, &'static str)> {
+    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("jpg", "image/jpeg"))
+    } else if b.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("png", "image/png"))
+    } else if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        Some(("webp", "image/webp"))
+    } else {
+        None
+    }
+}
+
+/// End the job as failed (if it is not final already) and announce it.
+async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, message: &str) -> Result<(), HandBack> {
+    tracing::warn!(code, %message, "job failed");
+    if let Some(failed) = ctx.db.fail_job(job.id, code, message).await? {
+        notify(ctx, &failed).await?;
+    }
+    Ok(())
+}
+
+/// The `notify-user` step: POST the signed webhook, if the job has one. The job is already in
+/// its final state, so a client polling sees it without waiting for webhook retries.
+#[tracing::instrument(skip_all, fields(step = "notify-user"))]
+async fn notify(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
+    const STEP: StepName = StepName::NotifyUser;
+    let rec = ctx.db.start_step(job.id, STEP).await?;
+    if rec.status == StepStatus::Complete {
+        return Ok(());
+    }
+    let output = match &job.webhook_url {
+        None => json!({ "webhook": null }),
+        Some(url) => {
+            let kind = if job.status == JobStatus::Complete { "job.completed" } else { "job.failed" };
+            let steps = ctx.db.steps(job.id).await?;
+            let mut view = job.to_view(&steps, 0, None);
+            // This notification is the step finishing; describe it as done.
+            if let Some(s) = view.steps.iter_mut().find(|s| s.name == STEP) {
+                s.status = StepStatus::Complete;
+            }
+            let body = serde_json::to_vec(&WebhookEvent { kind: kind.into(), data: view }).unwrap_or_default();
+            let secret = ctx.db.user(job.user_id).await?.map(|u| u.webhook_secret).unwrap_or_default();
+            // Stable across retries and re-deliveries: receivers deduplicate on it.
+            let msg_id = format!("msg_{}_{}", job.id, kind.replace('.', "_"));
+            match ctx.webhooks.deliver(url, &secret, &msg_id, &body).await {
+                Ok(attempts) => json!({ "webhook": { "id": msg_id, "delivered": true, "attempts": attempts } }),
+                Err((attempts, e)) => {
+                    tracing::warn!(error = %e, "webhook not delivered");
+                    json!({ "webhook": { "id": msg_id, "delivered": false, "attempts": attempts, "error": e.to_string() } })
+                }
+            }
+        }
+    };
+    ctx.db.complete_step(job.id, STEP, &output).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_images() {
+        assert_eq!(sniff_image(&[0xFF, 0xD8, 0xFF, 0xE0]).map(|s| s.0), Some("jpg"));
+        assert_eq!(sniff_image(b"\x89PNG\r\n\x1a\nrest").map(|s| s.0), Some("png"));
+        assert_eq!(sniff_image(b"RIFF\0\0\0\0WEBPVP8 ").map(|s| s.0), Some("webp"));
+        assert!(sniff_image(b"<html>").is_none());
+        assert!(sniff_image(&[]).is_none());
+    }
+
+    #[test]
+    fn classifies_fal_errors() {
+        assert!(matches!(StepFailure::from(FalError::InvalidInput { detail: String::new() }), StepFailure::Fatal { .. }));
+        assert!(matches!(StepFailure::from(FalError::Timeout), StepFailure::Retry { .. }));
+        let ra = Some(Duration::from_secs(7));
+        match StepFailure::from(FalError::RateLimited { retry_after: ra }) {
+            StepFailure::Retry { retry_after, .. } => assert_eq!(retry_after, ra),
+            other => panic!("{other:?}"),
+        }
+    }
+}
