@@ -1,1 +1,86 @@
-//! placeholder
+//! # jewelshot-gateway
+//!
+//! The thin HTTP front: authenticate, validate, record the job in Postgres, enqueue it, and
+//! answer in milliseconds. It never calls fal and never waits on a job. Stateless: run as many
+//! replicas as traffic needs.
+//!
+//! ## Layout
+//! - [`config`]: `JEWELSHOT_*` settings.
+//! - [`auth`]: the bearer-key extractor.
+//! - [`routes`]: handlers (short: extract → service → DTO).
+//! - [`service`]: submit/view/list/cancel logic.
+//! - [`error`]: the one error shape.
+//! - [`openapi`]: the generated OpenAPI document.
+//! - [`Application`]: build (bind) then run until shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod service;
+pub mod state;
+
+use std::{future::Future, net::TcpListener};
+
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use jewelshot_db::Db;
+use jewelshot_queue::Queue;
+
+pub use config::Config;
+use state::AppState;
+
+/// A gateway bound to its port, not yet serving.
+pub struct Application {
+    server: Server,
+    port: u16,
+}
+
+impl Application {
+    /// Connect to the dependencies and bind `cfg.gateway.listen` (port 0 picks one).
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&cfg.database)?;
+        let queue = Queue::connect(&cfg.queue).await?;
+        let store = jewelshot_storage::open(&cfg.storage)?;
+        let listener = TcpListener::bind(&cfg.gateway.listen)?;
+        let port = listener.local_addr()?.port();
+        let limit = cfg.gateway.max_json_bytes;
+        let workers = cfg.gateway.workers;
+        let grace = cfg.gateway.shutdown_grace_secs;
+        let state = web::Data::new(AppState::new(db, queue, store, cfg));
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    error::ApiError::BadRequest { code: "invalid-query", message: e.to_string() }.into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
+                .wrap(middleware::Logger::new("%r %s %Dms").exclude("/healthz"))
+                .configure(routes::configure)
+                .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound) }))
+        })
+        .listen(listener)?
+        .shutdown_timeout(grace);
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Self { server: server.disable_signals().run(), port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining requests");
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        Ok(())
+    }
+}

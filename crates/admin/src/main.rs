@@ -1,0 +1,249 @@
+//! `jewelshot`: the operator CLI — migrations, users and API keys, job inspection, queue stats.
+//! Reads the same `JEWELSHOT_DATABASE__*` / `JEWELSHOT_QUEUE__*` settings as the services.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use figment::{
+    providers::{Env, Serialized},
+    Figment,
+};
+use jewelshot_db::{jobs::JobRow, Db, DbConfig};
+use jewelshot_domain::{JobId, JobStatus, UserId};
+use jewelshot_queue::{Queue, QueueConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(name = "jewelshot", version, about = "JewelShot operator CLI")]
+struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Inspect jobs.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
+    },
+    /// Inspect the queue.
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCmd {
+    /// Create a user; prints its id and webhook signing secret.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Plan name (e.g. free, pro).
+        #[arg(long, default_value = "free")]
+        plan: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Issue an API key for a user (by email or id). The key is printed once and never again.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCmd {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<JobStatus>,
+        /// User email or id.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Show one job with its steps.
+    Show { id: JobId },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCmd {
+    /// Job counts (Postgres) and queue depths (Redis).
+    Stats,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Config {
+    database: DbConfig,
+    queue: QueueConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Env::prefixed("JEWELSHOT_").split("__"))
+        .extract()
+        .context("reading JEWELSHOT_* configuration")?;
+    let db = Db::connect(&cfg.database)?;
+    match cli.cmd {
+        Cmd::Migrate => {
+            let applied = db.migrate().await.context("applying migrations")?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for m in applied {
+                println!("applied {m}");
+            }
+        }
+        Cmd::Users { cmd: UsersCmd::Create { email, plan } } => {
+            let u = db.create_user(&email, &plan).await.context("creating the user")?;
+            if cli.json {
+                println!("{}", serde_json::json!({"id": u.id.to_string(), "email": u.email, "plan": u.plan, "webhookSecret": u.webhook_secret}));
+            } else {
+                println!("user {} <{}> plan={}", u.id, u.email, u.plan);
+                println!("webhook secret: {}", u.webhook_secret);
+            }
+        }
+        Cmd::Keys { cmd: KeysCmd::Create { user, name } } => {
+            let u = resolve_user(&db, &user).await?;
+            let k = db.create_api_key(u, &name).await?;
+            if cli.json {
+                println!("{}", serde_json::json!({"id": k.id, "userId": u.to_string(), "key": k.key}));
+            } else {
+                eprintln!("API key for {user} (shown once; store it now):");
+                println!("{}", k.key);
+            }
+        }
+        Cmd::Jobs { cmd: JobsCmd::List { status, user, limit } } => {
+            let user = match user {
+                Some(u) => Some(resolve_user(&db, &u).await?),
+                None => None,
+            };
+            let jobs = db.list_jobs(user, status, None, limit.clamp(1, 1000)).await?;
+            if cli.json {
+                let views: Vec<_> = jobs.iter().map(|j| j.to_view(&[], 0, None)).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                println!("{:<26}  {:<10}  {:<7}  {:>8}  {:<20}  PROMPT", "ID", "STATUS", "PRIO", "ATTEMPTS", "CREATED");
+                for j in &jobs {
+                    println!("{}", job_line(j));
+                }
+            }
+        }
+        Cmd::Jobs { cmd: JobsCmd::Show { id } } => {
+            let Some(job) = db.job(id).await? else { bail!("no job {id}") };
+            let steps = db.steps(id).await?;
+            let position = db.queue_position(&job).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&job.to_view(&steps, position, None))?);
+            } else {
+                println!("job        {}", job.id);
+                println!("user       {}", job.user_id);
+                println!("status     {}{}", job.status, if position > 0 { format!(" (position {position})") } else { String::new() });
+                println!("priority   {}", job.priority);
+                println!("attempts   {}/{}", job.attempts, job.max_attempts);
+                println!("prompt     {}", job.prompt);
+                println!("input      {}", job.input_url);
+                if let Some(w) = &job.webhook_url {
+                    println!("webhook    {w}");
+                }
+                if let Some(r) = &job.result_url {
+                    println!("result     {r}");
+                }
+                if let Some(c) = &job.error_code {
+                    println!("error      {c}: {}", job.error_message.as_deref().unwrap_or(""));
+                }
+                if let Some(w) = &job.worker_id {
+                    println!("worker     {w}");
+                }
+                println!("created    {}", job.created_at.to_rfc3339());
+                println!("updated    {}", job.updated_at.to_rfc3339());
+                println!("steps:");
+                for s in &steps {
+                    println!(
+                        "  {:<16} {:<9} attempts={} finished={} {}",
+                        s.name,
+                        s.status,
+                        s.attempts,
+                        s.finished_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                        s.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Cmd::Queue { cmd: QueueCmd::Stats } => {
+            let counts = db.queue_counts().await?;
+            let depths = match Queue::connect(&cfg.queue).await {
+                Ok(q) => q.depths().await.ok(),
+                Err(_) => None,
+            };
+            if cli.json {
+                println!("{}", serde_json::json!({
+                    "jobs": {"queued": counts.queued, "scheduled": counts.scheduled, "processing": counts.processing,
+                             "complete": counts.complete, "failed": counts.failed, "canceled": counts.canceled},
+                    "redis": depths,
+                }));
+            } else {
+                println!("jobs (postgres): queued={} scheduled={} processing={} complete={} failed={} canceled={}",
+                    counts.queued, counts.scheduled, counts.processing, counts.complete, counts.failed, counts.canceled);
+                match depths {
+                    Some(d) => println!("queue (redis {}): ready={} scheduled={} in-flight={}", cfg.queue.name, d.active, d.scheduled, d.inflight),
+                    None => println!("queue (redis): unreachable"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn resolve_user(db: &Db, user: &str) -> anyhow::Result<UserId> {
+    if let Ok(id) = user.parse::<UserId>() {
+        if db.user(id).await?.is_some() {
+            return Ok(id);
+        }
+    }
+    match db.user_by_email(user).await? {
+        Some(u) => Ok(u.id),
+        None => bail!("no user with id or email `{user}`"),
+    }
+}
+
+fn job_line(j: &JobRow) -> String {
+    let prompt: String = j.prompt.chars().take(40).collect();
+    format!(
+        "{:<26}  {:<10}  {:<7}  {:>8}  {:<20}  {}",
+        j.id,
+        j.status,
+        j.priority,
+        format!("{}/{}", j.attempts, j.max_attempts),
+        j.created_at.format("%Y-%m-%d %H:%M:%S"),
+        prompt
+    )
+}

@@ -1,0 +1,87 @@
+//! Gateway configuration (`JEWELSHOT_*`, nested with `__`).
+
+use figment::{
+    providers::{Env, Serialized},
+    Figment,
+};
+use jewelshot_db::DbConfig;
+use jewelshot_queue::QueueConfig;
+use jewelshot_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub gateway: GatewaySettings,
+    pub database: DbConfig,
+    pub queue: QueueConfig,
+    pub storage: StorageConfig,
+    pub jobs: JobSettings,
+    pub webhook: WebhookSettings,
+}
+
+/// `JEWELSHOT_GATEWAY__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// HTTP worker threads (0 = one per core).
+    pub workers: usize,
+    /// Largest JSON body accepted, in bytes.
+    pub max_json_bytes: usize,
+    /// Longest a readiness probe waits on each dependency, in milliseconds.
+    pub ready_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), workers: 0, max_json_bytes: 64 * 1024, ready_timeout_ms: 2_000, shutdown_grace_secs: 15 }
+    }
+}
+
+/// `JEWELSHOT_JOBS__*`: how jobs are run, decided at submit and stored with the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSettings {
+    /// Attempts a job gets before it fails (each crash-recovery counts as one).
+    pub max_attempts: i32,
+    /// The fal model, reported by `GET /api/queue`.
+    pub model: String,
+    /// Jobs the upstream runs at once across the fleet; with the mean generation time it turns
+    /// a queue position into an ETA.
+    pub upstream_parallelism: u32,
+    /// Generation time assumed before any has been observed, in seconds.
+    pub default_generation_secs: f64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self { max_attempts: 5, model: jewelshot_fal_model(), upstream_parallelism: 4, default_generation_secs: 30.0 }
+    }
+}
+
+fn jewelshot_fal_model() -> String {
+    "fal-ai/flux-pro/kontext".into()
+}
+
+/// `JEWELSHOT_WEBHOOK__*` (shared with the worker).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookSettings {
+    /// Development only: accept `http://` and loopback webhook targets.
+    pub allow_insecure: bool,
+}
+
+impl Config {
+    pub fn load() -> anyhow::Result<Self> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Env::prefixed("JEWELSHOT_").split("__"))
+            .extract()?;
+        anyhow::ensure!(cfg.jobs.max_attempts >= 1, "JEWELSHOT_JOBS__MAX_ATTEMPTS must be at least 1");
+        anyhow::ensure!(cfg.gateway.max_json_bytes >= 1024, "JEWELSHOT_GATEWAY__MAX_JSON_BYTES is too small");
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,120 @@
+//! One error shape for every 4xx/5xx: `{"error": {"code", "message"}}` (plus `field` for
+//! validation errors). 5xx bodies never carry internals; the cause is logged instead.
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use jewelshot_domain::ValidationError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    #[error("job not found")]
+    JobNotFound,
+    #[error("not found")]
+    NotFound,
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{what} is unavailable; try again shortly")]
+    Unavailable { what: &'static str, retry_after_secs: u32, cause: String },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(v) => v.code,
+            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::JobNotFound => "job-not-found",
+            Self::NotFound => "not-found",
+            Self::TooLarge(_) => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Unavailable { what, .. } => match *what {
+                "the database" => "database-unavailable",
+                "the queue" => "queue-unavailable",
+                _ => "service-unavailable",
+            },
+            Self::Internal(_) => "internal-error",
+        }
+    }
+}
+
+impl From<jewelshot_db::DbError> for ApiError {
+    fn from(e: jewelshot_db::DbError) -> Self {
+        if e.is_unavailable() {
+            Self::Unavailable { what: "the database", retry_after_secs: 2, cause: e.to_string() }
+        } else {
+            Self::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<jewelshot_queue::QueueError> for ApiError {
+    fn from(e: jewelshot_queue::QueueError) -> Self {
+        Self::Unavailable { what: "the queue", retry_after_secs: 2, cause: e.to_string() }
+    }
+}
+
+impl From<jewelshot_storage::StorageError> for ApiError {
+    fn from(e: jewelshot_storage::StorageError) -> Self {
+        Self::Unavailable { what: "storage", retry_after_secs: 2, cause: e.to_string() }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::JobNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        match self {
+            Self::Invalid(v) => body["error"]["field"] = json!(v.field),
+            Self::Unavailable { cause, .. } => tracing::warn!(code = self.code(), %cause, "dependency unavailable"),
+            Self::Internal(cause) => tracing::error!(%cause, "internal error"),
+            _ => {}
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unauthorized => {
+                resp.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::Unavailable { retry_after_secs, .. } => {
+                resp.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+        resp.json(body)
+    }
+}
+
+/// Map actix's JSON extractor failures onto our shape: 415, 413 or 400 `invalid-json`.
+pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let api = match &err {
+        J::ContentType => ApiError::UnsupportedMediaType("Content-Type must be application/json".into()),
+        J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::TooLarge(limit),
+        J::Deserialize(e) => ApiError::BadRequest { code: "invalid-json", message: format!("request body is not valid JSON for this route: {e}") },
+        other => ApiError::BadRequest { code: "invalid-json", message: format!("could not read the request body: {other}") },
+    };
+    api.into()
+}

@@ -1,0 +1,94 @@
+//! `/api/ai/edit` and `/api/jobs…`.
+
+use actix_web::{delete, get, post, web, HttpResponse};
+use jewelshot_domain::{
+    view::{JobPage, JobView, SubmittedView},
+    EditRequest,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state::AppState};
+
+/// Submit an edit. Answers at once with the job id and its place in line.
+#[utoipa::path(
+    post, path = "/api/ai/edit", tag = "jobs",
+    request_body = EditRequest,
+    responses(
+        (status = 202, description = "Accepted and queued", body = SubmittedView,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "Invalid input; `error.field` names the field", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 503, description = "A dependency is down; retry after `Retry-After`", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/api/ai/edit")]
+pub async fn submit(state: web::Data<AppState>, user: AuthUser, body: web::Json<EditRequest>) -> Result<HttpResponse, ApiError> {
+    let submitted = service::submit(&state, &user.0, body.into_inner()).await?;
+    Ok(HttpResponse::Accepted().insert_header(("Location", submitted.status_url.clone())).json(submitted))
+}
+
+/// Poll one job.
+#[utoipa::path(
+    get, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such job, or not yours", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/jobs/{job_id}")]
+pub async fn get(state: web::Data<AppState>, user: AuthUser, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = service::parse_job_id(&path)?;
+    Ok(HttpResponse::Ok().json(service::get(&state, &user.0, id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub status: Option<String>,
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<i64>,
+    /// `nextCursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The caller's jobs, newest first.
+#[utoipa::path(
+    get, path = "/api/jobs", tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Bad filter or cursor", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/jobs")]
+pub async fn list(state: web::Data<AppState>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let page = service::list(&state, &user.0, q.status.as_deref(), q.limit, q.cursor.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Cancel a queued job.
+#[utoipa::path(
+    delete, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Canceled", body = JobView),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such job, or not yours", body = ErrorBody),
+        (status = 409, description = "Already running or finished", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/api/jobs/{job_id}")]
+pub async fn cancel(state: web::Data<AppState>, user: AuthUser, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = service::parse_job_id(&path)?;
+    Ok(HttpResponse::Ok().json(service::cancel(&state, &user.0, id).await?))
+}

@@ -1,0 +1,21 @@
+//! HTTP routes. Handlers only extract, call one service function, and shape the answer.
+
+pub mod files;
+pub mod health;
+pub mod jobs;
+pub mod queue;
+
+use actix_web::web;
+
+/// Register every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(jobs::submit)
+        .service(jobs::list)
+        .service(jobs::get)
+        .service(jobs::cancel)
+        .service(queue::queue)
+        .service(health::healthz)
+        .service(health::readyz)
+        .service(crate::openapi::openapi_json)
+        .service(files::file);
+}

@@ -1,0 +1,134 @@
+//! What the routes do, apart from HTTP: submit, view, list, cancel.
+
+use std::{net::IpAddr, time::Duration};
+
+use chrono::Utc;
+use jewelshot_db::{jobs::CancelOutcome, jobs::JobRow, users::User};
+use jewelshot_domain::{
+    edit::{forbidden_webhook, webhook_ip_allowed, WebhookPolicy},
+    view::{JobPage, JobView, SubmittedView},
+    EditRequest, JobId, JobStatus, NewEdit, ValidationError,
+};
+
+use crate::{error::ApiError, state::AppState};
+
+/// Longest a webhook host lookup may take at submit.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Validate, record, enqueue. Never calls fal, never waits on the job.
+pub async fn submit(state: &AppState, user: &User, raw: EditRequest) -> Result<SubmittedView, ApiError> {
+    let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
+    let edit = NewEdit::parse(raw, policy, Utc::now())?;
+    if let Some(url) = &edit.webhook_url {
+        check_webhook_resolution(url, policy).await?;
+    }
+    let id = JobId::generate();
+    let job = state.db.insert_job(id, user.id, &edit, state.cfg.jobs.max_attempts).await?;
+    if let Err(e) = state.queue.push(id, edit.run_at).await {
+        // Nothing half-written: without a queue entry the job row must not stay either.
+        if let Err(del) = state.db.delete_unqueued_job(id).await {
+            tracing::error!(job_id = %id, error = %del, "could not remove a job whose enqueue failed");
+        }
+        return Err(e.into());
+    }
+    let position = state.db.queue_position(&job).await?;
+    tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
+    Ok(SubmittedView {
+        job_id: id.to_string(),
+        status: JobStatus::Queued,
+        queue_position: position,
+        eta_seconds: state.eta_seconds(position).await,
+        status_url: format!("/api/jobs/{id}"),
+    })
+}
+
+/// Names are resolved now to refuse obviously internal targets early; the worker checks again
+/// at connect time, which is what defeats DNS rebinding.
+async fn check_webhook_resolution(url: &url::Url, policy: WebhookPolicy) -> Result<(), ValidationError> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(()); // literal addresses were checked by NewEdit::parse
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let addrs: Vec<IpAddr> = match lookup {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        _ => {
+            return Err(ValidationError {
+                field: "webhook_url",
+                code: "invalid-webhook-url",
+                message: format!("`webhook_url` host `{host}` does not resolve"),
+            })
+        }
+    };
+    if addrs.is_empty() || addrs.iter().any(|ip| !webhook_ip_allowed(*ip, policy)) {
+        return Err(forbidden_webhook());
+    }
+    Ok(())
+}
+
+/// Parse a path id; a malformed id is simply not found.
+pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::JobNotFound)
+}
+
+pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
+    let steps = state.db.steps(job.id).await?;
+    let position = state.db.queue_position(job).await?;
+    let eta = match job.status {
+        JobStatus::Queued if position > 0 => state.eta_seconds(position).await,
+        _ => None,
+    };
+    Ok(job.to_view(&steps, position, eta))
+}
+
+pub async fn get(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
+    let job = state.db.job_for_user(id, user.id).await?.ok_or(ApiError::JobNotFound)?;
+    view(state, &job).await
+}
+
+pub async fn list(
+    state: &AppState,
+    user: &User,
+    status: Option<&str>,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<JobPage, ApiError> {
+    let status = status
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<JobStatus>().map_err(|_| ApiError::BadRequest {
+                code: "invalid-status",
+                message: format!("`status` must be one of queued, processing, complete, failed, canceled; not `{s}`"),
+            })
+        })
+        .transpose()?;
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest { code: "invalid-limit", message: "`limit` must be between 1 and 100".into() });
+    }
+    let cursor = cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::BadRequest { code: "invalid-cursor", message: "`cursor` is not a cursor this API returned".into() }))
+        .transpose()?;
+    let rows = state.db.list_jobs(Some(user.id), status, cursor, limit).await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        jobs.push(view(state, row).await?);
+    }
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
+    Ok(JobPage { jobs, next_cursor })
+}
+
+pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
+    match state.db.cancel_queued(id, user.id).await? {
+        CancelOutcome::Canceled(job) => {
+            tracing::info!(job_id = %id, "job canceled");
+            view(state, &job).await
+        }
+        CancelOutcome::NotFound => Err(ApiError::JobNotFound),
+        CancelOutcome::NotCancelable(status) => Err(ApiError::Conflict {
+            code: "job-not-cancelable",
+            message: format!("the job is {status}; only queued jobs can be canceled"),
+        }),
+    }
+}
