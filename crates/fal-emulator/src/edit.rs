@@ -4,21 +4,25 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, DynamicImage, ImageFormat, RgbImage};
+use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 
 /// Longest side of the result.
 const MAX_SIDE: u32 = 1024;
 
 /// Decode, edit, and encode as JPEG. Errors are for inputs that are not decodable images.
 pub fn edit_image(input: &[u8]) -> Result<(Vec<u8>, u32, u32), String> {
-    let reader = image::ImageReader::new(Cursor::new(input)).with_guessed_format().map_err(|e| e.to_string())?;
+    let mut reader = image::ImageReader::new(Cursor::new(input)).with_guessed_format().map_err(|e| e.to_string())?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(20_000);
     limits.max_image_height = Some(20_000);
     limits.max_alloc = Some(512 * 1024 * 1024);
-    let mut reader = reader;
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("could not decode the input image: {e}"))?;
+    let bad = |e: image::ImageError| format!("could not decode the input image: {e}");
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    // Phones store portrait photos sideways with an EXIF tag; show them the way they were taken.
+    let orientation = decoder.orientation().map_err(bad)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
     let img = if img.width().max(img.height()) > MAX_SIDE {
         img.resize(MAX_SIDE, MAX_SIDE, FilterType::Triangle)
     } else {

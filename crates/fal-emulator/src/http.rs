@@ -329,6 +329,9 @@ async fn cancel(state: Data<Arc<State>>, path: web::Path<String>) -> HttpRespons
 }
 
 async fn file(state: Data<Arc<State>>, path: web::Path<String>) -> HttpResponse {
+    if state.cfg.file_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(state.cfg.file_delay_ms)).await;
+    }
     let img = state.lock().images.get(path.as_str()).cloned();
     match img {
         Some(bytes) => HttpResponse::Ok().content_type("image/jpeg").body(bytes.as_ref().clone()),

@@ -64,6 +64,10 @@ pub struct EmulatorConfig {
     /// Seed for the random choices above and the latency draw.
     #[arg(long, env = "FAL_EMULATOR_SEED", default_value_t = 42)]
     pub seed: u64,
+    /// Delay before serving a generated image, in milliseconds (unscaled): widens the window
+    /// between "generation finished" and "result saved" for crash tests.
+    #[arg(long, env = "FAL_EMULATOR_FILE_DELAY_MS", default_value_t = 0)]
+    pub file_delay_ms: u64,
     /// Accepted keys, comma-separated; empty accepts any non-empty key.
     #[arg(long, env = "FAL_EMULATOR_KEYS", value_delimiter = ',')]
     pub keys: Vec<String>,

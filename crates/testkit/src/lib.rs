@@ -1,1 +1,332 @@
-//! placeholder
+//! # jewelshot-testkit
+//!
+//! Dev-only helpers so every test runs on the real parts and isolates itself: a fresh Postgres
+//! database per test (named by ULID, migrated), a unique Redis queue name, a temporary storage
+//! root, and the real binaries started on port 0.
+//!
+//! ## Layout
+//! - [`fresh_database`]: create and migrate `jewelshot_test_<ulid>`.
+//! - [`Proc`]: a spawned binary that is killed when dropped; SIGKILL/SIGTERM on demand.
+//! - [`Stack`]: emulator + gateway (+ workers on demand) wired to one database and queue.
+//! - [`fixture_photo`]: the small CC0 photo shipped in `assets/`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context};
+use jewelshot_db::{Db, DbConfig};
+use serde_json::Value;
+
+/// Server that hosts the per-test databases (the database name is replaced).
+pub fn admin_database_url() -> String {
+    std::env::var("JEWELSHOT_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("JEWELSHOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database made for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub url: String,
+    pub db: Db,
+}
+
+/// Create `jewelshot_test_<ulid>` and apply the migrations.
+pub async fn fresh_database() -> anyhow::Result<TestDb> {
+    let admin = admin_database_url();
+    let name = format!("jewelshot_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+    let task = tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    drop(client);
+    let _ = task.await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    let url = format!("{base}/{name}");
+    let db = Db::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })?;
+    db.migrate().await?;
+    Ok(TestDb { url, db })
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue_name() -> String {
+    format!("jewelshot-test:{}", ulid::Ulid::generate())
+}
+
+/// The workspace's target directory, where `cargo build --bins` put the binaries.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    dir.join(name)
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// The shipped demo photo (CC0; see `deploy/demo/LICENSES.md`).
+pub fn fixture_photo() -> PathBuf {
+    repo_root().join("deploy/demo/seeding-1024.jpg")
+}
+
+/// A running binary, killed on drop. Its stderr is kept in a log file for post-mortems.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    /// What the process printed as `listening on http://…`, if it prints that.
+    pub url: Option<String>,
+}
+
+impl Proc {
+    /// Spawn `bin` with `env`; when `wait_listen`, wait for its `listening on` line.
+    pub fn spawn(name: &str, bin: &str, args: &[String], env: &HashMap<String, String>, logs: &Path, wait_listen: bool) -> anyhow::Result<Self> {
+        let path = bin_path(bin);
+        if !path.exists() {
+            bail!("{} is missing: run `cargo build --workspace --bins` first (`just test` does)", path.display());
+        }
+        let log = logs.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new(&path)
+            .args(args)
+            .envs(env)
+            .env("RUST_LOG", std::env::var("JEWELSHOT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("spawning {}", path.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let mut proc = Self { name: name.to_owned(), child, log, url: None };
+        if wait_listen {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(url) => proc.url = Some(url),
+                Err(_) => bail!("{name} did not start; log:\n{}", proc.log_tail()),
+            }
+        }
+        Ok(proc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill without warning, as a crash or OOM would.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ask to stop, as a deploy would; returns once the process has exited (or after `timeout`).
+    pub fn sigterm(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Extra emulator flags, e.g. `--max-concurrent 2`.
+    pub emulator_args: Vec<String>,
+    /// Extra environment for the gateway.
+    pub gateway_env: HashMap<String, String>,
+    /// Extra environment for every worker.
+    pub worker_env: HashMap<String, String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            emulator_args: vec!["--latency-ms".into(), "100-300".into(), "--max-concurrent".into(), "4".into(), "--max-per-minute".into(), "0".into()],
+            gateway_env: HashMap::new(),
+            worker_env: HashMap::new(),
+        }
+    }
+}
+
+/// Emulator + gateway on port 0 over a fresh database, queue and storage root. Workers are
+/// started on demand so tests can fill the queue first.
+pub struct Stack {
+    pub db: TestDb,
+    pub queue_name: String,
+    pub files: tempfile::TempDir,
+    pub logs: PathBuf,
+    pub emulator: Proc,
+    pub gateway: Proc,
+    pub workers: Vec<Proc>,
+    pub http: reqwest::Client,
+    opts: StackOptions,
+    next_worker: usize,
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
+        let db = fresh_database().await?;
+        let queue_name = unique_queue_name();
+        let files = tempfile::tempdir()?;
+        let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
+        std::fs::create_dir_all(&logs)?;
+        let mut eargs = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        eargs.extend(opts.emulator_args.iter().cloned());
+        let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
+
+        let mut env = Self::common_env(&db.url, &queue_name, files.path());
+        env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
+        env.extend(opts.gateway_env.clone());
+        let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(Self { db, queue_name, files, logs, emulator, gateway, workers: Vec::new(), http, opts, next_worker: 0 })
+    }
+
+    fn common_env(db_url: &str, queue: &str, files: &Path) -> HashMap<String, String> {
+        HashMap::from([
+            ("JEWELSHOT_DATABASE__URL".into(), db_url.to_owned()),
+            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "4".into()),
+            ("JEWELSHOT_QUEUE__REDIS_URL".into(), redis_url()),
+            ("JEWELSHOT_QUEUE__NAME".into(), queue.to_owned()),
+            ("JEWELSHOT_STORAGE__LOCAL__ROOT".into(), files.display().to_string()),
+            ("JEWELSHOT_WEBHOOK__ALLOW_INSECURE".into(), "true".into()),
+        ])
+    }
+
+    pub fn gateway_url(&self) -> &str {
+        self.gateway.url.as_deref().unwrap_or_default()
+    }
+
+    pub fn emulator_url(&self) -> &str {
+        self.emulator.url.as_deref().unwrap_or_default()
+    }
+
+    /// Start one more worker process; `env` overrides the stack's worker settings.
+    pub fn start_worker(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
+        let mut e = Self::common_env(&self.db.url, &self.queue_name, self.files.path());
+        e.insert("JEWELSHOT_STORAGE__LOCAL__PUBLIC_BASE_URL".into(), format!("{}/files", self.gateway_url()));
+        e.insert("JEWELSHOT_FAL__QUEUE_URL".into(), self.emulator_url().to_owned());
+        e.insert("FAL_KEY".into(), "test-key-1".into());
+        e.insert("JEWELSHOT_FAL__POLL_INTERVAL_MS".into(), "50".into());
+        e.insert("JEWELSHOT_WORKER__POLL_INTERVAL_MS".into(), "50".into());
+        e.insert("JEWELSHOT_WORKER__BACKOFF_BASE_MS".into(), "50".into());
+        e.insert("JEWELSHOT_WORKER__BACKOFF_MAX_MS".into(), "500".into());
+        e.insert("JEWELSHOT_WORKER__HEARTBEAT_SECS".into(), "1".into());
+        e.insert("JEWELSHOT_WORKER__MISSED_HEARTBEATS".into(), "2".into());
+        e.insert("JEWELSHOT_WEBHOOK__BACKOFF_BASE_MS".into(), "50".into());
+        e.insert("JEWELSHOT_WORKER__ID".into(), format!("test-worker-{}-{}", self.next_worker, ulid::Ulid::generate()));
+        e.extend(self.opts.worker_env.clone());
+        for (k, v) in env {
+            e.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let name = format!("worker-{}", self.next_worker);
+        self.next_worker += 1;
+        let proc = Proc::spawn(&name, "jewelshot-worker", &[], &e, &self.logs, false)?;
+        self.workers.push(proc);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Create a user and an API key; returns (user id, key, webhook secret).
+    pub async fn user(&self, email: &str) -> anyhow::Result<(String, String, String)> {
+        let u = self.db.db.create_user(email, "free").await?;
+        let k = self.db.db.create_api_key(u.id, "test").await?;
+        Ok((u.id.to_string(), k.key, u.webhook_secret))
+    }
+
+    /// Put the demo photo into storage and return its URL (as a client-uploaded input).
+    pub async fn input_photo_url(&self) -> anyhow::Result<String> {
+        let dest = self.files.path().join("inputs/demo.jpg");
+        std::fs::create_dir_all(dest.parent().unwrap_or(self.files.path()))?;
+        std::fs::copy(fixture_photo(), &dest).context("copying the demo photo")?;
+        Ok(format!("{}/files/inputs/demo.jpg", self.gateway_url()))
+    }
+
+    pub async fn submit(&self, key: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(format!("{}/api/ai/edit", self.gateway_url())).bearer_auth(key).json(body).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get_job(&self, key: &str, id: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.get(format!("{}/api/jobs/{id}", self.gateway_url())).bearer_auth(key).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Poll a job until its status is final, or fail after `timeout`.
+    pub async fn wait_final(&self, key: &str, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.get_job(key, id).await?;
+            if status == 200 && matches!(job["status"].as_str(), Some("complete" | "failed" | "canceled")) {
+                return Ok(job);
+            }
+            if start.elapsed() > timeout {
+                bail!("job {id} not final after {timeout:?}: {job}\n{}", self.worker_logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the emulator saw.
+    pub async fn emulator_stats(&self) -> anyhow::Result<Value> {
+        Ok(self.http.get(format!("{}/__stats", self.emulator_url())).send().await?.json().await?)
+    }
+
+    /// Recent log lines of every worker, for failure messages.
+    pub fn worker_logs(&self) -> String {
+        self.workers.iter().map(|w| format!("--- {} ---\n{}", w.name, w.log_tail())).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Run a python snippet with the tool venv's interpreter (`just tools` creates it).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("JEWELSHOT_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join("target/pytools/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
