@@ -1,9 +1,16 @@
-//! Bearer API-key authentication as an extractor: a handler that takes [`AuthUser`] is
-//! authenticated before its body is even read.
+//! Bearer API-key authentication. A middleware resolves the key before any extractor runs (so
+//! an unauthenticated request gets 401, never a body-parsing error), and [`AuthUser`] hands the
+//! resolved user to handlers.
 
-use std::{future::Future, pin::Pin};
+use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, web::Data, FromRequest, HttpRequest};
+use actix_web::{
+    body::MessageBody,
+    dev::{Payload, ServiceRequest, ServiceResponse},
+    middleware::Next,
+    web::Data,
+    FromRequest, HttpMessage, HttpRequest,
+};
 use jewelshot_db::users::User;
 
 use crate::{error::ApiError, state::AppState};
@@ -12,28 +19,34 @@ use crate::{error::ApiError, state::AppState};
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub User);
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+fn bearer(req: &ServiceRequest) -> Option<String> {
     let h = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = h.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256).then(|| token.to_owned())
 }
 
+/// Routes under `/api/` need a key, except the API description.
+fn needs_auth(path: &str) -> bool {
+    path.starts_with("/api/") && path != "/api/openapi.json"
+}
+
+/// Middleware: resolve the bearer key for `/api/…` routes or answer 401.
+pub async fn authenticate(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if needs_auth(req.path()) {
+        let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
+        let state = req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
+        let user = state.db.user_by_api_key(&token).await.map_err(ApiError::from)?.ok_or(ApiError::Unauthorized)?;
+        req.extensions_mut().insert(AuthUser(user));
+    }
+    next.call(req).await
+}
+
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let token = bearer(req);
-        let state = req.app_data::<Data<AppState>>().cloned();
-        Box::pin(async move {
-            let (Some(token), Some(state)) = (token, state) else {
-                return Err(ApiError::Unauthorized);
-            };
-            match state.db.user_by_api_key(&token).await? {
-                Some(user) => Ok(AuthUser(user)),
-                None => Err(ApiError::Unauthorized),
-            }
-        })
+        ready(req.extensions().get::<AuthUser>().cloned().ok_or(ApiError::Unauthorized))
     }
 }

@@ -56,6 +56,7 @@ impl Application {
                     error::ApiError::BadRequest { code: "invalid-query", message: e.to_string() }.into()
                 }))
                 .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
+                .wrap(middleware::from_fn(auth::authenticate))
                 .wrap(middleware::Logger::new("%r %s %Dms").exclude("/healthz"))
                 .configure(routes::configure)
                 .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound) }))

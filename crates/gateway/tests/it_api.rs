@@ -1,0 +1,237 @@
+//! The gateway in-process on port 0, over a fresh database and an isolated Redis queue.
+
+use std::time::Duration;
+
+use jewelshot_gateway::{Application, Config};
+use jewelshot_queue::{Queue, QueueConfig};
+use jewelshot_testkit::{fresh_database, redis_url, unique_queue_name, TestDb};
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    db: TestDb,
+    queue: Queue,
+    _files: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let db = fresh_database().await.expect("database");
+        let files = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::default();
+        cfg.gateway.listen = "127.0.0.1:0".into();
+        cfg.gateway.workers = 2;
+        cfg.database.url = db.url.clone();
+        cfg.database.max_connections = 4;
+        cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
+        cfg.storage.local.root = files.path().to_path_buf();
+        let queue = Queue::connect(&cfg.queue).await.expect("queue");
+        let app = Application::build(cfg).await.expect("build");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until(std::future::pending()));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        Self { base, http, db, queue, _files: files }
+    }
+
+    async fn key(&self, email: &str) -> String {
+        let u = self.db.db.create_user(email, "free").await.expect("user");
+        self.db.db.create_api_key(u.id, "t").await.expect("key").key
+    }
+
+    async fn submit_raw(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/ai/edit", self.base))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
+        self.submit_raw(key, "application/json", serde_json::to_vec(&body).expect("json")).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        let r = rb.send().await.expect("send");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Nothing was recorded or enqueued.
+    async fn assert_nothing_written(&self) {
+        let c = self.db.db.queue_counts().await.expect("counts");
+        assert_eq!((c.queued, c.scheduled, c.processing, c.canceled), (0, 0, 0, 0), "no job row may be left behind");
+        let d = self.queue.depths().await.expect("depths");
+        assert_eq!((d.active, d.scheduled), (0, 0), "no queue entry may be left behind");
+    }
+}
+
+fn edit() -> Value {
+    json!({ "image_url": "https://cdn.example.com/ring.jpg", "prompt": "white background" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_rejects_bad_input_with_field_codes_and_writes_nothing() {
+    let api = Api::start().await;
+    let key = api.key("v@example.com").await;
+    let with = |k: &str, v: Value| {
+        let mut e = edit();
+        e[k] = v;
+        e
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({ "image_url": "https://a.example/x.jpg" }), "prompt"),
+        (with("prompt", json!("   ")), "prompt"),
+        (with("prompt", json!("x".repeat(2001))), "prompt"),
+        (with("image_url", json!("ftp://a.example/x.jpg")), "image_url"),
+        (with("image_url", json!("not a url")), "image_url"),
+        (json!({ "prompt": "x" }), "image_url"),
+        (with("priority", json!("urgent")), "priority"),
+        (with("webhook_url", json!("https://127.0.0.1/hook")), "webhook_url"),
+        (with("webhook_url", json!("https://10.0.0.5/hook")), "webhook_url"),
+        (with("webhook_url", json!("https://169.254.169.254/latest/meta-data")), "webhook_url"),
+        (with("webhook_url", json!("https://[::1]/hook")), "webhook_url"),
+        (with("webhook_url", json!("https://localhost/hook")), "webhook_url"),
+        (with("webhook_url", json!("http://example.com/hook")), "webhook_url"),
+    ];
+    for (body, field) in cases {
+        let (status, resp) = api.submit(&key, body.clone()).await;
+        assert_eq!(status, 400, "{body} → {resp}");
+        assert_eq!(resp["error"]["field"], field, "{body} → {resp}");
+        assert!(resp["error"]["code"].as_str().is_some_and(|c| !c.is_empty()), "{resp}");
+        assert!(resp["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{resp}");
+    }
+    let (s, r) = api.submit_raw(&key, "application/json", b"{\"prompt\": ".to_vec()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (400, Some("invalid-json")), "{r}");
+    let (s, r) = api.submit_raw(&key, "text/plain", serde_json::to_vec(&edit()).expect("json")).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (415, Some("unsupported-media-type")), "{r}");
+    let mut big = edit();
+    big["padding"] = json!("x".repeat(70 * 1024));
+    let (s, r) = api.submit(&key, big).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (413, Some("payload-too-large")), "{r}");
+    api.assert_nothing_written().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_requires_a_key_and_isolates_users() {
+    let api = Api::start().await;
+    let a = api.key("a@example.com").await;
+    let b = api.key("b@example.com").await;
+    for (m, p) in [(reqwest::Method::GET, "/api/jobs"), (reqwest::Method::GET, "/api/queue"), (reqwest::Method::POST, "/api/ai/edit")] {
+        let (s, r) = api.call(m.clone(), p, None).await;
+        assert_eq!((s, r["error"]["code"].as_str()), (401, Some("unauthorized")), "{p}: {r}");
+        let (s, _) = api.call(m, p, Some("jsk_not-a-real-key")).await;
+        assert_eq!(s, 401, "{p} with a bad key");
+    }
+    let (s, job) = api.submit(&a, edit()).await;
+    assert_eq!(s, 202, "{job}");
+    let id = job["jobId"].as_str().expect("id");
+    let path = format!("/api/jobs/{id}");
+    let (s, _) = api.call(reqwest::Method::GET, &path, Some(&a)).await;
+    assert_eq!(s, 200);
+    let (s_get, r_get) = api.call(reqwest::Method::GET, &path, Some(&b)).await;
+    let (s_del, _) = api.call(reqwest::Method::DELETE, &path, Some(&b)).await;
+    let (s_none, r_none) = api.call(reqwest::Method::GET, "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV", Some(&b)).await;
+    assert_eq!((s_get, s_del, s_none), (404, 404, 404));
+    assert_eq!(r_get, r_none, "another user's job is indistinguishable from none");
+    let (s, r) = api.call(reqwest::Method::GET, "/api/jobs", Some(&b)).await;
+    assert_eq!(s, 200);
+    assert_eq!(r["jobs"].as_array().map(Vec::len), Some(0), "B lists none of A's jobs");
+    // A's job is still queued: B's DELETE did nothing.
+    let (_, still) = api.call(reqwest::Method::GET, &path, Some(&a)).await;
+    assert_eq!(still["status"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_submits_positions_lists_and_cancels() {
+    let api = Api::start().await;
+    let key = api.key("p@example.com").await;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let r = api
+            .http
+            .post(format!("{}/api/ai/edit", api.base))
+            .bearer_auth(&key)
+            .json(&json!({ "imageUrl": "https://cdn.example.com/r.jpg", "prompt": format!("p{i}") }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 202);
+        let location = r.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["queuePosition"], i, "{body}");
+        assert!(body["etaSeconds"].as_i64().is_some_and(|e| e > 0), "{body}");
+        assert_eq!(location.as_deref(), body["statusUrl"].as_str());
+        ids.push(body["jobId"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(api.queue.depths().await.expect("depths").active + api.queue.depths().await.expect("depths").scheduled, 5);
+
+    // Cancel the second: those behind it move up.
+    let (s, c) = api.call(reqwest::Method::DELETE, &format!("/api/jobs/{}", ids[1]), Some(&key)).await;
+    assert_eq!((s, c["status"].as_str()), (200, Some("canceled")), "{c}");
+    let (s, c) = api.call(reqwest::Method::DELETE, &format!("/api/jobs/{}", ids[1]), Some(&key)).await;
+    assert_eq!((s, c["error"]["code"].as_str()), (409, Some("job-not-cancelable")), "{c}");
+    let (_, last) = api.call(reqwest::Method::GET, &format!("/api/jobs/{}", ids[4]), Some(&key)).await;
+    assert_eq!(last["queuePosition"], 4, "{last}");
+    assert_eq!(last["steps"].as_array().map(Vec::len), Some(3));
+
+    // Pages of two, newest first, covering all five.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = api.call(reqwest::Method::GET, &format!("/api/jobs?limit=2&cursor={cursor}"), Some(&key)).await;
+        assert_eq!(s, 200, "{page}");
+        for j in page["jobs"].as_array().expect("jobs") {
+            seen.push(j["jobId"].as_str().expect("id").to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let (s, page) = api.call(reqwest::Method::GET, "/api/jobs?status=canceled", Some(&key)).await;
+    assert_eq!((s, page["jobs"].as_array().map(Vec::len)), (200, Some(1)));
+    let (s, r) = api.call(reqwest::Method::GET, "/api/jobs?status=bogus", Some(&key)).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (400, Some("invalid-status")));
+
+    let (s, q) = api.call(reqwest::Method::GET, "/api/queue", Some(&key)).await;
+    assert_eq!((s, q["queued"].as_i64(), q["processing"].as_i64()), (200, Some(4), Some(0)), "{q}");
+
+    // Scheduled jobs wait at position 0 with scheduledFor set.
+    let mut later = edit();
+    later["delay_seconds"] = json!(600);
+    let (s, body) = api.submit(&key, later).await;
+    assert_eq!((s, body["queuePosition"].as_i64()), (202, Some(0)), "{body}");
+    let (_, job) = api.call(reqwest::Method::GET, &format!("/api/jobs/{}", body["jobId"].as_str().expect("id")), Some(&key)).await;
+    assert!(job["scheduledFor"].is_string(), "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_serves_health_readiness_and_openapi() {
+    let api = Api::start().await;
+    assert_eq!(api.call(reqwest::Method::GET, "/healthz", None).await.0, 200);
+    let (s, r) = api.call(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, doc) = api.call(reqwest::Method::GET, "/api/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    for path in ["/api/ai/edit", "/api/jobs/{job_id}", "/api/jobs", "/api/queue", "/healthz", "/readyz"] {
+        assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
+    }
+    assert!(doc["components"]["schemas"]["JobView"]["properties"]["queuePosition"].is_object(), "camelCase schema");
+    let (s, r) = api.call(reqwest::Method::GET, "/nope", None).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not-found")));
+}
