@@ -125,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Users { cmd: UsersCmd::Create { email, plan } } => {
             let u = db.create_user(&email, &plan).await.context("creating the user")?;
             if cli.json {
-                println!("{}", serde_json::json!({"id": u.id.to_string(), "email": u.email, "plan": u.plan, "webhookSecret": u.webhook_secret}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": u.id.to_string(), "email": u.email, "plan": u.plan, "webhookSecret": u.webhook_secret})
+                );
             } else {
                 println!("user {} <{}> plan={}", u.id, u.email, u.plan);
                 println!("webhook secret: {}", u.webhook_secret);
@@ -166,7 +169,11 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("job        {}", job.id);
                 println!("user       {}", job.user_id);
-                println!("status     {}{}", job.status, if position > 0 { format!(" (position {position})") } else { String::new() });
+                println!(
+                    "status     {}{}",
+                    job.status,
+                    if position > 0 { format!(" (position {position})") } else { String::new() }
+                );
                 println!("priority   {}", job.priority);
                 println!("attempts   {}/{}", job.attempts, job.max_attempts);
                 println!("prompt     {}", job.prompt);
@@ -205,16 +212,24 @@ async fn main() -> anyhow::Result<()> {
                 Err(_) => None,
             };
             if cli.json {
-                println!("{}", serde_json::json!({
-                    "jobs": {"queued": counts.queued, "scheduled": counts.scheduled, "processing": counts.processing,
-                             "complete": counts.complete, "failed": counts.failed, "canceled": counts.canceled},
-                    "redis": depths,
-                }));
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "jobs": {"queued": counts.queued, "scheduled": counts.scheduled, "processing": counts.processing,
+                                 "complete": counts.complete, "failed": counts.failed, "canceled": counts.canceled},
+                        "redis": depths,
+                    })
+                );
             } else {
-                println!("jobs (postgres): queued={} scheduled={} processing={} complete={} failed={} canceled={}",
-                    counts.queued, counts.scheduled, counts.processing, counts.complete, counts.failed, counts.canceled);
+                println!(
+                    "jobs (postgres): queued={} scheduled={} processing={} complete={} failed={} canceled={}",
+                    counts.queued, counts.scheduled, counts.processing, counts.complete, counts.failed, counts.canceled
+                );
                 match depths {
-                    Some(d) => println!("queue (redis {}): ready={} scheduled={} in-flight={}", cfg.queue.name, d.active, d.scheduled, d.inflight),
+                    Some(d) => println!(
+                        "queue (redis {}): ready={} scheduled={} in-flight={}",
+                        cfg.queue.name, d.active, d.scheduled, d.inflight
+                    ),
                     None => println!("queue (redis): unreachable"),
                 }
             }

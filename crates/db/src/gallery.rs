@@ -71,7 +71,9 @@ impl Db {
             .await?;
         let row = match inserted {
             Some(row) => row,
-            None => conn.query_one("SELECT * FROM gallery_images WHERE job_id = $1", &[&img.job_id.to_string()]).await?,
+            None => {
+                conn.query_one("SELECT * FROM gallery_images WHERE job_id = $1", &[&img.job_id.to_string()]).await?
+            }
         };
         Ok(image_from_row(&row))
     }

@@ -149,12 +149,7 @@ impl Db {
                     AND ($2::text IS NULL OR status = $2)
                     AND ($3::text IS NULL OR id < $3)
                   ORDER BY id DESC LIMIT $4",
-                &[
-                    &user.map(|u| u.to_string()),
-                    &status.map(|s| s.as_str()),
-                    &before.map(|b| b.to_string()),
-                    &limit,
-                ],
+                &[&user.map(|u| u.to_string()), &status.map(|s| s.as_str()), &before.map(|b| b.to_string()), &limit],
             )
             .await?;
         jobs_from_rows(&rows)

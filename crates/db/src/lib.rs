@@ -5,11 +5,11 @@
 //!
 //! ## Layout
 //! - [`DbConfig`] / [`Db::connect`]: the pool (bounded by `max_connections`, every wait timed out).
-//! - [`Db::migrate`]: applies `migrations/` (refinery, embedded at build time).
-//! - [`users`]: users and API keys (keys stored as SHA-256 only).
-//! - [`jobs`]: job rows, queue position, status transitions.
-//! - [`steps`]: per-step outcome and output — what makes a retry skip finished work.
-//! - [`gallery`]: saved images.
+//! - [`Db::migrate`] — applies `migrations/` (refinery, embedded at build time).
+//! - [`users`] — users and API keys (keys stored as SHA-256 only).
+//! - [`jobs`] — job rows, queue position, status transitions.
+//! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
+//! - [`gallery`] — saved images.
 
 pub mod gallery;
 pub mod jobs;
@@ -83,7 +83,9 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Pool(_) => true,
-            Self::Query(e) => e.is_closed() || e.as_db_error().is_none() || e.code().is_some_and(|c| c.code().starts_with("40")),
+            Self::Query(e) => {
+                e.is_closed() || e.as_db_error().is_none() || e.code().is_some_and(|c| c.code().starts_with("40"))
+            }
             _ => false,
         }
     }
@@ -115,7 +117,8 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Build the pool. Connections are opened lazily; call [`Db::ping`] to check reachability.
     pub fn connect(cfg: &DbConfig) -> Result<Self> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        let mut pg: tokio_postgres::Config =
+            cfg.url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
         pg.connect_timeout(timeout);
         pg.options(format!("-c statement_timeout={}", cfg.statement_timeout_ms));

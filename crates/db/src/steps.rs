@@ -35,11 +35,7 @@ fn step_from_row(row: &tokio_postgres::Row) -> Result<StepRow> {
 impl Db {
     /// The recorded steps of a job, in run order.
     pub async fn steps(&self, job: JobId) -> Result<Vec<StepRow>> {
-        let rows = self
-            .conn()
-            .await?
-            .query("SELECT * FROM job_steps WHERE job_id = $1", &[&job.to_string()])
-            .await?;
+        let rows = self.conn().await?.query("SELECT * FROM job_steps WHERE job_id = $1", &[&job.to_string()]).await?;
         let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;
         steps.sort_by_key(|s| StepName::ALL.iter().position(|n| *n == s.name));
         Ok(steps)

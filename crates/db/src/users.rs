@@ -80,7 +80,8 @@ impl Db {
     /// Issue an API key for `user`. The returned key is not recoverable later.
     pub async fn create_api_key(&self, user: UserId, name: &str) -> Result<IssuedKey> {
         let id = ulid::Ulid::generate().to_string();
-        let key = format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let key =
+            format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
         let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
         self.conn()
             .await?

@@ -70,11 +70,7 @@ pub struct WebhookPolicy {
 
 impl NewEdit {
     /// Validate a raw request. `now` anchors `delay_seconds`.
-    pub fn parse(
-        raw: EditRequest,
-        policy: WebhookPolicy,
-        now: DateTime<Utc>,
-    ) -> Result<Self, ValidationError> {
+    pub fn parse(raw: EditRequest, policy: WebhookPolicy, now: DateTime<Utc>) -> Result<Self, ValidationError> {
         let prompt = raw.prompt.map(|p| p.trim().to_owned()).unwrap_or_default();
         if prompt.is_empty() {
             return Err(ValidationError::new("prompt", "invalid-prompt", "`prompt` is required and must not be empty"));
@@ -96,14 +92,23 @@ impl NewEdit {
         let priority = match raw.priority.as_deref() {
             None => Priority::Normal,
             Some(p) => p.parse().map_err(|_| {
-                ValidationError::new("priority", "invalid-priority", format!("`priority` must be `normal` or `high`, not `{p}`"))
+                ValidationError::new(
+                    "priority",
+                    "invalid-priority",
+                    format!("`priority` must be `normal` or `high`, not `{p}`"),
+                )
             })?,
         };
 
         let webhook_url = match raw.webhook_url.as_deref() {
             None => None,
             Some(_) => {
-                let url = parse_http_url(raw.webhook_url.as_deref(), "webhook_url", "invalid-webhook-url", policy.allow_insecure)?;
+                let url = parse_http_url(
+                    raw.webhook_url.as_deref(),
+                    "webhook_url",
+                    "invalid-webhook-url",
+                    policy.allow_insecure,
+                )?;
                 check_webhook_host(&url, policy)?;
                 Some(url)
             }
@@ -111,7 +116,11 @@ impl NewEdit {
 
         let run_at = match (raw.delay_seconds, raw.run_at.as_deref()) {
             (Some(_), Some(_)) => {
-                return Err(ValidationError::new("run_at", "invalid-schedule", "give `delay_seconds` or `run_at`, not both"))
+                return Err(ValidationError::new(
+                    "run_at",
+                    "invalid-schedule",
+                    "give `delay_seconds` or `run_at`, not both",
+                ))
             }
             (Some(d), None) => {
                 if !(0..=MAX_DELAY_SECONDS).contains(&d) {
@@ -125,10 +134,16 @@ impl NewEdit {
             }
             (None, Some(t)) => {
                 let at = DateTime::parse_from_rfc3339(t)
-                    .map_err(|_| ValidationError::new("run_at", "invalid-schedule", "`run_at` must be an RFC 3339 timestamp"))?
+                    .map_err(|_| {
+                        ValidationError::new("run_at", "invalid-schedule", "`run_at` must be an RFC 3339 timestamp")
+                    })?
                     .with_timezone(&Utc);
                 if at > now + chrono::Duration::seconds(MAX_DELAY_SECONDS) {
-                    return Err(ValidationError::new("run_at", "invalid-schedule", "`run_at` is more than 30 days away"));
+                    return Err(ValidationError::new(
+                        "run_at",
+                        "invalid-schedule",
+                        "`run_at` is more than 30 days away",
+                    ));
                 }
                 (at > now).then_some(at)
             }
@@ -152,7 +167,8 @@ fn parse_http_url(
     if raw.len() > MAX_URL_BYTES {
         return Err(ValidationError::new(field, code, format!("`{field}` is longer than {MAX_URL_BYTES} bytes")));
     }
-    let url = Url::parse(raw).map_err(|e| ValidationError::new(field, code, format!("`{field}` is not a valid URL: {e}")))?;
+    let url =
+        Url::parse(raw).map_err(|e| ValidationError::new(field, code, format!("`{field}` is not a valid URL: {e}")))?;
     let scheme_ok = match url.scheme() {
         "https" => true,
         "http" => allow_http,

@@ -122,10 +122,7 @@ mod tests {
             assert_eq!(s.as_str().parse::<JobStatus>(), Ok(*s));
         }
         assert!("urgent".parse::<Priority>().is_err());
-        assert_eq!(
-            serde_json::to_string(&StepName::SaveToGallery).expect("serialize"),
-            "\"save-to-gallery\""
-        );
+        assert_eq!(serde_json::to_string(&StepName::SaveToGallery).expect("serialize"), "\"save-to-gallery\"");
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! error codes a job can end with, and the JSON views clients read. No I/O lives here.
 //!
 //! ## Layout
-//! - [`ids`]: `JobId`, `UserId` (ULIDs; a job id doubles as the queue task id).
-//! - [`job`]: `JobStatus`, `Priority`, `StepName`, `StepStatus`, job error codes.
-//! - [`edit`]: the raw submit body and its validation into [`edit::NewEdit`].
-//! - [`net`]: which addresses a server-side fetch must never reach (SSRF guard).
-//! - [`view`]: camelCase response shapes shared by the gateway and the webhook.
+//! - [`ids`] — `JobId`, `UserId` (ULIDs; a job id doubles as the queue task id).
+//! - [`job`] — `JobStatus`, `Priority`, `StepName`, `StepStatus`, job error codes.
+//! - [`edit`] — the raw submit body and its validation into [`edit::NewEdit`].
+//! - [`net`] — which addresses a server-side fetch must never reach (SSRF guard).
+//! - [`view`] — camelCase response shapes shared by the gateway and the webhook.
 
 pub mod edit;
 pub mod ids;

@@ -132,7 +132,11 @@ async fn submit(state: Data<Arc<State>>, req: HttpRequest, path: web::Path<Strin
         } else if state.mode == Mode::Reject {
             ks.stats.rejected += 1;
             let rate_bound = per_minute > 0 && ks.window.len() >= per_minute as usize;
-            let wait = if rate_bound { ks.trim_window(now, window).unwrap_or(window) } else { state.cfg.scaled(Duration::from_secs(1)) };
+            let wait = if rate_bound {
+                ks.trim_window(now, window).unwrap_or(window)
+            } else {
+                state.cfg.scaled(Duration::from_secs(1))
+            };
             let secs = wait.as_secs_f64().max(0.001);
             drop(inner);
             return HttpResponse::TooManyRequests()
@@ -217,7 +221,9 @@ async fn wait_for_capacity(state: &State, id: &str, key: &str) -> bool {
             }
             let (per_minute, concurrent) = (state.cfg.max_per_minute, state.cfg.max_concurrent);
             let ks = inner.key(key);
-            if ks.waiting.front().map(String::as_str) == Some(id) && ks.has_capacity(now, window, per_minute, concurrent) {
+            if ks.waiting.front().map(String::as_str) == Some(id)
+                && ks.has_capacity(now, window, per_minute, concurrent)
+            {
                 ks.waiting.pop_front();
                 ks.stats.in_queue = ks.stats.in_queue.saturating_sub(1);
                 ks.start(now);
@@ -360,8 +366,7 @@ async fn stats(state: Data<Arc<State>>) -> HttpResponse {
         total.injected_errors += s.injected_errors;
         total.injected_hangs += s.injected_hangs;
     }
-    let keys: serde_json::Map<String, Value> =
-        inner.keys.iter().map(|(k, v)| (k.clone(), json!(v.stats))).collect();
+    let keys: serde_json::Map<String, Value> = inner.keys.iter().map(|(k, v)| (k.clone(), json!(v.stats))).collect();
     HttpResponse::Ok().json(json!({
         "mode": state.mode,
         "max_per_minute": state.cfg.max_per_minute,

@@ -7,7 +7,7 @@
 //! image that it serves itself.
 //!
 //! ## Layout
-//! - [`EmulatorConfig`]: the command-line flags.
+//! - [`EmulatorConfig`] — the command-line flags.
 //! - `state`: requests, per-key limits and counters (`GET /__stats`).
 //! - `edit`: the deterministic "edit" (auto-levels and a warm tint).
 //! - `http`: the routes; [`run`] serves them on a bound listener until shutdown.

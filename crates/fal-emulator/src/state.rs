@@ -202,7 +202,9 @@ impl State {
     }
 
     pub fn key_allowed(&self, key: &str) -> bool {
-        !key.is_empty() && (self.cfg.keys.is_empty() || self.cfg.keys.iter().any(|k| k == key)) && !self.lock().revoked.contains(key)
+        !key.is_empty()
+            && (self.cfg.keys.is_empty() || self.cfg.keys.iter().any(|k| k == key))
+            && !self.lock().revoked.contains(key)
     }
 
     pub fn draw_latency(&self) -> Duration {

@@ -5,9 +5,9 @@
 //! whether a retry can help.
 //!
 //! ## Layout
-//! - [`FalConfig`]: base URL, model, key, timeouts (`JEWELSHOT_FAL__*`, key from `FAL_KEY`).
-//! - [`FalClient`]: the four queue calls.
-//! - [`FalError`]: typed failures with `code()`, `is_retryable()` and `retry_after()`.
+//! - [`FalConfig`] — base URL, model, key, timeouts (`JEWELSHOT_FAL__*`, key from `FAL_KEY`).
+//! - [`FalClient`] — the four queue calls.
+//! - [`FalError`] — typed failures with `code()`, `is_retryable()` and `retry_after()`.
 
 use std::{fmt, time::Duration};
 
@@ -219,7 +219,8 @@ impl FalClient {
         struct Answer {
             status: CancelState,
         }
-        let resp = self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await.map_err(map_transport)?;
+        let resp =
+            self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await.map_err(map_transport)?;
         let status = resp.status().as_u16();
         let wait = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(map_transport)?;
@@ -248,7 +249,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Turn an answer into `T` or a typed error; reads at most what `reqwest`'s timeout allows.
-async fn decode<T: serde::de::DeserializeOwned>(resp: Result<reqwest::Response, reqwest::Error>) -> Result<T, FalError> {
+async fn decode<T: serde::de::DeserializeOwned>(
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<T, FalError> {
     let resp = resp.map_err(map_transport)?;
     let status = resp.status().as_u16();
     let wait = retry_after(resp.headers());

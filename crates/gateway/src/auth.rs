@@ -32,10 +32,14 @@ fn needs_auth(path: &str) -> bool {
 }
 
 /// Middleware: resolve the bearer key for `/api/…` routes or answer 401.
-pub async fn authenticate(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if needs_auth(req.path()) {
         let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
-        let state = req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
+        let state =
+            req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
         let user = state.db.user_by_api_key(&token).await.map_err(ApiError::from)?.ok_or(ApiError::Unauthorized)?;
         req.extensions_mut().insert(AuthUser(user));
     }

@@ -38,7 +38,13 @@ pub struct GatewaySettings {
 
 impl Default for GatewaySettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), workers: 0, max_json_bytes: 64 * 1024, ready_timeout_ms: 2_000, shutdown_grace_secs: 15 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            max_json_bytes: 64 * 1024,
+            ready_timeout_ms: 2_000,
+            shutdown_grace_secs: 15,
+        }
     }
 }
 

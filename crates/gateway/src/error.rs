@@ -113,8 +113,13 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> acti
     let api = match &err {
         J::ContentType => ApiError::UnsupportedMediaType("Content-Type must be application/json".into()),
         J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::TooLarge(limit),
-        J::Deserialize(e) => ApiError::BadRequest { code: "invalid-json", message: format!("request body is not valid JSON for this route: {e}") },
-        other => ApiError::BadRequest { code: "invalid-json", message: format!("could not read the request body: {other}") },
+        J::Deserialize(e) => ApiError::BadRequest {
+            code: "invalid-json",
+            message: format!("request body is not valid JSON for this route: {e}"),
+        },
+        other => {
+            ApiError::BadRequest { code: "invalid-json", message: format!("could not read the request body: {other}") }
+        }
     };
     api.into()
 }

@@ -5,13 +5,13 @@
 //! replicas as traffic needs.
 //!
 //! ## Layout
-//! - [`config`]: `JEWELSHOT_*` settings.
-//! - [`auth`]: the bearer-key extractor.
-//! - [`routes`]: handlers (short: extract → service → DTO).
-//! - [`service`]: submit/view/list/cancel logic.
-//! - [`error`]: the one error shape.
-//! - [`openapi`]: the generated OpenAPI document.
-//! - [`Application`]: build (bind) then run until shutdown.
+//! - [`config`] — `JEWELSHOT_*` settings.
+//! - [`auth`] — the bearer-key extractor.
+//! - [`routes`] — handlers (short: extract → service → DTO).
+//! - [`service`] — submit/view/list/cancel logic.
+//! - [`error`] — the one error shape.
+//! - [`openapi`] — the generated OpenAPI document.
+//! - [`Application`] — build (bind) then run until shutdown.
 
 pub mod auth;
 pub mod config;
@@ -51,7 +51,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)))
+                .app_data(
+                    web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)),
+                )
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     error::ApiError::BadRequest { code: "invalid-query", message: e.to_string() }.into()
                 }))

@@ -104,11 +104,19 @@ pub async fn list(
         .transpose()?;
     let limit = limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::BadRequest { code: "invalid-limit", message: "`limit` must be between 1 and 100".into() });
+        return Err(ApiError::BadRequest {
+            code: "invalid-limit",
+            message: "`limit` must be between 1 and 100".into(),
+        });
     }
     let cursor = cursor
         .filter(|c| !c.is_empty())
-        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::BadRequest { code: "invalid-cursor", message: "`cursor` is not a cursor this API returned".into() }))
+        .map(|c| {
+            c.parse::<JobId>().map_err(|_| ApiError::BadRequest {
+                code: "invalid-cursor",
+                message: "`cursor` is not a cursor this API returned".into(),
+            })
+        })
         .transpose()?;
     let rows = state.db.list_jobs(Some(user.id), status, cursor, limit).await?;
     let mut jobs = Vec::with_capacity(rows.len());

@@ -127,7 +127,11 @@ async fn it_requires_a_key_and_isolates_users() {
     let api = Api::start().await;
     let a = api.key("a@example.com").await;
     let b = api.key("b@example.com").await;
-    for (m, p) in [(reqwest::Method::GET, "/api/jobs"), (reqwest::Method::GET, "/api/queue"), (reqwest::Method::POST, "/api/ai/edit")] {
+    for (m, p) in [
+        (reqwest::Method::GET, "/api/jobs"),
+        (reqwest::Method::GET, "/api/queue"),
+        (reqwest::Method::POST, "/api/ai/edit"),
+    ] {
         let (s, r) = api.call(m.clone(), p, None).await;
         assert_eq!((s, r["error"]["code"].as_str()), (401, Some("unauthorized")), "{p}: {r}");
         let (s, _) = api.call(m, p, Some("jsk_not-a-real-key")).await;
@@ -174,7 +178,10 @@ async fn it_submits_positions_lists_and_cancels() {
         assert_eq!(location.as_deref(), body["statusUrl"].as_str());
         ids.push(body["jobId"].as_str().expect("id").to_owned());
     }
-    assert_eq!(api.queue.depths().await.expect("depths").active + api.queue.depths().await.expect("depths").scheduled, 5);
+    assert_eq!(
+        api.queue.depths().await.expect("depths").active + api.queue.depths().await.expect("depths").scheduled,
+        5
+    );
 
     // Cancel the second: those behind it move up.
     let (s, c) = api.call(reqwest::Method::DELETE, &format!("/api/jobs/{}", ids[1]), Some(&key)).await;
@@ -215,7 +222,8 @@ async fn it_submits_positions_lists_and_cancels() {
     later["delay_seconds"] = json!(600);
     let (s, body) = api.submit(&key, later).await;
     assert_eq!((s, body["queuePosition"].as_i64()), (202, Some(0)), "{body}");
-    let (_, job) = api.call(reqwest::Method::GET, &format!("/api/jobs/{}", body["jobId"].as_str().expect("id")), Some(&key)).await;
+    let (_, job) =
+        api.call(reqwest::Method::GET, &format!("/api/jobs/{}", body["jobId"].as_str().expect("id")), Some(&key)).await;
     assert!(job["scheduledFor"].is_string(), "{job}");
 }
 

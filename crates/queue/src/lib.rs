@@ -5,10 +5,10 @@
 //! holds the job's truth.
 //!
 //! ## Layout
-//! - [`QueueConfig`]: Redis URL and queue name (`JEWELSHOT_QUEUE__*`); the name prefixes every
+//! - [`QueueConfig`] — Redis URL and queue name (`JEWELSHOT_QUEUE__*`); the name prefixes every
 //!   Redis key, which is how tests isolate themselves.
-//! - [`EditTask`]: the task payload.
-//! - [`Queue`]: push a job (now or at `run_at`) and read queue depths.
+//! - [`EditTask`] — the task payload.
+//! - [`Queue`] — push a job (now or at `run_at`) and read queue depths.
 
 use std::time::Duration;
 
@@ -141,7 +141,8 @@ impl Queue {
     pub async fn depths(&self) -> Result<QueueDepths, QueueError> {
         let cfg = self.storage.get_config();
         let mut conn = self.conn.clone();
-        let workers: Vec<String> = redis::cmd("ZRANGE").arg(cfg.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
+        let workers: Vec<String> =
+            redis::cmd("ZRANGE").arg(cfg.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("LLEN").arg(cfg.active_jobs_list()).cmd("ZCARD").arg(cfg.scheduled_jobs_set());
         for w in &workers {

@@ -5,9 +5,9 @@
 //! (issue B) implements the same trait.
 //!
 //! ## Layout
-//! - [`ObjectKey`]: a validated relative key (`jobs/<user>/<job>.jpg`); no `..`, no absolute paths.
-//! - [`ObjectStore`]: put/get/delete/exists/url/health.
-//! - [`local::LocalFs`]: files under a root directory, written atomically (temp file + rename).
+//! - [`ObjectKey`] — a validated relative key (`jobs/<user>/<job>.jpg`); no `..`, no absolute paths.
+//! - [`ObjectStore`] — put/get/delete/exists/url/health.
+//! - [`local::LocalFs`] — files under a root directory, written atomically (temp file + rename).
 //! - [`StorageConfig`] / [`open`]: builds the configured backend.
 
 pub mod local;

@@ -5,10 +5,10 @@
 //! root, and the real binaries started on port 0.
 //!
 //! ## Layout
-//! - [`fresh_database`]: create and migrate `jewelshot_test_<ulid>`.
-//! - [`Proc`]: a spawned binary that is killed when dropped; SIGKILL/SIGTERM on demand.
-//! - [`Stack`]: emulator + gateway (+ workers on demand) wired to one database and queue.
-//! - [`fixture_photo`]: the small CC0 photo shipped in `assets/`.
+//! - [`fresh_database`] — create and migrate `jewelshot_test_<ulid>`.
+//! - [`Proc`] — a spawned binary that is killed when dropped; SIGKILL/SIGTERM on demand.
+//! - [`Stack`] — emulator + gateway (+ workers on demand) wired to one database and queue.
+//! - [`fixture_photo`] — the small CC0 photo shipped in `assets/`.
 
 use std::{
     collections::HashMap,
@@ -25,7 +25,8 @@ use serde_json::Value;
 
 /// Server that hosts the per-test databases (the database name is replaced).
 pub fn admin_database_url() -> String {
-    std::env::var("JEWELSHOT_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("JEWELSHOT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn redis_url() -> String {
@@ -43,7 +44,8 @@ pub struct TestDb {
 pub async fn fresh_database() -> anyhow::Result<TestDb> {
     let admin = admin_database_url();
     let name = format!("jewelshot_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+    let (client, conn) =
+        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
     let task = tokio::spawn(conn);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     drop(client);
@@ -63,8 +65,11 @@ pub fn unique_queue_name() -> String {
 /// The workspace's target directory, where `cargo build --bins` put the binaries.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    // Tests live in target/<profile>/deps/, binaries (like the demo) in target/<profile>/.
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     dir.join(name)
 }
 
@@ -89,7 +94,14 @@ pub struct Proc {
 
 impl Proc {
     /// Spawn `bin` with `env`; when `wait_listen`, wait for its `listening on` line.
-    pub fn spawn(name: &str, bin: &str, args: &[String], env: &HashMap<String, String>, logs: &Path, wait_listen: bool) -> anyhow::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        bin: &str,
+        args: &[String],
+        env: &HashMap<String, String>,
+        logs: &Path,
+        wait_listen: bool,
+    ) -> anyhow::Result<Self> {
         let path = bin_path(bin);
         if !path.exists() {
             bail!("{} is missing: run `cargo build --workspace --bins` first (`just test` does)", path.display());
@@ -175,14 +187,24 @@ pub struct StackOptions {
     pub gateway_env: HashMap<String, String>,
     /// Extra environment for every worker.
     pub worker_env: HashMap<String, String>,
+    /// Storage root to use instead of a temporary directory (the demo keeps its results).
+    pub files_dir: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
-            emulator_args: vec!["--latency-ms".into(), "100-300".into(), "--max-concurrent".into(), "4".into(), "--max-per-minute".into(), "0".into()],
+            emulator_args: vec![
+                "--latency-ms".into(),
+                "100-300".into(),
+                "--max-concurrent".into(),
+                "4".into(),
+                "--max-per-minute".into(),
+                "0".into(),
+            ],
             gateway_env: HashMap::new(),
             worker_env: HashMap::new(),
+            files_dir: None,
         }
     }
 }
@@ -192,7 +214,9 @@ impl Default for StackOptions {
 pub struct Stack {
     pub db: TestDb,
     pub queue_name: String,
-    pub files: tempfile::TempDir,
+    /// The storage root.
+    pub files: PathBuf,
+    _files_tmp: Option<tempfile::TempDir>,
     pub logs: PathBuf,
     pub emulator: Proc,
     pub gateway: Proc,
@@ -206,19 +230,40 @@ impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
         let db = fresh_database().await?;
         let queue_name = unique_queue_name();
-        let files = tempfile::tempdir()?;
+        let (files, files_tmp) = match &opts.files_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (dir.clone(), None)
+            }
+            None => {
+                let tmp = tempfile::tempdir()?;
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
         let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
         std::fs::create_dir_all(&logs)?;
         let mut eargs = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
         eargs.extend(opts.emulator_args.iter().cloned());
         let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
 
-        let mut env = Self::common_env(&db.url, &queue_name, files.path());
+        let mut env = Self::common_env(&db.url, &queue_name, &files);
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
         env.extend(opts.gateway_env.clone());
         let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Self { db, queue_name, files, logs, emulator, gateway, workers: Vec::new(), http, opts, next_worker: 0 })
+        Ok(Self {
+            db,
+            queue_name,
+            files,
+            _files_tmp: files_tmp,
+            logs,
+            emulator,
+            gateway,
+            workers: Vec::new(),
+            http,
+            opts,
+            next_worker: 0,
+        })
     }
 
     fn common_env(db_url: &str, queue: &str, files: &Path) -> HashMap<String, String> {
@@ -242,7 +287,7 @@ impl Stack {
 
     /// Start one more worker process; `env` overrides the stack's worker settings.
     pub fn start_worker(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
-        let mut e = Self::common_env(&self.db.url, &self.queue_name, self.files.path());
+        let mut e = Self::common_env(&self.db.url, &self.queue_name, &self.files);
         e.insert("JEWELSHOT_STORAGE__LOCAL__PUBLIC_BASE_URL".into(), format!("{}/files", self.gateway_url()));
         e.insert("JEWELSHOT_FAL__QUEUE_URL".into(), self.emulator_url().to_owned());
         e.insert("FAL_KEY".into(), "test-key-1".into());
@@ -274,14 +319,15 @@ impl Stack {
 
     /// Put the demo photo into storage and return its URL (as a client-uploaded input).
     pub async fn input_photo_url(&self) -> anyhow::Result<String> {
-        let dest = self.files.path().join("inputs/demo.jpg");
-        std::fs::create_dir_all(dest.parent().unwrap_or(self.files.path()))?;
+        let dest = self.files.join("inputs/demo.jpg");
+        std::fs::create_dir_all(dest.parent().unwrap_or(&self.files))?;
         std::fs::copy(fixture_photo(), &dest).context("copying the demo photo")?;
         Ok(format!("{}/files/inputs/demo.jpg", self.gateway_url()))
     }
 
     pub async fn submit(&self, key: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self.http.post(format!("{}/api/ai/edit", self.gateway_url())).bearer_auth(key).json(body).send().await?;
+        let r =
+            self.http.post(format!("{}/api/ai/edit", self.gateway_url())).bearer_auth(key).json(body).send().await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }

@@ -4,11 +4,11 @@
 //! within a process, `concurrency` jobs run at once.
 //!
 //! ## Layout
-//! - [`config`]: `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
-//! - [`pipeline`]: one job as three recorded, resumable steps.
-//! - [`webhook`]: signed, SSRF-guarded webhook delivery.
-//! - [`backoff`]: retry delays.
-//! - [`run`]: wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
+//! - [`config`] — `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
+//! - [`pipeline`] — one job as three recorded, resumable steps.
+//! - [`webhook`] — signed, SSRF-guarded webhook delivery.
+//! - [`backoff`] — retry delays.
+//! - [`run`] — wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
 
 pub mod backoff;
 pub mod config;

@@ -162,8 +162,10 @@ async fn failed_step<T>(ctx: &Ctx, job: JobId, step: StepName, f: StepFailure) -
 }
 
 fn output_of<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Result<T, StepFailure> {
-    serde_json::from_value(v.unwrap_or_default())
-        .map_err(|e| StepFailure::Fatal { code: error_code::INTERNAL, message: format!("stored step output unreadable: {e}") })
+    serde_json::from_value(v.unwrap_or_default()).map_err(|e| StepFailure::Fatal {
+        code: error_code::INTERNAL,
+        message: format!("stored step output unreadable: {e}"),
+    })
 }
 
 #[tracing::instrument(skip_all, fields(step = "generate-image"))]
@@ -239,7 +241,10 @@ async fn wait_for_result(fal: &FalClient, req: &QueuedRequest) -> Result<FalImag
     }
     match fal.result(req).await {
         Ok(out) => out.images.into_iter().next().ok_or_else(|| {
-            (StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: "fal returned no image".into() }, true)
+            (
+                StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: "fal returned no image".into() },
+                true,
+            )
         }),
         // Transport trouble: the result is still there to fetch next time.
         Err(e @ (FalError::Timeout | FalError::Network(_))) => Err((e.into(), false)),
@@ -259,7 +264,10 @@ async fn save_to_gallery(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Resu
         Err(f) => return failed_step(ctx, job.id, STEP, f).await,
     };
     let Some((ext, content_type)) = sniff_image(&body) else {
-        let f = StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: "fal's result is not a JPEG, PNG or WebP image".into() };
+        let f = StepFailure::Fatal {
+            code: error_code::UPSTREAM_BAD_RESPONSE,
+            message: "fal's result is not a JPEG, PNG or WebP image".into(),
+        };
         return failed_step(ctx, job.id, STEP, f).await;
     };
     // The key depends on the job only, so a repeated save overwrites rather than duplicates.
@@ -282,7 +290,8 @@ async fn save_to_gallery(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Resu
             height: generated.image.height.map(|h| h as i32),
         })
         .await?;
-    let saved = Saved { key: image.storage_key, url: image.url, bytes: stored.bytes, content_type: content_type.to_owned() };
+    let saved =
+        Saved { key: image.storage_key, url: image.url, bytes: stored.bytes, content_type: content_type.to_owned() };
     ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&saved).unwrap_or_default()).await?;
     Ok(saved)
 }
@@ -296,13 +305,19 @@ async fn download(ctx: &Ctx, url: &str) -> Result<Bytes, StepFailure> {
     }
     let cap = ctx.settings.max_result_bytes;
     if resp.content_length().is_some_and(|n| n > cap) {
-        return Err(StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: format!("result is larger than {cap} bytes") });
+        return Err(StepFailure::Fatal {
+            code: error_code::UPSTREAM_BAD_RESPONSE,
+            message: format!("result is larger than {cap} bytes"),
+        });
     }
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| retry(format!("downloading the result failed: {e}")))? {
         buf.extend_from_slice(&chunk);
         if buf.len() as u64 > cap {
-            return Err(StepFailure::Fatal { code: error_code::UPSTREAM_BAD_RESPONSE, message: format!("result is larger than {cap} bytes") });
+            return Err(StepFailure::Fatal {
+                code: error_code::UPSTREAM_BAD_RESPONSE,
+                message: format!("result is larger than {cap} bytes"),
+            });
         }
     }
     Ok(buf.into())
@@ -380,7 +395,10 @@ mod tests {
 
     #[test]
     fn classifies_fal_errors() {
-        assert!(matches!(StepFailure::from(FalError::InvalidInput { detail: String::new() }), StepFailure::Fatal { .. }));
+        assert!(matches!(
+            StepFailure::from(FalError::InvalidInput { detail: String::new() }),
+            StepFailure::Fatal { .. }
+        ));
         assert!(matches!(StepFailure::from(FalError::Timeout), StepFailure::Retry { .. }));
         let ra = Some(Duration::from_secs(7));
         match StepFailure::from(FalError::RateLimited { retry_after: ra }) {

@@ -94,7 +94,13 @@ impl WebhookSender {
     /// Deliver `body` to `url`, retrying non-2xx answers with backoff. The message id stays the
     /// same across attempts (receivers deduplicate on it); the timestamp and signature are fresh.
     /// Returns the number of attempts made.
-    pub async fn deliver(&self, url: &str, secret: &str, msg_id: &str, body: &[u8]) -> Result<u32, (u32, WebhookError)> {
+    pub async fn deliver(
+        &self,
+        url: &str,
+        secret: &str,
+        msg_id: &str,
+        body: &[u8],
+    ) -> Result<u32, (u32, WebhookError)> {
         let target = Url::parse(url).map_err(|e| (0, WebhookError::Forbidden(e.to_string())))?;
         self.check_literal(&target).map_err(|e| (0, e))?;
         let mut last = WebhookError::Transport("not attempted".into());
@@ -108,7 +114,8 @@ impl WebhookSender {
                 }
             }
             if attempt < self.cfg.max_attempts {
-                tokio::time::sleep(backoff(attempt, self.cfg.backoff_base_ms, self.cfg.backoff_base_ms * 64, None)).await;
+                tokio::time::sleep(backoff(attempt, self.cfg.backoff_base_ms, self.cfg.backoff_base_ms * 64, None))
+                    .await;
             }
         }
         Err((self.cfg.max_attempts, last))

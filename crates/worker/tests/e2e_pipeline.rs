@@ -22,9 +22,10 @@ async fn stats_submits(stack: &Stack, prompt: &str) -> u64 {
 /// workers then complete them all against an emulator that runs 2 at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_twenty_edits_three_users_positions_and_completion() {
-    let mut stack = Stack::start(emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]))
-        .await
-        .expect("stack");
+    let mut stack =
+        Stack::start(emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]))
+            .await
+            .expect("stack");
     let mut keys = Vec::new();
     for email in ["ana@example.com", "ben@example.com", "cy@example.com"] {
         keys.push(stack.user(email).await.expect("user").1);
@@ -35,7 +36,8 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
     for i in 0..20 {
         let key = keys[i % 3].clone();
         let prompt = format!("e2e edit #{i}");
-        let (status, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": prompt })).await.expect("submit");
+        let (status, body) =
+            stack.submit(&key, &json!({ "image_url": input, "prompt": prompt })).await.expect("submit");
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["queuePosition"].as_i64(), Some(i as i64 + 1), "positions are 1..20 in submit order: {body}");
         assert_eq!(body["status"], "queued");
@@ -77,7 +79,8 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
         let job = &done[id];
         assert_eq!(job["queuePosition"], 0);
         // The job is complete before notify-user records its outcome; give that a moment.
-        let all_steps_done = |j: &Value| j["steps"].as_array().is_some_and(|s| s.iter().all(|s| s["status"] == "complete"));
+        let all_steps_done =
+            |j: &Value| j["steps"].as_array().is_some_and(|s| s.iter().all(|s| s["status"] == "complete"));
         let mut latest = job.clone();
         for _ in 0..100 {
             if all_steps_done(&latest) {
@@ -105,9 +108,10 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_sigkill_between_steps_never_pays_twice() {
     // Serving the generated image slowly holds the job inside save-to-gallery.
-    let mut stack = Stack::start(emulator(&["--latency-ms", "100-200", "--file-delay-ms", "4000", "--max-per-minute", "0"]))
-        .await
-        .expect("stack");
+    let mut stack =
+        Stack::start(emulator(&["--latency-ms", "100-200", "--file-delay-ms", "4000", "--max-per-minute", "0"]))
+            .await
+            .expect("stack");
     let (_, key, _) = stack.user("kill@example.com").await.expect("user");
     let input = stack.input_photo_url().await.expect("input");
     let prompt = "survive a crash";
@@ -147,8 +151,10 @@ async fn e2e_upstream_422_fails_after_one_attempt() {
     let (_, key, _) = stack.user("bad@example.com").await.expect("user");
     let input = stack.input_photo_url().await.expect("input");
     stack.start_worker(&[]).expect("worker");
-    let (_, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": "make it [invalid]" })).await.expect("submit");
-    let job = stack.wait_final(&key, body["jobId"].as_str().expect("id"), Duration::from_secs(30)).await.expect("final");
+    let (_, body) =
+        stack.submit(&key, &json!({ "image_url": input, "prompt": "make it [invalid]" })).await.expect("submit");
+    let job =
+        stack.wait_final(&key, body["jobId"].as_str().expect("id"), Duration::from_secs(30)).await.expect("final");
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "upstream-invalid-input", "{job}");
     assert_eq!(job["attempts"], 1, "no retry for a 422: {job}");
@@ -166,7 +172,8 @@ async fn e2e_injected_5xx_are_retried_to_completion() {
     stack.start_worker(&[]).expect("worker");
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (_, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": format!("flaky {i}") })).await.expect("submit");
+        let (_, body) =
+            stack.submit(&key, &json!({ "image_url": input, "prompt": format!("flaky {i}") })).await.expect("submit");
         ids.push(body["jobId"].as_str().expect("id").to_owned());
     }
     let mut attempts = 0;
@@ -191,8 +198,10 @@ async fn e2e_attempts_never_exceed_the_maximum() {
     let (_, key, _) = stack.user("doomed@example.com").await.expect("user");
     let input = stack.input_photo_url().await.expect("input");
     stack.start_worker(&[]).expect("worker");
-    let (_, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": "always [fail]" })).await.expect("submit");
-    let job = stack.wait_final(&key, body["jobId"].as_str().expect("id"), Duration::from_secs(30)).await.expect("final");
+    let (_, body) =
+        stack.submit(&key, &json!({ "image_url": input, "prompt": "always [fail]" })).await.expect("submit");
+    let job =
+        stack.wait_final(&key, body["jobId"].as_str().expect("id"), Duration::from_secs(30)).await.expect("final");
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "upstream-unavailable", "{job}");
     assert_eq!(job["attempts"], 3, "{job}");

@@ -34,10 +34,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     );
     let checks = [("postgres", timed(pg)), ("redis", timed(redis)), ("storage", timed(storage))];
     let failing: Vec<&str> = checks.iter().filter(|(_, e)| e.is_some()).map(|(n, _)| *n).collect();
-    let detail: serde_json::Map<String, serde_json::Value> = checks
-        .iter()
-        .map(|(n, e)| (n.to_string(), json!(if e.is_some() { "down" } else { "ok" })))
-        .collect();
+    let detail: serde_json::Map<String, serde_json::Value> =
+        checks.iter().map(|(n, e)| (n.to_string(), json!(if e.is_some() { "down" } else { "ok" }))).collect();
     if failing.is_empty() {
         return HttpResponse::Ok().json(json!({ "status": "ready", "checks": detail }));
     }

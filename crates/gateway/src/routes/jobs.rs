@@ -26,7 +26,11 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state:
     security(("bearer" = []))
 )]
 #[post("/api/ai/edit")]
-pub async fn submit(state: web::Data<AppState>, user: AuthUser, body: web::Json<EditRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn submit(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<EditRequest>,
+) -> Result<HttpResponse, ApiError> {
     let submitted = service::submit(&state, &user.0, body.into_inner()).await?;
     Ok(HttpResponse::Accepted().insert_header(("Location", submitted.status_url.clone())).json(submitted))
 }
@@ -43,7 +47,11 @@ pub async fn submit(state: web::Data<AppState>, user: AuthUser, body: web::Json<
     security(("bearer" = []))
 )]
 #[get("/api/jobs/{job_id}")]
-pub async fn get(state: web::Data<AppState>, user: AuthUser, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = service::parse_job_id(&path)?;
     Ok(HttpResponse::Ok().json(service::get(&state, &user.0, id).await?))
 }
@@ -70,7 +78,11 @@ pub struct ListQuery {
     security(("bearer" = []))
 )]
 #[get("/api/jobs")]
-pub async fn list(state: web::Data<AppState>, user: AuthUser, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let page = service::list(&state, &user.0, q.status.as_deref(), q.limit, q.cursor.as_deref()).await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -88,7 +100,11 @@ pub async fn list(state: web::Data<AppState>, user: AuthUser, q: web::Query<List
     security(("bearer" = []))
 )]
 #[delete("/api/jobs/{job_id}")]
-pub async fn cancel(state: web::Data<AppState>, user: AuthUser, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = service::parse_job_id(&path)?;
     Ok(HttpResponse::Ok().json(service::cancel(&state, &user.0, id).await?))
 }
