@@ -11,9 +11,10 @@ default:
 services:
     bash deploy/scripts/ensure-services.sh
 
-# Python tools for the interop tests: fal's official client and Standard Webhooks (target/pytools).
+# Interop tools: fal's official Python and JS clients, Standard Webhooks (target/pytools, target/jstools).
 tools:
     bash deploy/scripts/python-tools.sh
+    bash deploy/scripts/js-tools.sh
 
 # Build every binary (gateway, worker, CLI, emulator, demo).
 build:

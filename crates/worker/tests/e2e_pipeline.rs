@@ -208,3 +208,27 @@ async fn e2e_attempts_never_exceed_the_maximum() {
     let stats = stack.emulator_stats().await.expect("stats");
     assert_eq!(stats["total"]["injected_errors"], 3, "fal was called exactly max_attempts times: {stats}");
 }
+
+/// apalis-redis hazard: an idle worker would see a job pushed by another process only at its
+/// next heartbeat. With a 30 s heartbeat, a job must still start within a second or two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let (_, key, _) = stack.user("idle@example.com").await.expect("user");
+    let input = stack.input_photo_url().await.expect("input");
+    stack.start_worker(&[("JEWELSHOT_WORKER__HEARTBEAT_SECS", "30")]).expect("worker");
+    // Let the worker register and go idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let submitted = Instant::now();
+    let (_, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": "wake up" })).await.expect("submit");
+    let id = body["jobId"].as_str().expect("id").to_owned();
+    loop {
+        let (_, job) = stack.get_job(&key, &id).await.expect("poll");
+        if job["status"] != "queued" {
+            break;
+        }
+        assert!(submitted.elapsed() < Duration::from_secs(3), "an idle worker took over 3 s to start a job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("idle worker started the job {:?} after submit", submitted.elapsed());
+}
