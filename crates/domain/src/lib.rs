@@ -9,10 +9,12 @@
 //! - [`edit`] — the raw submit body and its validation into [`edit::NewEdit`].
 //! - [`net`] — which addresses a server-side fetch must never reach (SSRF guard).
 //! - [`view`] — camelCase response shapes shared by the gateway and the webhook.
+//! - [`metric_names`] — every metric name and its description.
 
 pub mod edit;
 pub mod ids;
 pub mod job;
+pub mod metric_names;
 pub mod net;
 pub mod view;
 

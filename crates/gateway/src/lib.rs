@@ -11,6 +11,7 @@
 //! - [`service`] — submit/view/list/cancel logic.
 //! - [`error`] — the one error shape.
 //! - [`openapi`] — the generated OpenAPI document.
+//! - [`telemetry`] — Prometheus metrics and `/metrics`.
 //! - [`Application`] — build (bind) then run until shutdown.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 
 use std::{future::Future, net::TcpListener};
 
@@ -47,6 +49,7 @@ impl Application {
         let limit = cfg.gateway.max_json_bytes;
         let workers = cfg.gateway.workers;
         let grace = cfg.gateway.shutdown_grace_secs;
+        telemetry::prometheus();
         let state = web::Data::new(AppState::new(db, queue, store, cfg));
         let mut server = HttpServer::new(move || {
             App::new()
@@ -59,6 +62,7 @@ impl Application {
                 }))
                 .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
                 .wrap(middleware::from_fn(auth::authenticate))
+                .wrap(middleware::from_fn(telemetry::track))
                 .wrap(middleware::Logger::new("%r %s %Dms").exclude("/healthz"))
                 .configure(routes::configure)
                 .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound) }))

@@ -38,6 +38,8 @@ impl Modify for BearerAuth {
         crate::routes::queue::queue,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
+        crate::telemetry::metrics_endpoint,
+        openapi_json,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth)
@@ -45,6 +47,7 @@ impl Modify for BearerAuth {
 pub struct ApiDoc;
 
 /// The OpenAPI 3 description of this API.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "ops", responses((status = 200, description = "This document")))]
 #[get("/api/openapi.json")]
 pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())

@@ -32,6 +32,8 @@ pub async fn submit(state: &AppState, user: &User, raw: EditRequest) -> Result<S
         return Err(e.into());
     }
     let position = state.db.queue_position(&job).await?;
+    metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
+        .increment(1);
     tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
     Ok(SubmittedView {
         job_id: id.to_string(),

@@ -236,10 +236,22 @@ async fn it_serves_health_readiness_and_openapi() {
     let (s, doc) = api.call(reqwest::Method::GET, "/api/openapi.json", None).await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
-    for path in ["/api/ai/edit", "/api/jobs/{job_id}", "/api/jobs", "/api/queue", "/healthz", "/readyz"] {
+    for path in [
+        "/api/ai/edit",
+        "/api/jobs/{job_id}",
+        "/api/jobs",
+        "/api/queue",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/openapi.json",
+    ] {
         assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
     assert!(doc["components"]["schemas"]["JobView"]["properties"]["queuePosition"].is_object(), "camelCase schema");
+    let text = api.http.get(format!("{}/metrics", api.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("jewelshot_http_requests_total{route=\"/healthz\",status=\"200\"}"), "{text}");
+    assert!(text.contains("jewelshot_queue_jobs{state=\"queued\"}"), "{text}");
     let (s, r) = api.call(reqwest::Method::GET, "/nope", None).await;
     assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not-found")));
 }

@@ -46,6 +46,8 @@ pub struct WorkerSettings {
     pub max_result_bytes: u64,
     /// On SIGTERM, how long in-flight jobs get to finish, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Address for Prometheus metrics (`GET /metrics`), e.g. `0.0.0.0:9100`; empty = off.
+    pub metrics_listen: String,
 }
 
 impl Default for WorkerSettings {
@@ -61,6 +63,7 @@ impl Default for WorkerSettings {
             download_timeout_secs: 60,
             max_result_bytes: 50 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            metrics_listen: String::new(),
         }
     }
 }

@@ -28,6 +28,17 @@ use tracing::Instrument;
 pub use config::Config;
 use pipeline::Ctx;
 
+fn describe_metrics() {
+    use jewelshot_domain::metric_names as m;
+    for (name, help) in m::ALL {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else if name.ends_with("_seconds") {
+            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+        }
+    }
+}
+
 /// A name unique to this process, for apalis (which requires it) and for the job row.
 fn worker_name(configured: &str) -> String {
     if !configured.is_empty() {
@@ -47,6 +58,12 @@ async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> 
 
 /// Run until `shutdown` resolves, then stop taking jobs and give in-flight ones the grace period.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if !cfg.worker.metrics_listen.is_empty() {
+        let addr: std::net::SocketAddr = cfg.worker.metrics_listen.parse()?;
+        metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
+        describe_metrics();
+        tracing::info!(%addr, "serving metrics");
+    }
     let db = Db::connect(&cfg.database)?;
     db.ping().await?;
     let store = jewelshot_storage::open(&cfg.storage)?;

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use jewelshot_domain::metric_names as m;
+
 use crate::{backoff::backoff, config::WorkerSettings, webhook::WebhookSender};
 
 /// Everything a job needs; shared by all of a worker's tasks.
@@ -116,6 +118,7 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
         return end_failed(ctx, &job, error_code::POISON_JOB, &msg).await;
     }
     loop {
+        metrics::counter!(m::JOB_ATTEMPTS).increment(1);
         tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
         match run_steps(ctx, &job).await {
             Ok(()) => return Ok(()),
@@ -142,12 +145,26 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
     }
 }
 
+/// Run a step and record how long it took and how it ended.
+async fn timed<T>(
+    step: StepName,
+    f: impl std::future::Future<Output = Result<T, StepFailure>>,
+) -> Result<T, StepFailure> {
+    let start = std::time::Instant::now();
+    let out = f.await;
+    let outcome = if out.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(m::STEP_DURATION, "step" => step.as_str(), "outcome" => outcome)
+        .record(start.elapsed().as_secs_f64());
+    out
+}
+
 async fn run_steps(ctx: &Ctx, job: &JobRow) -> Result<(), StepFailure> {
-    let generated = generate_image(ctx, job).await?;
-    let saved = save_to_gallery(ctx, job, &generated).await?;
+    let generated = timed(StepName::GenerateImage, generate_image(ctx, job)).await?;
+    let saved = timed(StepName::SaveToGallery, save_to_gallery(ctx, job, &generated)).await?;
     let Some(done) = ctx.db.complete_job(job.id, &saved.url).await? else {
         return Ok(()); // canceled meanwhile: nothing to announce
     };
+    metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
     notify(ctx, &done).await?;
     Ok(())
 }
@@ -184,8 +201,14 @@ async fn generate_image(ctx: &Ctx, job: &JobRow) -> Result<Generated, StepFailur
         None => {
             let input = EditInput { image_url: job.input_url.clone(), prompt: job.prompt.clone() };
             let queued = match ctx.fal.submit(&input).await {
-                Ok(q) => q,
-                Err(e) => return failed_step(ctx, job.id, STEP, e.into()).await,
+                Ok(q) => {
+                    metrics::counter!(m::FAL_SUBMITS, "outcome" => "accepted").increment(1);
+                    q
+                }
+                Err(e) => {
+                    metrics::counter!(m::FAL_SUBMITS, "outcome" => e.code()).increment(1);
+                    return failed_step(ctx, job.id, STEP, e.into()).await;
+                }
             };
             tracing::info!(request_id = %queued.request_id, "submitted to fal");
             let cp = serde_json::to_value(Checkpoint { request: queued.clone() }).unwrap_or_default();
@@ -340,6 +363,7 @@ pub fn sniff_image(b: &[u8]) -> Option<(&'static str, &'static str)> {
 async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, message: &str) -> Result<(), HandBack> {
     tracing::warn!(code, %message, "job failed");
     if let Some(failed) = ctx.db.fail_job(job.id, code, message).await? {
+        metrics::counter!(m::JOBS_FINISHED, "status" => "failed", "code" => code.to_owned()).increment(1);
         notify(ctx, &failed).await?;
     }
     Ok(())
@@ -368,7 +392,10 @@ async fn notify(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
             let secret = ctx.db.user(job.user_id).await?.map(|u| u.webhook_secret).unwrap_or_default();
             // Stable across retries and re-deliveries: receivers deduplicate on it.
             let msg_id = format!("msg_{}_{}", job.id, kind.replace('.', "_"));
-            match ctx.webhooks.deliver(url, &secret, &msg_id, &body).await {
+            let outcome = ctx.webhooks.deliver(url, &secret, &msg_id, &body).await;
+            let label = if outcome.is_ok() { "delivered" } else { "undelivered" };
+            metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => label).increment(1);
+            match outcome {
                 Ok(attempts) => json!({ "webhook": { "id": msg_id, "delivered": true, "attempts": attempts } }),
                 Err((attempts, e)) => {
                     tracing::warn!(error = %e, "webhook not delivered");

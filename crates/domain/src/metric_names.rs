@@ -1,0 +1,24 @@
+//! Every metric name, in one place, with what it means. Binaries describe them at start-up.
+
+/// (name, description) of every metric.
+pub const ALL: &[(&str, &str)] = &[
+    (HTTP_REQUESTS, "HTTP requests answered by the gateway, by route pattern and status"),
+    (HTTP_DURATION, "Gateway request latency in seconds, by route pattern"),
+    (JOBS_SUBMITTED, "Jobs accepted by the gateway, by priority"),
+    (QUEUE_JOBS, "Jobs by state, as Postgres records them (sampled at scrape)"),
+    (JOBS_FINISHED, "Jobs that reached a final state in a worker, by status and error code"),
+    (JOB_ATTEMPTS, "Job attempts started by workers"),
+    (STEP_DURATION, "Step run time in seconds, by step and outcome"),
+    (FAL_SUBMITS, "Requests submitted to fal (each is billed), by outcome"),
+    (WEBHOOK_DELIVERIES, "Webhook deliveries, by outcome"),
+];
+
+pub const HTTP_REQUESTS: &str = "jewelshot_http_requests_total";
+pub const HTTP_DURATION: &str = "jewelshot_http_request_duration_seconds";
+pub const JOBS_SUBMITTED: &str = "jewelshot_jobs_submitted_total";
+pub const QUEUE_JOBS: &str = "jewelshot_queue_jobs";
+pub const JOBS_FINISHED: &str = "jewelshot_jobs_finished_total";
+pub const JOB_ATTEMPTS: &str = "jewelshot_job_attempts_total";
+pub const STEP_DURATION: &str = "jewelshot_step_duration_seconds";
+pub const FAL_SUBMITS: &str = "jewelshot_fal_submits_total";
+pub const WEBHOOK_DELIVERIES: &str = "jewelshot_webhook_deliveries_total";

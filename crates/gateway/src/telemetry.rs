@@ -1,0 +1,86 @@
+//! Prometheus metrics: one recorder per process, HTTP request counts and latencies by route
+//! pattern (never by raw path, so cardinality stays bounded), and `GET /metrics`.
+
+use std::{sync::OnceLock, time::Instant};
+
+use actix_web::{
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    get,
+    middleware::Next,
+    web, HttpResponse,
+};
+use jewelshot_domain::metric_names as m;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder (installed on first use; shared by every app in the process).
+pub fn prometheus() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe_all();
+        handle
+    })
+}
+
+/// Attach the descriptions from `metric_names::ALL` (the kind follows the name's suffix).
+pub fn describe_all() {
+    for (name, help) in m::ALL {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else if name.ends_with("_seconds") {
+            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
+}
+
+/// Middleware: count and time every request by its route pattern.
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let pattern = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    metrics::counter!(m::HTTP_REQUESTS, "route" => pattern.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(m::HTTP_DURATION, "route" => pattern).record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Prometheus text format; job counts by state are sampled from Postgres at scrape time.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
+    if let Ok(c) = state.db.queue_counts().await {
+        for (label, v) in [
+            ("queued", c.queued),
+            ("scheduled", c.scheduled),
+            ("processing", c.processing),
+            ("complete", c.complete),
+            ("failed", c.failed),
+            ("canceled", c.canceled),
+        ] {
+            metrics::gauge!(m::QUEUE_JOBS, "state" => label).set(v as f64);
+        }
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus().render())
+}
