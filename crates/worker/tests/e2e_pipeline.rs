@@ -217,7 +217,9 @@ async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
     let (_, key, _) = stack.user("idle@example.com").await.expect("user");
     let input = stack.input_photo_url().await.expect("input");
     stack.start_worker(&[("JEWELSHOT_WORKER__HEARTBEAT_SECS", "30")]).expect("worker");
-    // Let the worker register and go idle.
+    // A first job proves the worker is up; then it goes idle.
+    let (_, warm) = stack.submit(&key, &json!({ "image_url": input, "prompt": "warm up" })).await.expect("submit");
+    stack.wait_final(&key, warm["jobId"].as_str().expect("id"), Duration::from_secs(60)).await.expect("warm-up job");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let submitted = Instant::now();
     let (_, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": "wake up" })).await.expect("submit");
