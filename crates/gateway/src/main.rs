@@ -4,6 +4,7 @@
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
         .init();
     let cfg = jewelshot_gateway::Config::load()?;
     let host = cfg.gateway.listen.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default();

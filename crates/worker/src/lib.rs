@@ -8,11 +8,13 @@
 //! - [`pipeline`] — one job as three recorded, resumable steps.
 //! - [`webhook`] — signed, SSRF-guarded webhook delivery.
 //! - [`backoff`] — retry delays.
+//! - [`poll`] — a polling strategy that keeps idle workers awake (works around apalis-core).
 //! - [`run`] — wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
 
 pub mod backoff;
 pub mod config;
 pub mod pipeline;
+pub mod poll;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -93,13 +95,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .lock_tasks(false)
         .emit_events(false);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
-    let (concurrency, poll) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
+    let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
     tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
 
     let monitor = Monitor::new()
         .register(move |_| {
             WorkerBuilder::new(name.clone())
-                .backend(storage.clone().poll_with_interval(poll))
+                .backend(storage.clone().poll_with_strategy(poll::SteadyInterval::new(poll_every)))
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .data(ctx.clone())

@@ -229,7 +229,12 @@ async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
         if job["status"] != "queued" {
             break;
         }
-        assert!(submitted.elapsed() < Duration::from_secs(3), "an idle worker took over 3 s to start a job");
+        assert!(
+            submitted.elapsed() < Duration::from_secs(3),
+            "an idle worker took over 3 s to start a job ({}):\n{}",
+            stack.logs.display(),
+            stack.worker_logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("idle worker started the job {:?} after submit", submitted.elapsed());
