@@ -46,6 +46,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+    /// Run the upload compression pipeline on a file and report what it did.
+    Compress {
+        input: std::path::PathBuf,
+        output: std::path::PathBuf,
+        /// Longest side, in pixels.
+        #[arg(long, default_value_t = 1920)]
+        max_side: u32,
+        /// Starting quality.
+        #[arg(long, default_value_t = 80)]
+        quality: u8,
+        /// Largest output, in bytes.
+        #[arg(long, default_value_t = 500_000)]
+        max_bytes: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,13 +114,20 @@ struct Config {
     queue: QueueConfig,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Compress { input, output, max_side, quality, max_bytes } = &cli.cmd {
+        // Needs no database and no async runtime: keep it lean for benchmarks and usable anywhere.
+        return compress_file(input, output, *max_side, *quality, *max_bytes, cli.json);
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
         .merge(Env::prefixed("JEWELSHOT_").split("__"))
         .extract()
@@ -205,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Compress { .. } => unreachable!("handled before connecting"),
         Cmd::Queue { cmd: QueueCmd::Stats } => {
             let counts = db.queue_counts().await?;
             let depths = match Queue::connect(&cfg.queue).await {
@@ -234,6 +256,47 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn compress_file(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    max_side: u32,
+    quality: u8,
+    max_bytes: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let limits = jewelshot_imaging::Limits { max_side, quality, max_output_bytes: max_bytes, ..Default::default() };
+    let out = jewelshot_imaging::compress(&bytes, &limits).map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
+    std::fs::write(output, &out.bytes).with_context(|| format!("writing {}", output.display()))?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if json {
+        let mut v = serde_json::to_value(&out)?;
+        v["bytes"] = serde_json::json!(out.bytes.len());
+        v["milliseconds"] = serde_json::json!(ms);
+        println!("{v}");
+    } else {
+        println!(
+            "{} {}x{} {} B -> {} {}x{} {} B ({:.1}%), {}, {:.1} ms",
+            input.display(),
+            out.original_width,
+            out.original_height,
+            out.original_bytes,
+            out.content_type,
+            out.width,
+            out.height,
+            out.bytes.len(),
+            100.0 * out.bytes.len() as f64 / out.original_bytes.max(1) as f64,
+            match out.quality {
+                Some(q) => format!("quality {q}"),
+                None => "input kept (metadata stripped)".into(),
+            },
+            ms
+        );
     }
     Ok(())
 }

@@ -1,0 +1,165 @@
+//! Decoded pixels and the geometric operations on them: SIMD resampling (fast_image_resize),
+//! EXIF orientation, CMYK → RGB.
+
+use fast_image_resize::{
+    images::{Image, ImageRef},
+    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
+
+use crate::ImageError;
+
+/// Interleaved 8-bit pixels: 1 (gray), 3 (RGB) or 4 (RGBA) channels.
+#[derive(Debug, Clone)]
+pub struct Raster {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+impl Raster {
+    fn pixel_type(&self) -> PixelType {
+        match self.channels {
+            1 => PixelType::U8,
+            3 => PixelType::U8x3,
+            _ => PixelType::U8x4,
+        }
+    }
+
+    /// Whether any pixel is not fully opaque.
+    pub fn has_transparency(&self) -> bool {
+        self.channels == 4 && self.data.chunks_exact(4).any(|p| p[3] != 255)
+    }
+
+    /// Drop a fully opaque alpha channel.
+    pub fn without_alpha(self) -> Raster {
+        if self.channels != 4 {
+            return self;
+        }
+        let data = self.data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        Raster { channels: 3, data, ..self }
+    }
+
+    /// Resample to exactly `width`×`height` with Lanczos3 (alpha-aware for RGBA).
+    pub fn resize(&self, width: u32, height: u32) -> Result<Raster, ImageError> {
+        if (width, height) == (self.width, self.height) {
+            return Ok(self.clone());
+        }
+        let internal = |e: &dyn std::fmt::Display| ImageError::Internal(format!("resize: {e}"));
+        let src = ImageRef::new(self.width, self.height, &self.data, self.pixel_type()).map_err(|e| internal(&e))?;
+        let mut dst = Image::new(width, height, self.pixel_type());
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        Resizer::new().resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
+        Ok(Raster { width, height, channels: self.channels, data: dst.into_vec() })
+    }
+
+    /// Apply an EXIF orientation (1-8) so the pixels are upright.
+    pub fn oriented(self, orientation: u16) -> Raster {
+        if !(2..=8).contains(&orientation) {
+            return self;
+        }
+        let (w, h, c) = (self.width as usize, self.height as usize, self.channels as usize);
+        let swap = orientation >= 5;
+        let (ow, oh) = if swap { (h, w) } else { (w, h) };
+        let mut out = vec![0u8; self.data.len()];
+        // Source column/row of output (ox, oy), as (x0, dx_per_ox, dx_per_oy) style affine maps.
+        let map: fn(usize, usize, usize, usize) -> (usize, usize) = match orientation {
+            2 => |ox, oy, w, _| (w - 1 - ox, oy),
+            3 => |ox, oy, w, h| (w - 1 - ox, h - 1 - oy),
+            4 => |ox, oy, _, h| (ox, h - 1 - oy),
+            5 => |ox, oy, _, _| (oy, ox),
+            6 => |ox, oy, _, h| (oy, h - 1 - ox),
+            7 => |ox, oy, w, h| (w - 1 - oy, h - 1 - ox),
+            _ => |ox, oy, w, _| (w - 1 - oy, ox),
+        };
+        // Walk the output in tiles so reads and writes both stay in cache.
+        const T: usize = 64;
+        for ty in (0..oh).step_by(T) {
+            for tx in (0..ow).step_by(T) {
+                for oy in ty..(ty + T).min(oh) {
+                    let row = &mut out[oy * ow * c..(oy + 1) * ow * c];
+                    for ox in tx..(tx + T).min(ow) {
+                        let (sx, sy) = map(ox, oy, w, h);
+                        let s = (sy * w + sx) * c;
+                        row[ox * c..ox * c + c].copy_from_slice(&self.data[s..s + c]);
+                    }
+                }
+            }
+        }
+        Raster { width: ow as u32, height: oh as u32, channels: self.channels, data: out }
+    }
+}
+
+/// CMYK (as libjpeg decodes it) to RGB. Adobe's CMYK JPEGs store inverted values.
+pub fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
+    cmyk.chunks_exact(4)
+        .flat_map(|p| {
+            let [c, m, y, k] =
+                if inverted { [p[0], p[1], p[2], p[3]] } else { [255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]] };
+            // With inverted storage, value = 255 × (1 − ink).
+            let k = u32::from(k);
+            [c, m, y].map(|v| ((u32::from(v) * k + 127) / 255) as u8)
+        })
+        .collect()
+}
+
+/// Fit `(w, h)` inside a `max_side` square, keeping the aspect ratio; never upscale.
+pub fn fit(w: u32, h: u32, max_side: u32) -> (u32, u32) {
+    let long = w.max(h);
+    if long <= max_side {
+        return (w, h);
+    }
+    let scale = f64::from(max_side) / f64::from(long);
+    let f = |v: u32| ((f64::from(v) * scale).round() as u32).max(1);
+    if w >= h {
+        (max_side, f(h))
+    } else {
+        (f(w), max_side)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(w: u32, h: u32) -> Raster {
+        Raster { width: w, height: h, channels: 1, data: (0..(w * h) as u8).collect() }
+    }
+
+    #[test]
+    fn orientation_6_rotates_clockwise() {
+        // 3x2:  0 1 2      rotated 90° clockwise (2x3):  3 0
+        //       3 4 5                                     4 1
+        //                                                 5 2
+        let r = numbered(3, 2).oriented(6);
+        assert_eq!((r.width, r.height), (2, 3));
+        assert_eq!(r.data, vec![3, 0, 4, 1, 5, 2]);
+        let r = numbered(3, 2).oriented(8);
+        assert_eq!(r.data, vec![2, 5, 1, 4, 0, 3]);
+        let r = numbered(3, 2).oriented(3);
+        assert_eq!(r.data, vec![5, 4, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn fits_without_upscaling() {
+        assert_eq!(fit(4000, 3000, 1920), (1920, 1440));
+        assert_eq!(fit(1350, 2400, 1920), (1080, 1920));
+        assert_eq!(fit(800, 600, 1920), (800, 600));
+    }
+
+    #[test]
+    fn resizes_and_keeps_flat_colour() {
+        let r = Raster { width: 64, height: 32, channels: 3, data: [10u8, 200, 90].repeat(64 * 32) };
+        let s = r.resize(16, 8).expect("resize");
+        assert_eq!(s.data.len(), 16 * 8 * 3);
+        assert!(s.data.chunks_exact(3).all(|p| p == [10, 200, 90]));
+    }
+
+    #[test]
+    fn converts_adobe_cmyk() {
+        // Inverted storage: 255 = no ink. No ink → white; full K → black.
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255], true), vec![255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 0], true), vec![0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[0, 255, 255, 255], true), vec![0, 255, 255]); // full cyan
+    }
+}
