@@ -48,10 +48,12 @@ fn image_from_row(row: &tokio_postgres::Row) -> GalleryImage {
 }
 
 impl Db {
-    /// Record the job's gallery image, or return the one already recorded for it.
+    /// Record the job's gallery image (and account its bytes), or return the one already
+    /// recorded for it. One transaction: the row and the accounting agree.
     pub async fn save_gallery_image(&self, img: &NewGalleryImage<'_>) -> Result<GalleryImage> {
-        let conn = self.conn().await?;
-        let inserted = conn
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let inserted = tx
             .query_opt(
                 "INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -70,12 +72,34 @@ impl Db {
             )
             .await?;
         let row = match inserted {
-            Some(row) => row,
-            None => {
-                conn.query_one("SELECT * FROM gallery_images WHERE job_id = $1", &[&img.job_id.to_string()]).await?
+            Some(row) => {
+                tx.execute(
+                    "INSERT INTO user_storage (user_id, bytes, objects) VALUES ($1, $2, 1)
+                     ON CONFLICT (user_id) DO UPDATE SET bytes = user_storage.bytes + $2,
+                            objects = user_storage.objects + 1, updated_at = now()",
+                    &[&img.user_id.to_string(), &img.bytes],
+                )
+                .await?;
+                row
             }
+            None => tx.query_one("SELECT * FROM gallery_images WHERE job_id = $1", &[&img.job_id.to_string()]).await?,
         };
+        tx.commit().await?;
         Ok(image_from_row(&row))
+    }
+
+    /// `user`'s gallery, newest first, strictly older than `before` when given.
+    pub async fn list_gallery(&self, user: UserId, before: Option<&str>, limit: i64) -> Result<Vec<GalleryImage>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT * FROM gallery_images WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
+                  ORDER BY id DESC LIMIT $3",
+                &[&user.to_string(), &before, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(image_from_row).collect())
     }
 
     /// How many gallery images a job has (the invariant is: at most one).

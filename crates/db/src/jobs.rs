@@ -22,6 +22,8 @@ pub struct JobRow {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub result_url: Option<String>,
+    /// Storage key of the result: URLs are derived from it when served (presigned URLs expire).
+    pub result_key: Option<String>,
     pub worker_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -50,6 +52,7 @@ pub(crate) fn job_from_row(row: &tokio_postgres::Row) -> Result<JobRow> {
         error_code: row.get("error_code"),
         error_message: row.get("error_message"),
         result_url: row.get("result_url"),
+        result_key: row.get("result_key"),
         worker_id: row.get("worker_id"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
@@ -262,16 +265,16 @@ impl Db {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// End a job as `complete` with its gallery URL. `None` if it was already final.
-    pub async fn complete_job(&self, id: JobId, result_url: &str) -> Result<Option<JobRow>> {
+    /// End a job as `complete` with its gallery image. `None` if it was already final.
+    pub async fn complete_job(&self, id: JobId, result_key: &str, result_url: &str) -> Result<Option<JobRow>> {
         let row = self
             .conn()
             .await?
             .query_opt(
-                "UPDATE jobs SET status = 'complete', result_url = $2, error_code = NULL, error_message = NULL,
-                        finished_at = now(), updated_at = now()
+                "UPDATE jobs SET status = 'complete', result_key = $2, result_url = $3, error_code = NULL,
+                        error_message = NULL, finished_at = now(), updated_at = now()
                   WHERE id = $1 AND status = 'processing' RETURNING *",
-                &[&id.to_string(), &result_url],
+                &[&id.to_string(), &result_key, &result_url],
             )
             .await?;
         row.as_ref().map(job_from_row).transpose()

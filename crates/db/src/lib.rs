@@ -10,10 +10,12 @@
 //! - [`jobs`] — job rows, queue position, status transitions.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`gallery`] — saved images.
+//! - [`storage`] — uploads and per-user storage accounting (quota reservations).
 
 pub mod gallery;
 pub mod jobs;
 pub mod steps;
+pub mod storage;
 pub mod users;
 mod views;
 

@@ -11,6 +11,8 @@ pub const ALL: &[(&str, &str)] = &[
     (STEP_DURATION, "Step run time in seconds, by step and outcome"),
     (FAL_SUBMITS, "Requests submitted to fal (each is billed), by outcome"),
     (WEBHOOK_DELIVERIES, "Webhook deliveries, by outcome"),
+    (STORAGE_BYTES, "Bytes kept in object storage over all users (sampled at scrape)"),
+    (STORAGE_OBJECTS, "Objects kept in object storage over all users (sampled at scrape)"),
 ];
 
 pub const HTTP_REQUESTS: &str = "jewelshot_http_requests_total";
@@ -22,3 +24,5 @@ pub const JOB_ATTEMPTS: &str = "jewelshot_job_attempts_total";
 pub const STEP_DURATION: &str = "jewelshot_step_duration_seconds";
 pub const FAL_SUBMITS: &str = "jewelshot_fal_submits_total";
 pub const WEBHOOK_DELIVERIES: &str = "jewelshot_webhook_deliveries_total";
+pub const STORAGE_BYTES: &str = "jewelshot_storage_bytes";
+pub const STORAGE_OBJECTS: &str = "jewelshot_storage_objects";

@@ -18,6 +18,41 @@ pub struct Config {
     pub storage: StorageConfig,
     pub jobs: JobSettings,
     pub webhook: WebhookSettings,
+    pub uploads: UploadSettings,
+    /// `JEWELSHOT_IMAGES__*`: how uploads are shrunk (same settings as the worker's).
+    pub images: jewelshot_imaging::Limits,
+}
+
+/// `JEWELSHOT_UPLOADS__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadSettings {
+    /// Bytes a user may keep in storage (uploads + gallery); 0 = unlimited.
+    pub quota_bytes_per_user: i64,
+    /// Images compressed at once per gateway process (0 = cores − 1, at least 1): the rest of
+    /// the cores stay free for the thin request path.
+    pub image_workers: usize,
+    /// Longest an upload waits for a compression slot before 503, in milliseconds.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self { quota_bytes_per_user: 1024 * 1024 * 1024, image_workers: 0, queue_timeout_ms: 30_000 }
+    }
+}
+
+impl UploadSettings {
+    pub fn workers(&self) -> usize {
+        if self.image_workers > 0 {
+            return self.image_workers;
+        }
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1)
+    }
+
+    pub fn quota(&self) -> Option<i64> {
+        (self.quota_bytes_per_user > 0).then_some(self.quota_bytes_per_user)
+    }
 }
 
 /// `JEWELSHOT_GATEWAY__*`.

@@ -23,6 +23,10 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    Image(#[from] jewelshot_imaging::ImageError),
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{what} is unavailable; try again shortly")]
     Unavailable { what: &'static str, retry_after_secs: u32, cause: String },
     #[error("internal error")]
@@ -39,6 +43,8 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::TooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Image(e) => e.code(),
+            Self::Forbidden { code, .. } => code,
             Self::Unavailable { what, .. } => match *what {
                 "the database" => "database-unavailable",
                 "the queue" => "queue-unavailable",
@@ -80,6 +86,8 @@ impl ResponseError for ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Image(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,6 +99,9 @@ impl ResponseError for ApiError {
             Self::Invalid(v) => body["error"]["field"] = json!(v.field),
             Self::Unavailable { cause, .. } => tracing::warn!(code = self.code(), %cause, "dependency unavailable"),
             Self::Internal(cause) => tracing::error!(%cause, "internal error"),
+            Self::Image(e @ jewelshot_imaging::ImageError::Internal(_)) => {
+                tracing::error!(error = %e, "image processing failed")
+            }
             _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code());

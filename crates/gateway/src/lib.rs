@@ -9,6 +9,7 @@
 //! - [`auth`] — the bearer-key extractor.
 //! - [`routes`] — handlers (short: extract → service → DTO).
 //! - [`service`] — submit/view/list/cancel logic.
+//! - [`uploads`] — uploads (capped read, bounded compression, quota), gallery, storage use.
 //! - [`error`] — the one error shape.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`telemetry`] — Prometheus metrics and `/metrics`.
@@ -22,6 +23,7 @@ pub mod routes;
 pub mod service;
 pub mod state;
 pub mod telemetry;
+pub mod uploads;
 
 use std::{future::Future, net::TcpListener};
 
@@ -41,11 +43,18 @@ pub struct Application {
 impl Application {
     /// Connect to the dependencies and bind `cfg.gateway.listen` (port 0 picks one).
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let mut cfg = cfg;
         let db = Db::connect(&cfg.database)?;
         let queue = Queue::connect(&cfg.queue).await?;
-        let store = jewelshot_storage::open(&cfg.storage)?;
         let listener = TcpListener::bind(&cfg.gateway.listen)?;
-        let port = listener.local_addr()?.port();
+        let addr = listener.local_addr()?;
+        let port = addr.port();
+        if cfg.storage.backend == "local" && cfg.storage.local.public_base_url.is_empty() {
+            // Serve our own files at our own address (port 0 included).
+            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            cfg.storage.local.public_base_url = format!("http://{host}:{port}/files");
+        }
+        let store = jewelshot_storage::open(&cfg.storage).await?;
         let limit = cfg.gateway.max_json_bytes;
         let workers = cfg.gateway.workers;
         let grace = cfg.gateway.shutdown_grace_secs;

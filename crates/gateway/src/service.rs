@@ -80,7 +80,14 @@ pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
         JobStatus::Queued if position > 0 => state.eta_seconds(position).await,
         _ => None,
     };
-    Ok(job.to_view(&steps, position, eta))
+    let mut v = job.to_view(&steps, position, eta);
+    // URLs are made when served: presigned ones expire, so the stored one may be stale.
+    if let Some(key) = job.result_key.as_deref().filter(|_| v.image_url.is_some()) {
+        if let Ok(key) = jewelshot_storage::ObjectKey::new(key) {
+            v.image_url = Some(state.store.url(&key).await?);
+        }
+    }
+    Ok(v)
 }
 
 pub async fn get(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {

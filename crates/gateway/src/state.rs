@@ -18,13 +18,16 @@ pub struct AppState {
     pub cfg: Config,
     /// Serves `/files/…` only when storage is the local filesystem.
     pub serve_files: bool,
+    /// Bounds image compression to `uploads.image_workers` at once.
+    pub image_slots: tokio::sync::Semaphore,
     mean_generation: Mutex<Option<(Instant, Option<f64>)>>,
 }
 
 impl AppState {
     pub fn new(db: Db, queue: Queue, store: Arc<dyn ObjectStore>, cfg: Config) -> Self {
         let serve_files = cfg.storage.backend == "local";
-        Self { db, queue, store, cfg, serve_files, mean_generation: Mutex::new(None) }
+        let image_slots = tokio::sync::Semaphore::new(cfg.uploads.workers());
+        Self { db, queue, store, cfg, serve_files, image_slots, mean_generation: Mutex::new(None) }
     }
 
     /// Mean generation seconds, refreshed at most every 10 s so polls stay one cheap query.

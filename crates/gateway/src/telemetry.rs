@@ -82,5 +82,9 @@ pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
             metrics::gauge!(m::QUEUE_JOBS, "state" => label).set(v as f64);
         }
     }
+    if let Ok(total) = state.db.total_storage().await {
+        metrics::gauge!(m::STORAGE_BYTES).set(total.bytes as f64);
+        metrics::gauge!(m::STORAGE_OBJECTS).set(total.objects as f64);
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus().render())
 }

@@ -8,9 +8,11 @@
 //! - [`ObjectKey`] — a validated relative key (`jobs/<user>/<job>.jpg`); no `..`, no absolute paths.
 //! - [`ObjectStore`] — put/get/delete/exists/url/health.
 //! - [`local::LocalFs`] — files under a root directory, written atomically (temp file + rename).
+//! - [`s3::S3Store`] — any S3-compatible service; CDN base URLs or presigned GETs.
 //! - [`StorageConfig`] / [`open`]: builds the configured backend.
 
 pub mod local;
+pub mod s3;
 
 use std::{fmt, sync::Arc};
 
@@ -103,22 +105,24 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StorageConfig {
-    /// `local` (default). `s3` arrives with issue B.
+    /// `local` (default) or `s3`.
     pub backend: String,
     pub local: local::LocalConfig,
+    pub s3: s3::S3Config,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: "local".into(), local: local::LocalConfig::default() }
+        Self { backend: "local".into(), local: local::LocalConfig::default(), s3: s3::S3Config::default() }
     }
 }
 
 /// Build the configured store.
-pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
+pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
     match cfg.backend.as_str() {
         "local" => Ok(Arc::new(local::LocalFs::new(&cfg.local)?)),
-        other => Err(StorageError::Config(format!("unknown storage backend `{other}` (expected `local`)"))),
+        "s3" => Ok(Arc::new(s3::S3Store::new(&cfg.s3).await?)),
+        other => Err(StorageError::Config(format!("unknown storage backend `{other}` (expected `local` or `s3`)"))),
     }
 }
 
@@ -131,6 +135,11 @@ pub fn content_type_for(key: &ObjectKey) -> &'static str {
         Some("json") => "application/json",
         _ => "application/octet-stream",
     }
+}
+
+/// The key an upload is stored under: the user's prefix and a fresh ULID, so it never collides.
+pub fn upload_key(user: &str, id: &str, ext: &str) -> Result<ObjectKey, StorageError> {
+    ObjectKey::new(format!("uploads/{user}/{id}.{ext}"))
 }
 
 /// The key a job's gallery image is stored under: derived from ids only, so a repeated save

@@ -14,15 +14,19 @@ use crate::{content_type_for, Object, ObjectKey, ObjectStore, StorageError, Stor
 #[serde(default)]
 pub struct LocalConfig {
     pub root: PathBuf,
-    /// Prefix of object URLs; the gateway serves `root` at `/files`.
+    /// Prefix of object URLs; the gateway serves `root` at `/files`. Empty: the gateway uses
+    /// its own listen address; other processes assume `http://127.0.0.1:8080/files`.
     pub public_base_url: String,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        Self { root: PathBuf::from("data/files"), public_base_url: "http://127.0.0.1:8080/files".into() }
+        Self { root: PathBuf::from("data/files"), public_base_url: String::new() }
     }
 }
+
+/// Where the gateway serves the local store by default.
+pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080/files";
 
 #[derive(Debug, Clone)]
 pub struct LocalFs {
@@ -33,7 +37,8 @@ pub struct LocalFs {
 impl LocalFs {
     pub fn new(cfg: &LocalConfig) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&cfg.root)?;
-        Ok(Self { root: cfg.root.clone(), base_url: cfg.public_base_url.trim_end_matches('/').to_owned() })
+        let base = if cfg.public_base_url.is_empty() { DEFAULT_BASE_URL } else { &cfg.public_base_url };
+        Ok(Self { root: cfg.root.clone(), base_url: base.trim_end_matches('/').to_owned() })
     }
 
     pub fn root(&self) -> &Path {

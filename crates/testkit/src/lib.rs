@@ -93,7 +93,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawn `bin` with `env`; when `wait_listen`, wait for its `listening on` line.
+    /// Spawn one of the workspace's binaries with `env`; when `wait_listen`, wait for its
+    /// `listening on` line.
     pub fn spawn(
         name: &str,
         bin: &str,
@@ -106,28 +107,44 @@ impl Proc {
         if !path.exists() {
             bail!("{} is missing: run `cargo build --workspace --bins` first (`just test` does)", path.display());
         }
+        Self::spawn_path(name, &path, args, env, logs, wait_listen.then_some("listening on "))
+    }
+
+    /// Spawn any program; when `marker` is given, wait for a stdout line containing it and keep
+    /// the URL that follows it.
+    pub fn spawn_path(
+        name: &str,
+        path: &Path,
+        args: &[String],
+        env: &HashMap<String, String>,
+        logs: &Path,
+        marker: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let log = logs.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut child = Command::new(&path)
             .args(args)
-            .envs(env)
             .env("RUST_LOG", std::env::var("JEWELSHOT_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("spawning {}", path.display()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
+        let wanted = marker.map(str::to_owned);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
+                let Some(m) = wanted.as_deref() else { continue };
+                if let Some(at) = line.find(m) {
+                    let url: String = line[at + m.len()..].chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(url);
                 }
             }
         });
         let mut proc = Self { name: name.to_owned(), child, log, url: None };
-        if wait_listen {
+        if marker.is_some() {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(url) => proc.url = Some(url),
                 Err(_) => bail!("{name} did not start; log:\n{}", proc.log_tail()),
@@ -178,6 +195,72 @@ impl Drop for Proc {
     }
 }
 
+/// A real S3-compatible server (s3s-fs) on port 0 over a temporary directory.
+pub struct S3Server {
+    pub proc: Proc,
+    pub endpoint: String,
+    _root: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "jewelshot-test-access";
+pub const S3_SECRET_KEY: &str = "jewelshot-test-secret-key";
+
+/// Where `s3s-fs` is: `JEWELSHOT_S3S_BIN`, then `PATH`, then `~/.cargo/bin`.
+pub fn s3s_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("JEWELSHOT_S3S_BIN") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).find(|c| c.exists()))
+        .unwrap_or_default();
+    on_path.unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs"))
+}
+
+impl S3Server {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        let root = tempfile::tempdir()?;
+        let bin = s3s_bin();
+        if !bin.exists() {
+            bail!("s3s-fs is not installed: `just s3s` (cargo install s3s-fs --version 0.14.1 --features binary)");
+        }
+        let args: Vec<String> =
+            ["--host", "127.0.0.1", "--port", "0", "--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([root.path().display().to_string()])
+                .collect();
+        let env = HashMap::from([("RUST_LOG".to_owned(), "info".to_owned())]);
+        let mut proc = Proc::spawn_path("s3s", &bin, &args, &env, logs, Some("server is running at "))?;
+        let endpoint = proc.url.take().unwrap_or_default();
+        // NO_COLOR is set for every spawned process; keep only the URL's own characters anyway.
+        let endpoint: String = endpoint.chars().take_while(|c| c.is_ascii_graphic() && *c != '\u{1b}').collect();
+        Ok(Self { proc, endpoint, _root: root })
+    }
+
+    /// Environment that points a gateway or worker at this server.
+    pub fn env(&self, bucket: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("JEWELSHOT_STORAGE__BACKEND".into(), "s3".into()),
+            ("JEWELSHOT_STORAGE__S3__ENDPOINT".into(), self.endpoint.clone()),
+            ("JEWELSHOT_STORAGE__S3__BUCKET".into(), bucket.into()),
+            ("JEWELSHOT_STORAGE__S3__REGION".into(), "us-east-1".into()),
+            ("JEWELSHOT_STORAGE__S3__PATH_STYLE".into(), "true".into()),
+            ("JEWELSHOT_STORAGE__S3__CREATE_BUCKET".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()),
+        ])
+    }
+}
+
+/// Which object store a [`Stack`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    #[default]
+    Local,
+    /// s3s-fs, with presigned URLs.
+    S3,
+}
+
 /// How to start a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -189,6 +272,7 @@ pub struct StackOptions {
     pub worker_env: HashMap<String, String>,
     /// Storage root to use instead of a temporary directory (the demo keeps its results).
     pub files_dir: Option<PathBuf>,
+    pub storage: StorageKind,
 }
 
 impl Default for StackOptions {
@@ -205,6 +289,7 @@ impl Default for StackOptions {
             gateway_env: HashMap::new(),
             worker_env: HashMap::new(),
             files_dir: None,
+            storage: StorageKind::Local,
         }
     }
 }
@@ -221,6 +306,9 @@ pub struct Stack {
     pub emulator: Proc,
     pub gateway: Proc,
     pub workers: Vec<Proc>,
+    pub s3: Option<S3Server>,
+    /// Environment every service of this stack shares.
+    shared_env: HashMap<String, String>,
     pub http: reqwest::Client,
     opts: StackOptions,
     next_worker: usize,
@@ -246,7 +334,17 @@ impl Stack {
         eargs.extend(opts.emulator_args.iter().cloned());
         let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
 
-        let mut env = Self::common_env(&db.url, &queue_name, &files);
+        let mut shared_env = Self::common_env(&db.url, &queue_name, &files);
+        let s3 = match opts.storage {
+            StorageKind::Local => None,
+            StorageKind::S3 => {
+                let server = S3Server::start(&logs)?;
+                let bucket = format!("jewelshot-{}", ulid::Ulid::generate().to_string().to_lowercase());
+                shared_env.extend(server.env(&bucket));
+                Some(server)
+            }
+        };
+        let mut env = shared_env.clone();
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
         env.extend(opts.gateway_env.clone());
         let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
@@ -260,6 +358,8 @@ impl Stack {
             emulator,
             gateway,
             workers: Vec::new(),
+            s3,
+            shared_env,
             http,
             opts,
             next_worker: 0,
@@ -287,7 +387,7 @@ impl Stack {
 
     /// Start one more worker process; `env` overrides the stack's worker settings.
     pub fn start_worker(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
-        let mut e = Self::common_env(&self.db.url, &self.queue_name, &self.files);
+        let mut e = self.shared_env.clone();
         e.insert("JEWELSHOT_STORAGE__LOCAL__PUBLIC_BASE_URL".into(), format!("{}/files", self.gateway_url()));
         e.insert("JEWELSHOT_FAL__QUEUE_URL".into(), self.emulator_url().to_owned());
         e.insert("FAL_KEY".into(), "test-key-1".into());
@@ -317,12 +417,23 @@ impl Stack {
         Ok((u.id.to_string(), k.key, u.webhook_secret))
     }
 
-    /// Put the demo photo into storage and return its URL (as a client-uploaded input).
-    pub async fn input_photo_url(&self) -> anyhow::Result<String> {
-        let dest = self.files.join("inputs/demo.jpg");
-        std::fs::create_dir_all(dest.parent().unwrap_or(&self.files))?;
-        std::fs::copy(fixture_photo(), &dest).context("copying the demo photo")?;
-        Ok(format!("{}/files/inputs/demo.jpg", self.gateway_url()))
+    /// Upload the demo photo through `POST /api/uploads` and return its URL, as a client would.
+    pub async fn input_photo_url(&self, key: &str) -> anyhow::Result<String> {
+        let bytes = std::fs::read(fixture_photo()).context("reading the demo photo")?;
+        let r = self
+            .http
+            .post(format!("{}/api/uploads", self.gateway_url()))
+            .bearer_auth(key)
+            .header("content-type", "image/jpeg")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status.as_u16() != 201 {
+            bail!("upload answered {status}: {body}");
+        }
+        body["url"].as_str().map(str::to_owned).context("upload answer has no url")
     }
 
     pub async fn submit(&self, key: &str, body: &Value) -> anyhow::Result<(u16, Value)> {

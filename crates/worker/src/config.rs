@@ -20,6 +20,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub worker: WorkerSettings,
     pub webhook: WebhookConfig,
+    /// `JEWELSHOT_IMAGES__*`: how results are shrunk before they are stored.
+    pub images: jewelshot_imaging::Limits,
 }
 
 /// `JEWELSHOT_WORKER__*`.

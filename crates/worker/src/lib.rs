@@ -68,7 +68,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     let db = Db::connect(&cfg.database)?;
     db.ping().await?;
-    let store = jewelshot_storage::open(&cfg.storage)?;
+    let store = jewelshot_storage::open(&cfg.storage).await?;
     let s = &cfg.worker;
     let name = worker_name(&s.id);
     let token = CancellationToken::new();
@@ -78,6 +78,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         store,
         webhooks: webhook::WebhookSender::new(cfg.webhook.clone())?,
         settings: s.clone(),
+        images: cfg.images,
         worker_id: name.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(s.download_timeout_secs))

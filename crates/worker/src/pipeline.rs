@@ -28,6 +28,7 @@ pub struct Ctx {
     pub store: Arc<dyn ObjectStore>,
     pub webhooks: WebhookSender,
     pub settings: WorkerSettings,
+    pub images: jewelshot_imaging::Limits,
     pub worker_id: String,
     /// Downloads generated images.
     pub http: reqwest::Client,
@@ -97,6 +98,13 @@ pub struct Saved {
     pub url: String,
     pub bytes: u64,
     pub content_type: String,
+    /// fal's result size, before compression.
+    #[serde(default)]
+    pub original_bytes: u64,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
 }
 
 /// Run one delivery of a job's task. `Ok` means the queue task is done (the job finished, failed,
@@ -161,7 +169,7 @@ async fn timed<T>(
 async fn run_steps(ctx: &Ctx, job: &JobRow) -> Result<(), StepFailure> {
     let generated = timed(StepName::GenerateImage, generate_image(ctx, job)).await?;
     let saved = timed(StepName::SaveToGallery, save_to_gallery(ctx, job, &generated)).await?;
-    let Some(done) = ctx.db.complete_job(job.id, &saved.url).await? else {
+    let Some(done) = ctx.db.complete_job(job.id, &saved.key, &saved.url).await? else {
         return Ok(()); // canceled meanwhile: nothing to announce
     };
     metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
@@ -286,35 +294,51 @@ async fn save_to_gallery(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Resu
         Ok(b) => b,
         Err(f) => return failed_step(ctx, job.id, STEP, f).await,
     };
-    let Some((ext, content_type)) = sniff_image(&body) else {
-        let f = StepFailure::Fatal {
-            code: error_code::UPSTREAM_BAD_RESPONSE,
-            message: "fal's result is not a JPEG, PNG or WebP image".into(),
-        };
-        return failed_step(ctx, job.id, STEP, f).await;
+    // The gallery copy is the compressed one (≤ 1920 px, ≤ 500 KB): fal's results are several MB.
+    let limits = ctx.images;
+    let original_bytes = body.len() as u64;
+    let compressed = tokio::task::spawn_blocking(move || jewelshot_imaging::compress(&body, &limits))
+        .await
+        .map_err(|e| StepFailure::Retry { code: error_code::INTERNAL, message: e.to_string(), retry_after: None })?;
+    let image = match compressed {
+        Ok(c) => c,
+        Err(e) => {
+            let f = StepFailure::Fatal {
+                code: error_code::UPSTREAM_BAD_RESPONSE,
+                message: format!("fal's result could not be processed: {e}"),
+            };
+            return failed_step(ctx, job.id, STEP, f).await;
+        }
     };
     // The key depends on the job only, so a repeated save overwrites rather than duplicates.
-    let key = job_result_key(&job.user_id.to_string(), &job.id.to_string(), ext)?;
-    let stored = match ctx.store.put(&key, body, content_type).await {
+    let key = job_result_key(&job.user_id.to_string(), &job.id.to_string(), image.extension)?;
+    let stored = match ctx.store.put(&key, image.bytes.into(), image.content_type).await {
         Ok(s) => s,
         Err(e) => return failed_step(ctx, job.id, STEP, e.into()).await,
     };
     let url = ctx.store.url(&key).await?;
-    let image = ctx
+    let row = ctx
         .db
         .save_gallery_image(&NewGalleryImage {
             user_id: job.user_id,
             job_id: job.id,
             storage_key: key.as_str(),
             url: &url,
-            content_type,
+            content_type: image.content_type,
             bytes: stored.bytes as i64,
-            width: generated.image.width.map(|w| w as i32),
-            height: generated.image.height.map(|h| h as i32),
+            width: Some(image.width as i32),
+            height: Some(image.height as i32),
         })
         .await?;
-    let saved =
-        Saved { key: image.storage_key, url: image.url, bytes: stored.bytes, content_type: content_type.to_owned() };
+    let saved = Saved {
+        key: row.storage_key,
+        url: row.url,
+        bytes: stored.bytes,
+        content_type: image.content_type.to_owned(),
+        original_bytes,
+        width: image.width,
+        height: image.height,
+    };
     ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&saved).unwrap_or_default()).await?;
     Ok(saved)
 }
@@ -346,19 +370,6 @@ async fn download(ctx: &Ctx, url: &str) -> Result<Bytes, StepFailure> {
     Ok(buf.into())
 }
 
-/// Recognise an image by its magic bytes.
-pub fn sniff_image(b: &[u8]) -> Option<(&'static str, &'static str)> {
-    if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(("jpg", "image/jpeg"))
-    } else if b.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(("png", "image/png"))
-    } else if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
-        Some(("webp", "image/webp"))
-    } else {
-        None
-    }
-}
-
 /// End the job as failed (if it is not final already) and announce it.
 async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, message: &str) -> Result<(), HandBack> {
     tracing::warn!(code, %message, "job failed");
@@ -384,6 +395,9 @@ async fn notify(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
             let kind = if job.status == JobStatus::Complete { "job.completed" } else { "job.failed" };
             let steps = ctx.db.steps(job.id).await?;
             let mut view = job.to_view(&steps, 0, None);
+            if let Some(key) = job.result_key.as_deref().and_then(|k| jewelshot_storage::ObjectKey::new(k).ok()) {
+                view.image_url = Some(ctx.store.url(&key).await.map_err(|e| DbError::Corrupt(e.to_string()))?);
+            }
             // This notification is the step finishing; describe it as done.
             if let Some(s) = view.steps.iter_mut().find(|s| s.name == STEP) {
                 s.status = StepStatus::Complete;
@@ -410,15 +424,6 @@ async fn notify(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sniffs_images() {
-        assert_eq!(sniff_image(&[0xFF, 0xD8, 0xFF, 0xE0]).map(|s| s.0), Some("jpg"));
-        assert_eq!(sniff_image(b"\x89PNG\r\n\x1a\nrest").map(|s| s.0), Some("png"));
-        assert_eq!(sniff_image(b"RIFF\0\0\0\0WEBPVP8 ").map(|s| s.0), Some("webp"));
-        assert!(sniff_image(b"<html>").is_none());
-        assert!(sniff_image(&[]).is_none());
-    }
 
     #[test]
     fn classifies_fal_errors() {

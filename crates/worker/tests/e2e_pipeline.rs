@@ -30,7 +30,7 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
     for email in ["ana@example.com", "ben@example.com", "cy@example.com"] {
         keys.push(stack.user(email).await.expect("user").1);
     }
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&keys[0]).await.expect("input");
 
     let mut jobs = Vec::new();
     for i in 0..20 {
@@ -113,7 +113,7 @@ async fn e2e_sigkill_between_steps_never_pays_twice() {
             .await
             .expect("stack");
     let (_, key, _) = stack.user("kill@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     let prompt = "survive a crash";
     let (status, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": prompt })).await.expect("submit");
     assert_eq!(status, 202);
@@ -149,7 +149,7 @@ async fn e2e_sigkill_between_steps_never_pays_twice() {
 async fn e2e_upstream_422_fails_after_one_attempt() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, _) = stack.user("bad@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     stack.start_worker(&[]).expect("worker");
     let (_, body) =
         stack.submit(&key, &json!({ "image_url": input, "prompt": "make it [invalid]" })).await.expect("submit");
@@ -168,7 +168,7 @@ async fn e2e_injected_5xx_are_retried_to_completion() {
     opts.gateway_env.insert("JEWELSHOT_JOBS__MAX_ATTEMPTS".into(), "12".into());
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("flaky@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     stack.start_worker(&[]).expect("worker");
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -196,7 +196,7 @@ async fn e2e_attempts_never_exceed_the_maximum() {
     opts.gateway_env.insert("JEWELSHOT_JOBS__MAX_ATTEMPTS".into(), "3".into());
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("doomed@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     stack.start_worker(&[]).expect("worker");
     let (_, body) =
         stack.submit(&key, &json!({ "image_url": input, "prompt": "always [fail]" })).await.expect("submit");
@@ -215,7 +215,7 @@ async fn e2e_attempts_never_exceed_the_maximum() {
 async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, _) = stack.user("idle@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     stack.start_worker(&[("JEWELSHOT_WORKER__HEARTBEAT_SECS", "30")]).expect("worker");
     // A first job proves the worker is up; then it goes idle.
     let (_, warm) = stack.submit(&key, &json!({ "image_url": input, "prompt": "warm up" })).await.expect("submit");

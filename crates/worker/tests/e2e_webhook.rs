@@ -98,7 +98,7 @@ fn verify_with_standard_webhooks(secret: &str, d: &Delivery) -> Result<String, S
 async fn e2e_webhook_verifies_with_standard_webhooks_and_keeps_its_id() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, secret) = stack.user("hooks@example.com").await.expect("user");
-    let input = stack.input_photo_url().await.expect("input");
+    let input = stack.input_photo_url(&key).await.expect("input");
     let (url, seen) = receiver().await;
     stack.start_worker(&[]).expect("worker");
     let (status, body) = stack

@@ -4,6 +4,7 @@ pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod queue;
+pub mod uploads;
 
 use actix_web::web;
 
@@ -14,6 +15,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(jobs::get)
         .service(jobs::cancel)
         .service(queue::queue)
+        .service(uploads::upload)
+        .service(uploads::gallery)
+        .service(uploads::storage)
         .service(health::healthz)
         .service(health::readyz)
         .service(crate::openapi::openapi_json)

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  logs     {}", stack.logs.display());
 
     let (_, key, _) = stack.user(&format!("demo-{}@example.com", ulid::Ulid::generate())).await?;
-    let input = stack.input_photo_url().await?;
+    let input = stack.input_photo_url(&key).await?;
     // A few other shoppers' edits are already waiting, so the line visibly moves.
     for i in 0..5 {
         stack.submit(&key, &json!({ "image_url": input, "prompt": format!("studio lighting, variant {i}") })).await?;

@@ -1,0 +1,77 @@
+//! `/api/uploads`, `/api/gallery`, `/api/storage`.
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{
+    auth::AuthUser,
+    error::ApiError,
+    openapi::ErrorBody,
+    state::AppState,
+    uploads::{self, GalleryPage, StorageView, UploadView},
+};
+
+/// Upload a photo (raw body or multipart `file`); it is compressed and stored.
+#[utoipa::path(
+    post, path = "/api/uploads", tag = "images",
+    request_body(content = Vec<u8>, content_type = "image/jpeg", description = "JPEG, PNG, WebP or a still GIF, raw or as multipart/form-data `file`"),
+    responses(
+        (status = 201, description = "Stored", body = UploadView),
+        (status = 400, description = "Empty, truncated or corrupt image, or too many pixels", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 403, description = "Storage quota exceeded", body = ErrorBody),
+        (status = 413, description = "Body over the limit (25 MB)", body = ErrorBody),
+        (status = 415, description = "Not an image, or an unsupported format", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/api/uploads")]
+pub async fn upload(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = uploads::read_body(&req, payload, state.cfg.images.max_input_bytes).await?;
+    let stored = uploads::upload(&state, &user.0, body).await?;
+    Ok(HttpResponse::Created().insert_header(("Location", stored.url.clone())).json(stored))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct GalleryQuery {
+    /// Page size, 1-100 (default 20).
+    pub limit: Option<i64>,
+    /// `nextCursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The caller's saved images (edit results), newest first.
+#[utoipa::path(
+    get, path = "/api/gallery", tag = "images",
+    params(GalleryQuery),
+    responses(
+        (status = 200, description = "A page of images", body = GalleryPage),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/gallery")]
+pub async fn gallery(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    q: web::Query<GalleryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(uploads::gallery(&state, &user.0, q.limit, q.cursor.as_deref()).await?))
+}
+
+/// The caller's storage use and quota.
+#[utoipa::path(
+    get, path = "/api/storage", tag = "images",
+    responses((status = 200, description = "Usage", body = StorageView), (status = 401, description = "No or bad API key", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/api/storage")]
+pub async fn storage(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(uploads::storage(&state, &user.0).await?))
+}
