@@ -122,7 +122,7 @@ impl Proc {
     ) -> anyhow::Result<Self> {
         let log = logs.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(&path)
+        let mut child = Command::new(path)
             .args(args)
             .env("RUST_LOG", std::env::var("JEWELSHOT_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
