@@ -1,80 +1,9 @@
 //! The gateway in-process on port 0, over a fresh database and an isolated Redis queue.
 
-use std::time::Duration;
+mod common;
 
-use jewelshot_gateway::{Application, Config};
-use jewelshot_queue::{Queue, QueueConfig};
-use jewelshot_testkit::{fresh_database, redis_url, unique_queue_name, TestDb};
+use common::Api;
 use serde_json::{json, Value};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    db: TestDb,
-    queue: Queue,
-    _files: tempfile::TempDir,
-}
-
-impl Api {
-    async fn start() -> Self {
-        let db = fresh_database().await.expect("database");
-        let files = tempfile::tempdir().expect("tempdir");
-        let mut cfg = Config::default();
-        cfg.gateway.listen = "127.0.0.1:0".into();
-        cfg.gateway.workers = 2;
-        cfg.database.url = db.url.clone();
-        cfg.database.max_connections = 4;
-        cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
-        cfg.storage.local.root = files.path().to_path_buf();
-        let queue = Queue::connect(&cfg.queue).await.expect("queue");
-        let app = Application::build(cfg).await.expect("build");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until(std::future::pending()));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        Self { base, http, db, queue, _files: files }
-    }
-
-    async fn key(&self, email: &str) -> String {
-        let u = self.db.db.create_user(email, "free").await.expect("user");
-        self.db.db.create_api_key(u.id, "t").await.expect("key").key
-    }
-
-    async fn submit_raw(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/ai/edit", self.base))
-            .bearer_auth(key)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("send");
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
-        self.submit_raw(key, "application/json", serde_json::to_vec(&body).expect("json")).await
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, key: Option<&str>) -> (u16, Value) {
-        let mut rb = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(k) = key {
-            rb = rb.bearer_auth(k);
-        }
-        let r = rb.send().await.expect("send");
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Nothing was recorded or enqueued.
-    async fn assert_nothing_written(&self) {
-        let c = self.db.db.queue_counts().await.expect("counts");
-        assert_eq!((c.queued, c.scheduled, c.processing, c.canceled), (0, 0, 0, 0), "no job row may be left behind");
-        let d = self.queue.depths().await.expect("depths");
-        assert_eq!((d.active, d.scheduled), (0, 0), "no queue entry may be left behind");
-    }
-}
 
 fn edit() -> Value {
     json!({ "image_url": "https://cdn.example.com/ring.jpg", "prompt": "white background" })
