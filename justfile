@@ -16,12 +16,20 @@ tools:
     bash deploy/scripts/python-tools.sh
     bash deploy/scripts/js-tools.sh
 
+# Build tools the image codecs need (nasm for libjpeg-turbo's SIMD).
+build-deps:
+    bash deploy/scripts/ensure-build-deps.sh
+
+# The S3-compatible server the storage tests run against (s3s-fs).
+s3s:
+    bash deploy/scripts/s3s.sh
+
 # Build every binary (gateway, worker, CLI, emulator, demo).
-build:
+build: build-deps
     cargo build --workspace --bins
 
 # Run every test: unit, API, end to end against the real binaries, Postgres and Redis.
-test: services tools build
+test: services tools s3s build
     @# Per-test databases from earlier runs (tests create jewelshot_test_<ulid>).
     -psql postgres://postgres@127.0.0.1:5432/postgres -qAt -c "select 'DROP DATABASE IF EXISTS ' || datname || ';' from pg_database where datname like 'jewelshot_test_%'" 2>/dev/null | psql postgres://postgres@127.0.0.1:5432/postgres -q >/dev/null 2>&1
     cargo test --workspace --all-targets -- --test-threads 2
@@ -31,7 +39,7 @@ demo: services build
     RUST_BACKTRACE=0 ./target/debug/jewelshot-demo
 
 # Formatting and lints, as CI checks them.
-lint:
+lint: build-deps
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
@@ -42,3 +50,9 @@ migrate: build
 # Run the fal emulator in the foreground (pass flags, e.g. `just emulator --reject`).
 emulator *ARGS: build
     ./target/debug/fal-emulator {{ARGS}}
+
+# Time `jewelshot compress` against libvips' vipsthumbnail on the fixture photos (whole process).
+bench-images RUNS="7": build-deps
+    command -v vipsthumbnail >/dev/null || (apt-get install -y -qq libvips-tools >/dev/null 2>&1) || { echo "install libvips-tools (vipsthumbnail) first" >&2; exit 1; }
+    cargo build --release -p jewelshot-admin
+    python3 deploy/bench/bench_images.py target/release/jewelshot ../shared/fixtures/photos {{RUNS}}

@@ -75,7 +75,8 @@ fn cmyk_red_jpeg() -> Vec<u8> {
 }
 
 fn png16() -> Vec<u8> {
-    let img: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_fn(300, 200, |x, y| Rgb([(x * 200) as u16, (y * 300) as u16, 40_000]));
+    let img: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(300, 200, |x, y| Rgb([(x * 200) as u16, (y * 300) as u16, 40_000]));
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).expect("png16");
     out.into_inner()
@@ -86,7 +87,12 @@ fn animated_gif() -> Vec<u8> {
     {
         let mut enc = GifEncoder::new(&mut out);
         for shade in [0u8, 255] {
-            let frame = Frame::from_parts(RgbaImage::from_pixel(20, 20, Rgba([shade, 0, 0, 255])), 0, 0, Delay::from_numer_denom_ms(100, 1));
+            let frame = Frame::from_parts(
+                RgbaImage::from_pixel(20, 20, Rgba([shade, 0, 0, 255])),
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            );
             enc.encode_frame(frame).expect("frame");
         }
     }
@@ -140,7 +146,15 @@ async fn it_hostile_files_get_their_documented_answers() {
     assert_eq!((s, r["contentType"].as_str(), r["width"].as_u64()), (201, Some("image/jpeg"), Some(300)), "png16: {r}");
 
     // Nothing was stored for the refused files: only the warm-up, the CMYK and the PNG.
-    let usage: Value = http.get(format!("{base}/api/storage")).bearer_auth(&key).send().await.expect("get").json().await.expect("json");
+    let usage: Value = http
+        .get(format!("{base}/api/storage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(usage["objects"], 3, "{usage}");
 }
 
@@ -162,15 +176,27 @@ async fn it_uploads_compress_store_and_serve() {
     image::load_from_memory(&body).expect("decodes");
 
     // Multipart, as a browser form sends it.
-    let form = reqwest::multipart::Form::new()
-        .text("note", "ignored")
-        .part("file", reqwest::multipart::Part::bytes(photo).file_name("ring.jpg").mime_str("image/jpeg").expect("mime"));
-    let r = api.http.post(format!("{}/api/uploads", api.base)).bearer_auth(&key).multipart(form).send().await.expect("send");
+    let form = reqwest::multipart::Form::new().text("note", "ignored").part(
+        "file",
+        reqwest::multipart::Part::bytes(photo).file_name("ring.jpg").mime_str("image/jpeg").expect("mime"),
+    );
+    let r = api
+        .http
+        .post(format!("{}/api/uploads", api.base))
+        .bearer_auth(&key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status().as_u16(), 201);
     let (s, usage) = api.call(reqwest::Method::GET, "/api/storage", Some(&key)).await;
     assert_eq!((s, usage["objects"].as_i64()), (200, Some(2)), "{usage}");
     let (s, gallery) = api.call(reqwest::Method::GET, "/api/gallery", Some(&key)).await;
-    assert_eq!((s, gallery["images"].as_array().map(Vec::len)), (200, Some(0)), "uploads are not gallery results: {gallery}");
+    assert_eq!(
+        (s, gallery["images"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "uploads are not gallery results: {gallery}"
+    );
     let (s, _) = api.call(reqwest::Method::POST, "/api/uploads", None).await;
     assert_eq!(s, 401);
 }

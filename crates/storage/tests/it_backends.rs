@@ -69,10 +69,17 @@ async fn it_round_trips_on_every_backend() {
                 assert!(url.contains("X-Amz-Signature="), "{url}");
                 let r = http.get(&url).send().await.expect("fetch presigned");
                 assert_eq!(r.status().as_u16(), 200, "{url}");
-                assert_eq!(r.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some(jewelshot_storage::s3::IMMUTABLE));
+                assert_eq!(
+                    r.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+                    Some(jewelshot_storage::s3::IMMUTABLE)
+                );
                 assert_eq!(&r.bytes().await.expect("body")[..], b"second");
                 let tampered = url.replace("j1.jpg", "j2.jpg");
-                assert_eq!(http.get(&tampered).send().await.expect("fetch").status().as_u16(), 403, "signature binds the key");
+                assert_eq!(
+                    http.get(&tampered).send().await.expect("fetch").status().as_u16(),
+                    403,
+                    "signature binds the key"
+                );
             }
         }
         b.store.delete(&key).await.expect("delete");
@@ -89,7 +96,10 @@ async fn it_s3_uses_the_cdn_base_when_configured_and_refuses_bad_credentials() {
     let store = S3Store::new(&cfg).await.expect("store");
     let key = ObjectKey::new("uploads/u/01ARZ3NDEKTSV4RRFFQ69G5FAV.jpg").expect("key");
     store.put(&key, Bytes::from_static(b"x"), "image/jpeg").await.expect("put");
-    assert_eq!(store.url(&key).await.expect("url"), "https://cdn.example.com/media/uploads/u/01ARZ3NDEKTSV4RRFFQ69G5FAV.jpg");
+    assert_eq!(
+        store.url(&key).await.expect("url"),
+        "https://cdn.example.com/media/uploads/u/01ARZ3NDEKTSV4RRFFQ69G5FAV.jpg"
+    );
 
     let wrong = S3Config { secret_access_key: "not-the-secret".into(), create_bucket: false, ..cfg };
     let bad = S3Store::new(&wrong).await.expect("client builds");

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jewelshot_testkit::{Stack, StackOptions};
+use jewelshot_testkit::{Stack, StackOptions, StorageKind};
 use serde_json::{json, Value};
 
 fn emulator(args: &[&str]) -> StackOptions {
@@ -22,10 +22,20 @@ async fn stats_submits(stack: &Stack, prompt: &str) -> u64 {
 /// workers then complete them all against an emulator that runs 2 at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_twenty_edits_three_users_positions_and_completion() {
-    let mut stack =
-        Stack::start(emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]))
-            .await
-            .expect("stack");
+    twenty_edits(StorageKind::Local).await;
+}
+
+/// Acceptance B4: the same with the S3 backend (s3s-fs); results are fetched through the
+/// presigned `imageUrl` and decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_twenty_edits_on_s3_storage() {
+    twenty_edits(StorageKind::S3).await;
+}
+
+async fn twenty_edits(storage: StorageKind) {
+    let mut opts = emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]);
+    opts.storage = storage;
+    let mut stack = Stack::start(opts).await.expect("stack");
     let mut keys = Vec::new();
     for email in ["ana@example.com", "ben@example.com", "cy@example.com"] {
         keys.push(stack.user(email).await.expect("user").1);
@@ -73,7 +83,7 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
-    println!("20 jobs completed in {elapsed:?} after the workers started");
+    println!("20 jobs completed in {elapsed:?} after the workers started ({storage:?} storage)");
 
     for (key, id, prompt, _) in &jobs {
         let job = &done[id];
@@ -92,6 +102,9 @@ async fn e2e_twenty_edits_three_users_positions_and_completion() {
         assert!(all_steps_done(&latest), "{latest}");
         let url = job["imageUrl"].as_str().expect("imageUrl");
         assert!(url.contains(id.as_str()), "the stored key derives from the job id: {url}");
+        if storage == StorageKind::S3 {
+            assert!(url.contains("X-Amz-Signature="), "S3 results are served by presigned URL: {url}");
+        }
         let bytes = stack.http.get(url).send().await.expect("fetch").bytes().await.expect("body");
         let img = image::load_from_memory(&bytes).expect("the stored image decodes");
         assert!(img.width() > 0 && img.height() > 0);

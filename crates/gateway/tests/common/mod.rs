@@ -82,4 +82,3 @@ impl Api {
         assert_eq!((d.active, d.scheduled), (0, 0), "no queue entry may be left behind");
     }
 }
-
