@@ -56,3 +56,8 @@ bench-images RUNS="7": build-deps
     command -v vipsthumbnail >/dev/null || (apt-get install -y -qq libvips-tools >/dev/null 2>&1) || { echo "install libvips-tools (vipsthumbnail) first" >&2; exit 1; }
     cargo build --release -p jewelshot-admin
     python3 deploy/bench/bench_images.py target/release/jewelshot ../shared/fixtures/photos {{RUNS}}
+
+# Thin-path latency under upload load: 4 clients upload a 4 MB photo while one polls its job.
+bench-uploads SECS="20": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-uploads {{SECS}}

@@ -20,6 +20,8 @@ pub struct JpegMeta {
     pub cmyk: bool,
     /// Any EXIF/XMP/IPTC/comment segment is present (must be stripped).
     pub has_metadata: bool,
+    /// An Adobe APP14 marker: CMYK data is stored inverted.
+    pub adobe: bool,
 }
 
 const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
@@ -42,7 +44,7 @@ fn guarded<T>(f: impl FnOnce() -> std::io::Result<T>) -> Result<T, ImageError> {
 
 /// libjpeg pads a truncated file with gray and only warns; a complete file has an EOI marker
 /// after its last scan.
-fn is_complete(b: &[u8]) -> bool {
+pub(crate) fn is_complete(b: &[u8]) -> bool {
     let tail = &b[b.len().saturating_sub(64 * 1024)..];
     let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
     let eoi = tail.windows(2).rposition(|w| w == [0xFF, 0xD9]).map(|p| p + b.len() - tail.len());
@@ -66,27 +68,8 @@ pub fn decode(bytes: &[u8], target_long: u32) -> Result<(Raster, JpegMeta), Imag
     guarded(|| {
         let markers = [Marker::APP(1), Marker::APP(2), Marker::APP(13), Marker::APP(14), Marker::COM];
         let mut d = Decompress::builder().with_markers(&markers).from_mem(bytes)?;
-        let mut meta = JpegMeta { orientation: 1, ..Default::default() };
-        let mut icc_chunks: Vec<(u8, &[u8])> = Vec::new();
-        let mut adobe = false;
-        for m in d.markers() {
-            match m.marker {
-                Marker::APP(1) if m.data.starts_with(b"Exif\0\0") => {
-                    meta.has_metadata = true;
-                    meta.orientation = exif_orientation(&m.data[6..]).unwrap_or(1);
-                }
-                Marker::APP(2) if m.data.starts_with(ICC_TAG) && m.data.len() > 14 => {
-                    icc_chunks.push((m.data[12], &m.data[14..]));
-                }
-                Marker::APP(14) if m.data.starts_with(b"Adobe") => adobe = true,
-                Marker::APP(1) | Marker::APP(13) | Marker::COM => meta.has_metadata = true,
-                _ => {}
-            }
-        }
-        icc_chunks.sort_by_key(|(seq, _)| *seq);
-        if !icc_chunks.is_empty() {
-            meta.icc = Some(icc_chunks.iter().flat_map(|(_, d)| d.iter().copied()).collect());
-        }
+        let mut meta = read_meta(&d);
+        let adobe = meta.adobe;
         let (w, h) = d.size();
         let n = scale_numerator(w as u32, h as u32, target_long);
         d.scale(n);
@@ -120,6 +103,31 @@ pub fn decode(bytes: &[u8], target_long: u32) -> Result<(Raster, JpegMeta), Imag
         };
         Ok((raster, meta))
     })
+}
+
+/// Orientation, ICC profile and metadata presence from the saved markers.
+pub(crate) fn read_meta<R>(d: &Decompress<R>) -> JpegMeta {
+    let mut meta = JpegMeta { orientation: 1, ..Default::default() };
+    let mut icc_chunks: Vec<(u8, &[u8])> = Vec::new();
+    for m in d.markers() {
+        match m.marker {
+            Marker::APP(1) if m.data.starts_with(b"Exif\0\0") => {
+                meta.has_metadata = true;
+                meta.orientation = exif_orientation(&m.data[6..]).unwrap_or(1);
+            }
+            Marker::APP(2) if m.data.starts_with(ICC_TAG) && m.data.len() > 14 => {
+                icc_chunks.push((m.data[12], &m.data[14..]));
+            }
+            Marker::APP(14) if m.data.starts_with(b"Adobe") => meta.adobe = true,
+            Marker::APP(1) | Marker::APP(13) | Marker::COM => meta.has_metadata = true,
+            _ => {}
+        }
+    }
+    icc_chunks.sort_by_key(|(seq, _)| *seq);
+    if !icc_chunks.is_empty() {
+        meta.icc = Some(icc_chunks.iter().flat_map(|(_, d)| d.iter().copied()).collect());
+    }
+    meta
 }
 
 /// Read the Orientation tag from an EXIF (TIFF) payload.

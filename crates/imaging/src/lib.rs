@@ -19,6 +19,7 @@ mod jpeg;
 mod png;
 mod probe;
 mod raster;
+mod stream;
 
 use std::io::Cursor;
 
@@ -134,6 +135,27 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
         return Err(ImageError::TooManyPixels { width: p.width, height: p.height, limit: limits.max_pixels });
     }
     let trace = std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some();
+    if p.format == Format::Jpeg {
+        if let Some(done) = stream::compress_jpeg(input, limits)? {
+            if done.fitted {
+                return Ok(Compressed {
+                    width: done.width,
+                    height: done.height,
+                    content_type: "image/jpeg",
+                    extension: "jpg",
+                    bytes: done.bytes,
+                    original_bytes: input.len(),
+                    original_width: p.width,
+                    original_height: p.height,
+                    input_format: p.format,
+                    quality: Some(done.quality),
+                    kept_original: false,
+                });
+            }
+            // Nothing fitted even at the qualities tried: shrink from the resampled image.
+            return fit_loop(done.raster, 1, done.icc, None, &p, input.len(), limits, done.quality, trace);
+        }
+    }
     let t0 = std::time::Instant::now();
     let target_long = p.width.max(p.height).min(limits.max_side);
     let (decoded, orientation, icc, stripped_input) = match p.format {
@@ -163,6 +185,22 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
             t0.elapsed().as_secs_f64() * 1e3
         );
     }
+    fit_loop(decoded, orientation, icc, stripped_input, &p, input.len(), limits, limits.quality, trace)
+}
+
+/// Resize, orient and encode `decoded` until it fits the limits: quality first, then dimensions.
+#[allow(clippy::too_many_arguments)]
+fn fit_loop(
+    decoded: Raster,
+    orientation: u16,
+    icc: Option<Vec<u8>>,
+    stripped_input: Option<(Vec<u8>, &'static str, &'static str)>,
+    p: &Probe,
+    input_len: usize,
+    limits: &Limits,
+    start_quality: u8,
+    trace: bool,
+) -> Result<Compressed, ImageError> {
     let transparent = decoded.has_transparency();
     let decoded = if transparent { decoded } else { decoded.without_alpha() };
 
@@ -172,7 +210,7 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
     let (dw, dh) = if orientation >= 5 { (th, tw) } else { (tw, th) };
 
     let mut long = tw.max(th);
-    let mut quality = limits.quality;
+    let mut quality = start_quality;
     loop {
         let (rw, rh) = fit(dw, dh, long);
         let t1 = std::time::Instant::now();
@@ -201,7 +239,7 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
                     content_type: ct,
                     extension: ext,
                     bytes: orig,
-                    original_bytes: input.len(),
+                    original_bytes: input_len,
                     original_width: p.width,
                     original_height: p.height,
                     input_format: p.format,
@@ -216,7 +254,7 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
                 content_type,
                 extension,
                 bytes,
-                original_bytes: input.len(),
+                original_bytes: input_len,
                 original_width: p.width,
                 original_height: p.height,
                 input_format: p.format,
@@ -243,7 +281,7 @@ fn relative_size(q: u8) -> f64 {
 
 /// The highest quality below `current` predicted to fit (with 3 % headroom), so an oversized
 /// image usually needs one more encode instead of one per step.
-fn next_quality(current: u8, floor: u8, size: usize, max: usize) -> u8 {
+pub(crate) fn next_quality(current: u8, floor: u8, size: usize, max: usize) -> u8 {
     let needed = max as f64 * 0.97 / size as f64 * relative_size(current);
     let mut q = current.saturating_sub(5).max(floor);
     while q > floor && relative_size(q) > needed {

@@ -1,0 +1,324 @@
+//! The fast path for JPEGs that need shrinking: decode and resample/encode overlap on two
+//! threads, the way libvips streams. The decoding thread hands over rows in chunks; the other
+//! resamples each chunk horizontally at once (fast_image_resize), runs the vertical Lanczos3 pass
+//! as soon as the rows an output row needs have arrived, and feeds finished rows straight into
+//! the JPEG encoder. If the encoder's output is on course to exceed the size limit, a second
+//! encoder at a predicted lower quality starts from the buffered rows and runs alongside, so an
+//! oversized photo usually costs no extra pass after decoding.
+
+use std::{
+    io::Write,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+};
+
+use fast_image_resize::{
+    images::{Image, ImageRef},
+    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
+use mozjpeg::{compress::CompressStarted, ColorSpace, Compress, Decompress, Marker};
+
+use crate::{jpeg, raster::Raster, ImageError, Limits};
+
+/// Rows per hand-over between the threads.
+const CHUNK_ROWS: usize = 32;
+/// Fixed-point precision of the vertical filter weights.
+const PRECISION: u32 = 14;
+
+/// What the streaming path produced.
+pub struct Streamed {
+    pub bytes: Vec<u8>,
+    pub quality: u8,
+    pub width: u32,
+    pub height: u32,
+    /// The resampled image, kept in case no encoding fitted and dimensions must shrink.
+    pub raster: Raster,
+    pub icc: Option<Vec<u8>>,
+    pub fitted: bool,
+}
+
+/// A `Write` that counts what the encoder has emitted so far.
+struct Counted {
+    buf: Vec<u8>,
+    written: Arc<AtomicUsize>,
+}
+
+impl Write for Counted {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.written.store(self.buf.len(), Ordering::Relaxed);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Encoder {
+    quality: u8,
+    started: CompressStarted<Counted>,
+    written: Arc<AtomicUsize>,
+    rows: usize,
+}
+
+fn start_encoder(w: u32, h: u32, channels: u8, quality: u8, icc: Option<&[u8]>) -> std::io::Result<Encoder> {
+    let cs = if channels == 1 { ColorSpace::JCS_GRAYSCALE } else { ColorSpace::JCS_RGB };
+    let mut c = Compress::new(cs);
+    c.set_fastest_defaults();
+    c.set_size(w as usize, h as usize);
+    c.set_quality(f32::from(quality));
+    // Standard Huffman tables: output streams out as rows arrive (optimized tables would hold
+    // everything back to the end), which is what lets us project the final size early.
+    c.set_optimize_coding(false);
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut started = c.start_compress(Counted { buf: Vec::with_capacity(512 * 1024), written: written.clone() })?;
+    if let Some(icc) = icc {
+        started.write_icc_profile(icc);
+    }
+    Ok(Encoder { quality, started, written, rows: 0 })
+}
+
+/// Lanczos3 taps for each output row: (first input row, fixed-point weights).
+fn vertical_taps(src: usize, dst: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = src as f64 / dst as f64;
+    let support = 3.0 * scale.max(1.0);
+    let filter_scale = scale.max(1.0);
+    let lanczos3 = |x: f64| {
+        if x.abs() < 1e-9 {
+            1.0
+        } else if x.abs() < 3.0 {
+            let px = std::f64::consts::PI * x;
+            3.0 * px.sin() * (px / 3.0).sin() / (px * px)
+        } else {
+            0.0
+        }
+    };
+    (0..dst)
+        .map(|j| {
+            let center = (j as f64 + 0.5) * scale;
+            let left = ((center - support).floor().max(0.0)) as usize;
+            let right = ((center + support).ceil() as usize).min(src);
+            let raw: Vec<f64> = (left..right).map(|i| lanczos3((i as f64 + 0.5 - center) / filter_scale)).collect();
+            let sum: f64 = raw.iter().sum();
+            let one = f64::from(1u32 << PRECISION);
+            let mut w: Vec<i32> = raw.iter().map(|v| (v / sum * one).round() as i32).collect();
+            // Make the weights sum to exactly one so flat areas stay exactly flat.
+            let err = (1i32 << PRECISION) - w.iter().sum::<i32>();
+            if let Some(mid) = w.get_mut((right - left) / 2) {
+                *mid += err;
+            }
+            (left, w)
+        })
+        .collect()
+}
+
+fn vertical_row(hbuf: &[u8], stride: usize, first: usize, weights: &[i32], acc: &mut [i32], out: &mut [u8]) {
+    acc.fill(1 << (PRECISION - 1));
+    for (k, w) in weights.iter().enumerate() {
+        let row = &hbuf[(first + k) * stride..(first + k + 1) * stride];
+        for (a, p) in acc.iter_mut().zip(row) {
+            *a += w * i32::from(*p);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = (*a >> PRECISION).clamp(0, 255) as u8;
+    }
+}
+
+fn unwound(panic: Box<dyn std::any::Any + Send>) -> ImageError {
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "codec error".into());
+    ImageError::Corrupt(format!("JPEG: {msg}"))
+}
+
+fn io_corrupt(e: std::io::Error) -> ImageError {
+    ImageError::Corrupt(format!("JPEG: {e}"))
+}
+
+/// Try the streaming path. `Ok(None)`: not applicable (no shrink needed, rotated or CMYK) —
+/// the general path handles those.
+pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, ImageError> {
+    if !jpeg::is_complete(input) {
+        return Err(ImageError::Corrupt("JPEG data is truncated (no end-of-image marker after the last scan)".into()));
+    }
+    // Header, metadata and the decoder's start on this thread (libjpeg reports by unwinding).
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        let markers = [Marker::APP(1), Marker::APP(2), Marker::APP(14)];
+        let mut d = Decompress::builder().with_markers(&markers).from_mem(input).map_err(io_corrupt)?;
+        let meta = jpeg::read_meta(&d);
+        let (w, h) = d.size();
+        let (tw, th) = crate::raster::fit(w as u32, h as u32, limits.max_side);
+        let cmyk = matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        if meta.orientation > 1 || cmyk || (tw, th) == (w as u32, h as u32) {
+            return Ok(None);
+        }
+        d.scale(jpeg::scale_numerator(w as u32, h as u32, tw.max(th)));
+        d.do_fancy_upsampling(false);
+        let (s, channels) = match d.image().map_err(io_corrupt)? {
+            mozjpeg::Format::RGB(s) => (s, 3u8),
+            mozjpeg::Format::Gray(s) => (s, 1u8),
+            mozjpeg::Format::CMYK(_) => return Ok(None),
+        };
+        Ok(Some((s, channels, tw, th, meta.icc)))
+    }))
+    .map_err(unwound)??;
+    let Some((mut s, channels, tw, th, icc)) = started else { return Ok(None) };
+    let (sw, sh) = (s.width(), s.height());
+    let c = usize::from(channels);
+
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
+        let icc_ref = icc.as_deref();
+        let worker = scope.spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| resample_and_encode(rx, (sw, sh, channels), (tw, th), icc_ref, limits)))
+                .map_err(unwound)?
+        });
+        let decoded = catch_unwind(AssertUnwindSafe(move || -> Result<(), ImageError> {
+            let mut remaining = sh;
+            while remaining > 0 {
+                let rows = remaining.min(CHUNK_ROWS);
+                let mut buf = vec![0u8; rows * sw * c];
+                s.read_scanlines_into(&mut buf).map_err(io_corrupt)?;
+                remaining -= rows;
+                if tx.send(buf).is_err() {
+                    break; // the worker failed; its error is reported below
+                }
+            }
+            drop(tx);
+            s.finish().map_err(io_corrupt)
+        }))
+        .map_err(unwound)
+        .and_then(|r| r);
+        let worked = worker.join().map_err(unwound).and_then(|r| r);
+        decoded?;
+        let mut streamed = worked?;
+        streamed.icc = icc.clone();
+        Ok(Some(streamed))
+    })
+}
+
+fn feed(e: &mut Encoder, rows: &[u8], count: usize) -> Result<(), ImageError> {
+    e.started.write_scanlines(rows).map_err(|err| ImageError::Internal(format!("JPEG encode: {err}")))?;
+    e.rows += count;
+    Ok(())
+}
+
+fn resample_and_encode(
+    rx: mpsc::Receiver<Vec<u8>>,
+    (sw, sh, channels): (usize, usize, u8),
+    (tw, th): (u32, u32),
+    icc: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<Streamed, ImageError> {
+    let c = usize::from(channels);
+    let pixel_type = if channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
+    let (tw_us, th_us) = (tw as usize, th as usize);
+    let stride = tw_us * c;
+    let taps = vertical_taps(sh, th_us);
+    let mut hbuf: Vec<u8> = Vec::with_capacity(stride * sh);
+    let mut out = vec![0u8; stride * th_us];
+    let mut acc = vec![0i32; stride];
+    let mut next = 0usize;
+    let internal = |e: &dyn std::fmt::Display| ImageError::Internal(format!("resize: {e}"));
+    let mut resizer = Resizer::new();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let start =
+        |q: u8| start_encoder(tw, th, channels, q, icc).map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")));
+    let mut encoders = vec![start(limits.quality)?];
+
+    for chunk in rx {
+        let rows = chunk.len() / (sw * c);
+        if sw as u32 == tw {
+            hbuf.extend_from_slice(&chunk);
+        } else {
+            let src = ImageRef::new(sw as u32, rows as u32, &chunk, pixel_type).map_err(|e| internal(&e))?;
+            let mut dst = Image::new(tw, rows as u32, pixel_type);
+            resizer.resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
+            hbuf.extend_from_slice(dst.buffer());
+        }
+        let have = hbuf.len() / stride;
+        let first_new = next;
+        while next < th_us && taps[next].0 + taps[next].1.len() <= have {
+            let (first, w) = &taps[next];
+            vertical_row(&hbuf, stride, *first, w, &mut acc, &mut out[next * stride..(next + 1) * stride]);
+            next += 1;
+        }
+        if next > first_new {
+            let rows = &out[first_new * stride..next * stride];
+            for e in encoders.iter_mut() {
+                feed(e, rows, next - first_new)?;
+            }
+        }
+        // On course to exceed the limit? Start a lower-quality encoder now, from the rows so far.
+        let last = encoders.last().map(|e| (e.quality, e.written.load(Ordering::Relaxed), e.rows)).unwrap_or_default();
+        if encoders.len() < 3 && last.0 > limits.min_quality && last.2 >= th_us / 8 && last.1 > 0 {
+            let projected = last.1 * th_us / last.2;
+            if projected as f64 > limits.max_output_bytes as f64 * 0.97 {
+                let q = crate::next_quality(last.0, limits.min_quality, projected, limits.max_output_bytes);
+                let mut e = start(q)?;
+                feed(&mut e, &out[..next * stride], next)?;
+                encoders.push(e);
+            }
+        }
+    }
+    if next < th_us {
+        return Err(ImageError::Corrupt("JPEG ended before all rows were decoded".into()));
+    }
+    // The best quality that fits wins; otherwise the smallest, and the caller shrinks further.
+    let mut results = Vec::with_capacity(encoders.len());
+    for e in encoders {
+        let bytes = e.started.finish().map_err(|err| ImageError::Internal(format!("JPEG encode: {err}")))?.buf;
+        results.push((e.quality, bytes));
+    }
+    let fits = |b: &Vec<u8>| b.len() <= limits.max_output_bytes;
+    let fitted = results.iter().any(|(_, b)| fits(b));
+    let (quality, bytes) = results
+        .into_iter()
+        .filter(|(_, b)| !fitted || fits(b))
+        .max_by_key(|(q, b)| if fitted { i64::from(*q) } else { -(b.len() as i64) })
+        .ok_or_else(|| ImageError::Internal("no encoder ran".into()))?;
+    Ok(Streamed {
+        bytes,
+        quality,
+        width: tw,
+        height: th,
+        raster: Raster { width: tw, height: th, channels, data: out },
+        icc: None,
+        fitted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taps_cover_and_sum_to_one() {
+        let taps = vertical_taps(2261, 1920);
+        assert_eq!(taps.len(), 1920);
+        for (first, w) in &taps {
+            assert!(first + w.len() <= 2261);
+            assert_eq!(w.iter().sum::<i32>(), 1 << PRECISION);
+        }
+        assert_eq!(taps[0].0, 0);
+    }
+
+    #[test]
+    fn flat_rows_stay_flat() {
+        let stride = 6;
+        let hbuf: Vec<u8> = [10u8, 200, 90].repeat(2 * 20);
+        let taps = vertical_taps(20, 7);
+        let mut acc = vec![0; stride];
+        let mut out = vec![0u8; stride];
+        for (first, w) in &taps {
+            vertical_row(&hbuf, stride, *first, w, &mut acc, &mut out);
+            assert_eq!(out, [10, 200, 90, 10, 200, 90]);
+        }
+    }
+}
