@@ -152,8 +152,13 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
                     kept_original: false,
                 });
             }
-            // Nothing fitted even at the qualities tried: shrink from the resampled image.
-            return fit_loop(done.raster, 1, done.icc, None, &p, input.len(), limits, done.quality, trace);
+            // Rotated (encode now, upright), or nothing fitted at the qualities tried (go on from
+            // the resampled image).
+            let upright = done.raster.oriented(done.orientation);
+            let pu = Probe { width: upright.width, height: upright.height, ..p };
+            let mut out = fit_loop(upright, 1, done.icc, None, &pu, input.len(), limits, done.quality, trace)?;
+            (out.original_width, out.original_height) = (p.width, p.height);
+            return Ok(out);
         }
     }
     let t0 = std::time::Instant::now();

@@ -55,31 +55,32 @@ impl Raster {
 
     /// Apply an EXIF orientation (1-8) so the pixels are upright.
     pub fn oriented(self, orientation: u16) -> Raster {
-        if !(2..=8).contains(&orientation) {
-            return self;
+        let (w, h) = (self.width as usize, self.height as usize);
+        match orientation {
+            2 => self.remap(w, h, move |ox, oy| (w - 1 - ox, oy)),
+            3 => self.remap(w, h, move |ox, oy| (w - 1 - ox, h - 1 - oy)),
+            4 => self.remap(w, h, move |ox, oy| (ox, h - 1 - oy)),
+            5 => self.remap(h, w, move |ox, oy| (oy, ox)),
+            6 => self.remap(h, w, move |ox, oy| (oy, h - 1 - ox)),
+            7 => self.remap(h, w, move |ox, oy| (w - 1 - oy, h - 1 - ox)),
+            8 => self.remap(h, w, move |ox, oy| (w - 1 - oy, ox)),
+            _ => self,
         }
-        let (w, h, c) = (self.width as usize, self.height as usize, self.channels as usize);
-        let swap = orientation >= 5;
-        let (ow, oh) = if swap { (h, w) } else { (w, h) };
+    }
+
+    /// Build an `ow`×`oh` image whose pixel (x, y) is the source pixel `src(x, y)`. Generic over
+    /// the mapping so each orientation compiles to its own tight loop; walked in tiles so reads
+    /// and writes both stay in cache.
+    fn remap(self, ow: usize, oh: usize, src: impl Fn(usize, usize) -> (usize, usize)) -> Raster {
+        let (w, c) = (self.width as usize, self.channels as usize);
         let mut out = vec![0u8; self.data.len()];
-        // Source column/row of output (ox, oy), as (x0, dx_per_ox, dx_per_oy) style affine maps.
-        let map: fn(usize, usize, usize, usize) -> (usize, usize) = match orientation {
-            2 => |ox, oy, w, _| (w - 1 - ox, oy),
-            3 => |ox, oy, w, h| (w - 1 - ox, h - 1 - oy),
-            4 => |ox, oy, _, h| (ox, h - 1 - oy),
-            5 => |ox, oy, _, _| (oy, ox),
-            6 => |ox, oy, _, h| (oy, h - 1 - ox),
-            7 => |ox, oy, w, h| (w - 1 - oy, h - 1 - ox),
-            _ => |ox, oy, w, _| (w - 1 - oy, ox),
-        };
-        // Walk the output in tiles so reads and writes both stay in cache.
-        const T: usize = 64;
+        const T: usize = 32;
         for ty in (0..oh).step_by(T) {
             for tx in (0..ow).step_by(T) {
                 for oy in ty..(ty + T).min(oh) {
                     let row = &mut out[oy * ow * c..(oy + 1) * ow * c];
                     for ox in tx..(tx + T).min(ow) {
-                        let (sx, sy) = map(ox, oy, w, h);
+                        let (sx, sy) = src(ox, oy);
                         let s = (sy * w + sx) * c;
                         row[ox * c..ox * c + c].copy_from_slice(&self.data[s..s + c]);
                     }

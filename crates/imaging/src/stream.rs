@@ -38,6 +38,8 @@ pub struct Streamed {
     pub raster: Raster,
     pub icc: Option<Vec<u8>>,
     pub fitted: bool,
+    /// EXIF orientation still to apply to `raster` (nothing was encoded then).
+    pub orientation: u16,
 }
 
 /// A `Write` that counts what the encoder has emitted so far.
@@ -153,9 +155,10 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         let mut d = Decompress::builder().with_markers(&markers).from_mem(input).map_err(io_corrupt)?;
         let meta = jpeg::read_meta(&d);
         let (w, h) = d.size();
+        // The limit applies to the long side, which rotation does not change.
         let (tw, th) = crate::raster::fit(w as u32, h as u32, limits.max_side);
         let cmyk = matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
-        if meta.orientation > 1 || cmyk || (tw, th) == (w as u32, h as u32) {
+        if cmyk || (tw, th) == (w as u32, h as u32) {
             return Ok(None);
         }
         d.scale(jpeg::scale_numerator(w as u32, h as u32, tw.max(th)));
@@ -165,10 +168,12 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
             mozjpeg::Format::Gray(s) => (s, 1u8),
             mozjpeg::Format::CMYK(_) => return Ok(None),
         };
-        Ok(Some((s, channels, tw, th, meta.icc)))
+        Ok(Some((s, channels, tw, th, meta.icc, meta.orientation)))
     }))
     .map_err(unwound)??;
-    let Some((mut s, channels, tw, th, icc)) = started else { return Ok(None) };
+    let Some((mut s, channels, tw, th, icc, orientation)) = started else { return Ok(None) };
+    // A rotated photo's rows are not the output's rows: resample while decoding, encode after.
+    let encode = orientation <= 1;
     let (sw, sh) = (s.width(), s.height());
     let c = usize::from(channels);
 
@@ -176,7 +181,7 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
         let icc_ref = icc.as_deref();
         let worker = scope.spawn(move || {
-            catch_unwind(AssertUnwindSafe(|| resample_and_encode(rx, (sw, sh, channels), (tw, th), icc_ref, limits)))
+            catch_unwind(AssertUnwindSafe(|| resample_and_encode(rx, (sw, sh, channels), (tw, th), icc_ref, limits, encode)))
                 .map_err(unwound)?
         });
         let decoded = catch_unwind(AssertUnwindSafe(move || -> Result<(), ImageError> {
@@ -199,6 +204,7 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         decoded?;
         let mut streamed = worked?;
         streamed.icc = icc.clone();
+        streamed.orientation = orientation;
         Ok(Some(streamed))
     })
 }
@@ -215,6 +221,7 @@ fn resample_and_encode(
     (tw, th): (u32, u32),
     icc: Option<&[u8]>,
     limits: &Limits,
+    encode: bool,
 ) -> Result<Streamed, ImageError> {
     let c = usize::from(channels);
     let pixel_type = if channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
@@ -230,7 +237,7 @@ fn resample_and_encode(
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
     let start =
         |q: u8| start_encoder(tw, th, channels, q, icc).map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")));
-    let mut encoders = vec![start(limits.quality)?];
+    let mut encoders = if encode { vec![start(limits.quality)?] } else { Vec::new() };
 
     for chunk in rx {
         let rows = chunk.len() / (sw * c);
@@ -257,7 +264,7 @@ fn resample_and_encode(
         }
         // On course to exceed the limit? Start a lower-quality encoder now, from the rows so far.
         let last = encoders.last().map(|e| (e.quality, e.written.load(Ordering::Relaxed), e.rows)).unwrap_or_default();
-        if encoders.len() < 3 && last.0 > limits.min_quality && last.2 >= th_us / 8 && last.1 > 0 {
+        if encode && encoders.len() < 3 && last.0 > limits.min_quality && last.2 >= th_us / 8 && last.1 > 0 {
             let projected = last.1 * th_us / last.2;
             if projected as f64 > limits.max_output_bytes as f64 * 0.97 {
                 let q = crate::next_quality(last.0, limits.min_quality, projected, limits.max_output_bytes);
@@ -282,7 +289,7 @@ fn resample_and_encode(
         .into_iter()
         .filter(|(_, b)| !fitted || fits(b))
         .max_by_key(|(q, b)| if fitted { i64::from(*q) } else { -(b.len() as i64) })
-        .ok_or_else(|| ImageError::Internal("no encoder ran".into()))?;
+        .unwrap_or((limits.quality, Vec::new()));
     Ok(Streamed {
         bytes,
         quality,
@@ -291,6 +298,7 @@ fn resample_and_encode(
         raster: Raster { width: tw, height: th, channels, data: out },
         icc: None,
         fitted,
+        orientation: 1,
     })
 }
 
