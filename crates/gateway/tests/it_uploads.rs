@@ -13,20 +13,6 @@ fn demo_photo() -> Vec<u8> {
     std::fs::read(jewelshot_testkit::fixture_photo()).expect("demo photo")
 }
 
-async fn upload(api: &Api, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-    let r = api
-        .http
-        .post(format!("{}/api/uploads", api.base))
-        .bearer_auth(key)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("send");
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -163,7 +149,7 @@ async fn it_uploads_compress_store_and_serve() {
     let api = Api::start().await;
     let key = api.key("up@example.com").await;
     let photo = demo_photo();
-    let (s, r) = upload(&api, &key, "image/jpeg", photo.clone()).await;
+    let (s, r) = upload_to(&api.http, &api.base, &key, "image/jpeg", photo.clone()).await;
     assert_eq!(s, 201, "{r}");
     assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(1024), Some(576)), "{r}");
     assert_eq!(r["originalBytes"].as_u64(), Some(photo.len() as u64));
@@ -206,9 +192,9 @@ async fn it_quota_is_enforced_and_nothing_is_half_written() {
     let api = Api::start_with(|cfg| cfg.uploads.quota_bytes_per_user = 120_000).await;
     let key = api.key("quota@example.com").await;
     let photo = demo_photo();
-    let (s, first) = upload(&api, &key, "image/jpeg", photo.clone()).await;
+    let (s, first) = upload_to(&api.http, &api.base, &key, "image/jpeg", photo.clone()).await;
     assert_eq!(s, 201, "{first}");
-    let (s, r) = upload(&api, &key, "image/jpeg", photo).await;
+    let (s, r) = upload_to(&api.http, &api.base, &key, "image/jpeg", photo).await;
     assert_eq!((s, r["error"]["code"].as_str()), (403, Some("storage-quota-exceeded")), "{r}");
     let (_, usage) = api.call(reqwest::Method::GET, "/api/storage", Some(&key)).await;
     assert_eq!(usage["objects"], 1, "{usage}");

@@ -219,9 +219,15 @@ fn fit_loop(
     loop {
         let (rw, rh) = fit(dw, dh, long);
         let t1 = std::time::Instant::now();
-        let out = decoded.resize(rw, rh)?.oriented(orientation);
+        let resized = decoded.resize(rw, rh)?;
+        let t_r = t1.elapsed();
+        let out = resized.oriented(orientation);
         if trace {
-            eprintln!("resize+orient → {rw}x{rh}: {:.1} ms", t1.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "resize → {rw}x{rh}: {:.1} ms, orient {orientation}: {:.1} ms",
+                t_r.as_secs_f64() * 1e3,
+                (t1.elapsed() - t_r).as_secs_f64() * 1e3
+            );
         }
         let t2 = std::time::Instant::now();
         let bytes =

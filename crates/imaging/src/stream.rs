@@ -23,8 +23,9 @@ use mozjpeg::{compress::CompressStarted, ColorSpace, Compress, Decompress, Marke
 
 use crate::{jpeg, raster::Raster, ImageError, Limits};
 
-/// Rows per hand-over between the threads.
-const CHUNK_ROWS: usize = 32;
+/// Rows per hand-over between the threads. fast_image_resize recomputes its Lanczos weights on
+/// every call (~0.3 ms at 1920 px), so chunks must not be small: 8 rows cost 4x the time of 64.
+const CHUNK_ROWS: usize = 64;
 /// Fixed-point precision of the vertical filter weights.
 const PRECISION: u32 = 14;
 
@@ -158,10 +159,13 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         // The limit applies to the long side, which rotation does not change.
         let (tw, th) = crate::raster::fit(w as u32, h as u32, limits.max_side);
         let cmyk = matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
-        if cmyk || (tw, th) == (w as u32, h as u32) {
+        let n = jpeg::scale_numerator(w as u32, h as u32, tw.max(th));
+        // Without DCT scaling the decode is short next to the resample: overlapping them buys
+        // nothing and the per-chunk resample costs more than one whole-image pass.
+        if cmyk || n == 8 || (tw, th) == (w as u32, h as u32) {
             return Ok(None);
         }
-        d.scale(jpeg::scale_numerator(w as u32, h as u32, tw.max(th)));
+        d.scale(n);
         d.do_fancy_upsampling(false);
         let (s, channels) = match d.image().map_err(io_corrupt)? {
             mozjpeg::Format::RGB(s) => (s, 3u8),
@@ -181,8 +185,10 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
         let icc_ref = icc.as_deref();
         let worker = scope.spawn(move || {
-            catch_unwind(AssertUnwindSafe(|| resample_and_encode(rx, (sw, sh, channels), (tw, th), icc_ref, limits, encode)))
-                .map_err(unwound)?
+            catch_unwind(AssertUnwindSafe(|| {
+                resample_and_encode(rx, (sw, sh, channels), (tw, th), icc_ref, limits, encode)
+            }))
+            .map_err(unwound)?
         });
         let decoded = catch_unwind(AssertUnwindSafe(move || -> Result<(), ImageError> {
             let mut remaining = sh;
@@ -200,7 +206,11 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
         }))
         .map_err(unwound)
         .and_then(|r| r);
+        let decoded_at = std::time::Instant::now();
         let worked = worker.join().map_err(unwound).and_then(|r| r);
+        if std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some() {
+            eprintln!("stream: worker finished {:.1} ms after the decoder", decoded_at.elapsed().as_secs_f64() * 1e3);
+        }
         decoded?;
         let mut streamed = worked?;
         streamed.icc = icc.clone();
@@ -239,7 +249,10 @@ fn resample_and_encode(
         |q: u8| start_encoder(tw, th, channels, q, icc).map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")));
     let mut encoders = if encode { vec![start(limits.quality)?] } else { Vec::new() };
 
+    let trace = std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some();
+    let (mut t_h, mut t_v, mut t_e) = (0.0, 0.0, 0.0);
     for chunk in rx {
+        let t0 = std::time::Instant::now();
         let rows = chunk.len() / (sw * c);
         if sw as u32 == tw {
             hbuf.extend_from_slice(&chunk);
@@ -249,6 +262,8 @@ fn resample_and_encode(
             resizer.resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
             hbuf.extend_from_slice(dst.buffer());
         }
+        let t1 = std::time::Instant::now();
+        t_h += (t1 - t0).as_secs_f64();
         let have = hbuf.len() / stride;
         let first_new = next;
         while next < th_us && taps[next].0 + taps[next].1.len() <= have {
@@ -256,6 +271,8 @@ fn resample_and_encode(
             vertical_row(&hbuf, stride, *first, w, &mut acc, &mut out[next * stride..(next + 1) * stride]);
             next += 1;
         }
+        let t2 = std::time::Instant::now();
+        t_v += (t2 - t1).as_secs_f64();
         if next > first_new {
             let rows = &out[first_new * stride..next * stride];
             for e in encoders.iter_mut() {
@@ -273,6 +290,16 @@ fn resample_and_encode(
                 encoders.push(e);
             }
         }
+        t_e += t2.elapsed().as_secs_f64();
+    }
+    if trace {
+        eprintln!(
+            "stream: horizontal {:.1} ms, vertical {:.1} ms, encode {:.1} ms, {} encoders",
+            t_h * 1e3,
+            t_v * 1e3,
+            t_e * 1e3,
+            encoders.len()
+        );
     }
     if next < th_us {
         return Err(ImageError::Corrupt("JPEG ended before all rows were decoded".into()));
