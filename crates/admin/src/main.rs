@@ -46,6 +46,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+    /// Put failed or stuck jobs back in line. Finished steps are kept (a finished generation is
+    /// never paid for again) unless --from-start. Safe to run twice.
+    Requeue {
+        /// Jobs that ended `failed`.
+        #[arg(long)]
+        failed: bool,
+        /// Jobs `processing` with no progress for this long (default 10m when given bare).
+        #[arg(long, value_name = "AGE", num_args = 0..=1, default_missing_value = "10m")]
+        stuck: Option<humantime::Duration>,
+        /// These jobs (failed or processing), by id.
+        #[arg(long = "job", value_name = "ID", num_args = 1..)]
+        jobs: Vec<JobId>,
+        /// Only jobs that finished (or last changed) within this long, e.g. 1h, 30m, 2d.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<humantime::Duration>,
+        /// Only this user's jobs (email or id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only jobs that failed with this error code, e.g. upstream-unavailable.
+        #[arg(long)]
+        error_code: Option<String>,
+        /// List what would be requeued and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run every step again, including a finished generate-image (pays fal again).
+        #[arg(long)]
+        from_start: bool,
+        /// At most this many jobs in one run.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
     /// Run the upload compression pipeline on a file and report what it did.
     Compress {
         input: std::path::PathBuf,
@@ -99,6 +130,8 @@ enum JobsCmd {
     },
     /// Show one job with its steps.
     Show { id: JobId },
+    /// Cancel a queued job.
+    Cancel { id: JobId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +260,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Compress { .. } => unreachable!("handled before connecting"),
+        Cmd::Jobs { cmd: JobsCmd::Cancel { id } } => match db.cancel_queued_any(id).await? {
+            Some(_) => println!("job {id} canceled"),
+            None => match db.job(id).await? {
+                None => bail!("no job {id}"),
+                Some(j) => bail!("job {id} is {}; only queued jobs can be canceled", j.status),
+            },
+        },
+        Cmd::Requeue { failed, stuck, jobs, since, user, error_code, dry_run, from_start, limit } => {
+            if !failed && stuck.is_none() && jobs.is_empty() {
+                bail!("say which jobs: --failed, --stuck [AGE] or --job ID…");
+            }
+            let ago = |d: humantime::Duration| chrono::Utc::now() - chrono::Duration::from_std(*d).unwrap_or_default();
+            let filter = jewelshot_db::requeue::RequeueFilter {
+                failed,
+                stuck_before: stuck.map(ago),
+                jobs,
+                since: since.map(ago),
+                user: match user {
+                    Some(u) => Some(resolve_user(&db, &u).await?),
+                    None => None,
+                },
+                error_code,
+                limit: limit.clamp(1, 1_000_000),
+            };
+            requeue(&db, &cfg.queue, &filter, dry_run, from_start, cli.json).await?;
+        }
         Cmd::Queue { cmd: QueueCmd::Stats } => {
             let counts = db.queue_counts().await?;
             let depths = match Queue::connect(&cfg.queue).await {
@@ -258,6 +317,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn requeue(
+    db: &Db,
+    queue_cfg: &QueueConfig,
+    filter: &jewelshot_db::requeue::RequeueFilter,
+    dry_run: bool,
+    from_start: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let candidates = db.requeue_candidates(filter).await?;
+    if dry_run || !json {
+        for j in &candidates {
+            println!(
+                "{}  {:<10}  {:<24}  attempts {}/{}  {}",
+                j.id,
+                j.status,
+                j.error_code.as_deref().unwrap_or("-"),
+                j.attempts,
+                j.max_attempts,
+                j.updated_at.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+    }
+    if dry_run {
+        println!("dry run: would requeue {} job(s); nothing changed", candidates.len());
+        return Ok(());
+    }
+    if candidates.is_empty() {
+        println!("nothing to requeue");
+        return Ok(());
+    }
+    let queue = Queue::connect(queue_cfg).await.context("connecting to the queue")?;
+    let bar = indicatif::ProgressBar::new(candidates.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut requeued, mut skipped, mut failed) = (0u64, 0u64, Vec::new());
+    for job in &candidates {
+        match db.requeue_job(job, from_start).await? {
+            None => skipped += 1, // changed since it was listed (e.g. another requeue)
+            Some(row) => match queue.repush(row.id, None).await {
+                Ok(()) => requeued += 1,
+                Err(e) => {
+                    // Not in Redis: put it back as it was, so a later run finds it again.
+                    let code = job.error_code.as_deref().unwrap_or("requeue-failed");
+                    db.fail_job(row.id, code, job.error_message.as_deref().unwrap_or("")).await?;
+                    failed.push((row.id, e.to_string()));
+                }
+            },
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for (id, e) in &failed {
+        eprintln!("job {id}: could not be enqueued ({e}); left as it was");
+    }
+    println!(
+        "requeued {requeued}, skipped {skipped} (changed meanwhile), failed to enqueue {}{}",
+        failed.len(),
+        if from_start { " — all steps will run again" } else { " — finished steps kept" }
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} job(s) could not be enqueued; run the same command again", failed.len())
+    }
 }
 
 fn compress_file(

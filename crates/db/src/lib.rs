@@ -8,12 +8,14 @@
 //! - [`Db::migrate`] — applies `migrations/` (refinery, embedded at build time).
 //! - [`users`] — users and API keys (keys stored as SHA-256 only).
 //! - [`jobs`] — job rows, queue position, status transitions.
+//! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`gallery`] — saved images.
 //! - [`storage`] — uploads and per-user storage accounting (quota reservations).
 
 pub mod gallery;
 pub mod jobs;
+pub mod requeue;
 pub mod steps;
 pub mod storage;
 pub mod users;

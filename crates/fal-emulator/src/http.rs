@@ -29,6 +29,7 @@ pub async fn run(
             .route("/__stats", web::get().to(stats))
             .route("/__files/{name}", web::get().to(file))
             .route("/__keys/{key}/revoke", web::post().to(revoke))
+            .route("/__keys/{key}/restore", web::post().to(restore))
             .route("/{tail:.*}", web::post().to(submit))
             .route("/{tail:.*}", web::get().to(get_request))
             .route("/{tail:.*}", web::put().to(cancel))
@@ -347,6 +348,11 @@ async fn file(state: Data<Arc<State>>, path: web::Path<String>) -> HttpResponse 
 
 async fn revoke(state: Data<Arc<State>>, path: web::Path<String>) -> HttpResponse {
     state.lock().revoked.insert(path.into_inner());
+    HttpResponse::NoContent().finish()
+}
+
+async fn restore(state: Data<Arc<State>>, path: web::Path<String>) -> HttpResponse {
+    state.lock().revoked.remove(path.as_str());
     HttpResponse::NoContent().finish()
 }
 

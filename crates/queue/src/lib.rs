@@ -128,6 +128,27 @@ impl Queue {
             .map_err(|e| QueueError::Push(e.to_string()))
     }
 
+    /// Push a job whose task ran before (a requeue). apalis-redis ignores a push whose task id
+    /// it already holds (`HSETNX` on its data hash), so the old task's records go first, in one
+    /// MULTI, then the task is pushed afresh.
+    pub async fn repush(&self, job: JobId, run_at: Option<DateTime<Utc>>) -> Result<(), QueueError> {
+        let cfg = self.storage.get_config();
+        let id = job.to_string();
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(cfg.job_data_hash(), &id)
+            .del(format!("{}:{id}", cfg.job_meta_hash()))
+            .srem(cfg.done_jobs_set(), &id)
+            .srem(cfg.dead_jobs_set(), &id)
+            .zrem(cfg.scheduled_jobs_set(), &id)
+            .lrem(cfg.active_jobs_list(), 0, &id);
+        tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        self.push(job, run_at).await
+    }
+
     /// PING, for readiness checks.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
