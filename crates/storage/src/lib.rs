@@ -1,15 +1,15 @@
 //! # jewelshot-storage
 //!
 //! Where images live. One [`ObjectStore`] trait, shaped for object storage (keys, content types,
-//! public or signed URLs), with a local-filesystem backend as the default; the S3 backend
-//! (issue B) implements the same trait.
+//! public or signed URLs), with a local-filesystem backend as the default and an S3 backend for
+//! AWS S3, Cloudflare R2, MinIO, Supabase Storage and other S3-compatible services.
 //!
 //! ## Layout
-//! - [`ObjectKey`] — a validated relative key (`jobs/<user>/<job>.jpg`); no `..`, no absolute paths.
+//! - [`ObjectKey`] — a validated relative key (`results/<user>/<job>.jpg`); no `..`, no absolute paths.
 //! - [`ObjectStore`] — put/get/delete/exists/url/health.
 //! - [`local::LocalFs`] — files under a root directory, written atomically (temp file + rename).
 //! - [`s3::S3Store`] — any S3-compatible service; CDN base URLs or presigned GETs.
-//! - [`StorageConfig`] / [`open`]: builds the configured backend.
+//! - [`StorageConfig`] / [`open`] — builds the configured backend.
 
 pub mod local;
 pub mod s3;
