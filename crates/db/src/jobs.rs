@@ -87,7 +87,80 @@ pub struct QueueCounts {
     pub canceled: i64,
 }
 
+/// What an idempotent insert found.
+#[derive(Debug)]
+pub enum Inserted {
+    New(Box<JobRow>),
+    /// The key was used within 24 h: the first job, and whether the request was the same.
+    Existing {
+        job: Box<JobRow>,
+        same_request: bool,
+    },
+}
+
 impl Db {
+    /// Record a new job unless `user` used `key` within the last 24 h. One transaction: the key
+    /// and the job are written together or not at all, and concurrent duplicates serialise on
+    /// the key's primary key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_job_idempotent(
+        &self,
+        id: JobId,
+        user: UserId,
+        edit: &NewEdit,
+        max_attempts: i32,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Inserted> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let existing = tx
+            .query_opt(
+                "SELECT k.request_hash, j.* FROM idempotency_keys k JOIN jobs j ON j.id = k.job_id
+                  WHERE k.user_id = $1 AND k.key = $2 AND k.created_at > now() - interval '24 hours'
+                  FOR UPDATE OF k",
+                &[&user.to_string(), &key],
+            )
+            .await?;
+        if let Some(row) = existing {
+            let hash: String = row.get("request_hash");
+            return Ok(Inserted::Existing { job: Box::new(job_from_row(&row)?), same_request: hash == request_hash });
+        }
+        let row = tx
+            .query_one(
+                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
+                &[
+                    &id.to_string(),
+                    &user.to_string(),
+                    &edit.priority.as_str(),
+                    &edit.prompt,
+                    &edit.image_url.as_str(),
+                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                    &edit.run_at,
+                    &max_attempts,
+                ],
+            )
+            .await?;
+        // Claims the key, or takes over an expired one. A concurrent first use of the same key
+        // waits on the primary key and then fails here: the caller retries and finds it.
+        let claimed = tx
+            .execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_id, key) DO UPDATE
+                    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now()
+                  WHERE idempotency_keys.created_at <= now() - interval '24 hours'",
+                &[&user.to_string(), &key, &request_hash, &id.to_string()],
+            )
+            .await?;
+        if claimed == 0 {
+            drop(tx); // rolls back the job
+            return Box::pin(self.insert_job_idempotent(id, user, edit, max_attempts, key, request_hash)).await;
+        }
+        tx.commit().await?;
+        Ok(Inserted::New(Box::new(job_from_row(&row)?)))
+    }
+
     /// Record a new job in `queued`.
     pub async fn insert_job(&self, id: JobId, user: UserId, edit: &NewEdit, max_attempts: i32) -> Result<JobRow> {
         let row = self

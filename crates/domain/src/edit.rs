@@ -16,7 +16,7 @@ pub const MAX_URL_BYTES: usize = 2_048;
 pub const MAX_DELAY_SECONDS: i64 = 30 * 24 * 3600;
 
 /// `POST /api/ai/edit` body as sent. Accepts the snake_case names and their camelCase twins.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, ToSchema)]
 pub struct EditRequest {
     /// The photo to edit (http or https).
     #[serde(alias = "imageUrl")]

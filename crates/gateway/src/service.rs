@@ -15,15 +15,65 @@ use crate::{error::ApiError, state::AppState};
 /// Longest a webhook host lookup may take at submit.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// An `Idempotency-Key` header: 1-255 visible ASCII characters.
+pub fn parse_idempotency_key(raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let ok = !raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::BadRequest {
+            code: "invalid-idempotency-key",
+            message: "`Idempotency-Key` must be 1-255 visible ASCII characters".into(),
+        });
+    }
+    Ok(Some(raw.to_owned()))
+}
+
+/// Whether a submit created a job or replayed an earlier one (same `Idempotency-Key`).
+pub enum Submitted {
+    Created(SubmittedView),
+    Replayed(SubmittedView),
+}
+
 /// Validate, record, enqueue. Never calls fal, never waits on the job.
-pub async fn submit(state: &AppState, user: &User, raw: EditRequest) -> Result<SubmittedView, ApiError> {
+pub async fn submit(
+    state: &AppState,
+    user: &User,
+    raw: EditRequest,
+    idempotency_key: Option<String>,
+) -> Result<Submitted, ApiError> {
+    use sha2::Digest;
+    // The request as parsed (aliases folded), so `imageUrl` and `image_url` hash alike.
+    let request_hash = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&raw).unwrap_or_default()));
     let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
     let edit = NewEdit::parse(raw, policy, Utc::now())?;
     if let Some(url) = &edit.webhook_url {
         check_webhook_resolution(url, policy).await?;
     }
     let id = JobId::generate();
-    let job = state.db.insert_job(id, user.id, &edit, state.cfg.jobs.max_attempts).await?;
+    let max_attempts = state.cfg.jobs.max_attempts;
+    let job = match idempotency_key {
+        None => state.db.insert_job(id, user.id, &edit, max_attempts).await?,
+        Some(key) => match state.db.insert_job_idempotent(id, user.id, &edit, max_attempts, &key, &request_hash).await?
+        {
+            jewelshot_db::jobs::Inserted::New(job) => *job,
+            jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
+                let position = state.db.queue_position(&job).await?;
+                return Ok(Submitted::Replayed(SubmittedView {
+                    job_id: job.id.to_string(),
+                    status: job.status,
+                    queue_position: position,
+                    eta_seconds: state.eta_seconds(position).await,
+                    status_url: format!("/api/jobs/{}", job.id),
+                }));
+            }
+            jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
+                return Err(ApiError::Conflict {
+                    code: "idempotency-key-reused",
+                    message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
+                });
+            }
+        },
+    };
     if let Err(e) = state.queue.push(id, edit.run_at).await {
         // Nothing half-written: without a queue entry the job row must not stay either.
         if let Err(del) = state.db.delete_unqueued_job(id).await {
@@ -35,13 +85,13 @@ pub async fn submit(state: &AppState, user: &User, raw: EditRequest) -> Result<S
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
         .increment(1);
     tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
-    Ok(SubmittedView {
+    Ok(Submitted::Created(SubmittedView {
         job_id: id.to_string(),
         status: JobStatus::Queued,
         queue_position: position,
         eta_seconds: state.eta_seconds(position).await,
         status_url: format!("/api/jobs/{id}"),
-    })
+    }))
 }
 
 /// Names are resolved now to refuse obviously internal targets early; the worker checks again

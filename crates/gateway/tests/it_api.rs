@@ -184,3 +184,51 @@ async fn it_serves_health_readiness_and_openapi() {
     let (s, r) = api.call(reqwest::Method::GET, "/nope", None).await;
     assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not-found")));
 }
+
+/// D6: `Idempotency-Key` per user returns the same job; reused with another body → 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_idempotency_key_returns_the_first_job() {
+    let api = Api::start().await;
+    let a = api.key("idem-a@example.com").await;
+    let b = api.key("idem-b@example.com").await;
+    let send = |key: &str, idem: &str, body: Value| {
+        api.http
+            .post(format!("{}/api/ai/edit", api.base))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idem)
+            .json(&body)
+            .send()
+    };
+    let first = send(&a, "order-42", edit()).await.expect("send");
+    assert_eq!(first.status().as_u16(), 202);
+    let first: Value = first.json().await.expect("json");
+    // The same request again, with the camelCase spelling: the same job, not a second one.
+    let again =
+        send(&a, "order-42", json!({ "imageUrl": "https://cdn.example.com/ring.jpg", "prompt": "white background" }))
+            .await
+            .expect("send");
+    assert_eq!(again.status().as_u16(), 202);
+    assert_eq!(again.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["jobId"], first["jobId"]);
+    // Another body under the same key: refused.
+    let mut other = edit();
+    other["prompt"] = json!("black background");
+    let r = send(&a, "order-42", other).await.expect("send");
+    assert_eq!(r.status().as_u16(), 409);
+    let r: Value = r.json().await.expect("json");
+    assert_eq!(r["error"]["code"], "idempotency-key-reused");
+    // Keys are per user.
+    let theirs: Value = send(&b, "order-42", edit()).await.expect("send").json().await.expect("json");
+    assert_ne!(theirs["jobId"], first["jobId"]);
+    // Concurrent duplicates still make one job.
+    let (x, y) = tokio::join!(send(&a, "order-43", edit()), send(&a, "order-43", edit()));
+    let (x, y): (Value, Value) = (x.expect("x").json().await.expect("json"), y.expect("y").json().await.expect("json"));
+    assert_eq!(x["jobId"], y["jobId"]);
+    let counts = api.db.db.queue_counts().await.expect("counts");
+    assert_eq!(counts.queued, 3, "order-42 (a), order-42 (b), order-43: three jobs");
+    let r = api.submit_raw(&a, "application/json", serde_json::to_vec(&edit()).expect("json")).await;
+    assert_eq!(r.0, 202, "no key: an ordinary submit");
+    let bad = send(&a, &"x".repeat(300), edit()).await.expect("send");
+    assert_eq!(bad.status().as_u16(), 400);
+}

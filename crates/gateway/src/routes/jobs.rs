@@ -1,6 +1,6 @@
 //! `/api/ai/edit` and `/api/jobs…`.
 
-use actix_web::{delete, get, post, web, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use jewelshot_domain::{
     view::{JobPage, JobView, SubmittedView},
     EditRequest,
@@ -14,11 +14,13 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state:
 #[utoipa::path(
     post, path = "/api/ai/edit", tag = "jobs",
     request_body = EditRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user within 24 h returns the first job")),
     responses(
         (status = 202, description = "Accepted and queued", body = SubmittedView,
             headers(("Location" = String, description = "The job's status URL"))),
         (status = 400, description = "Invalid input; `error.field` names the field", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 409, description = "`Idempotency-Key` reused with a different request", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 503, description = "A dependency is down; retry after `Retry-After`", body = ErrorBody),
@@ -29,10 +31,21 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state:
 pub async fn submit(
     state: web::Data<AppState>,
     user: AuthUser,
+    req: HttpRequest,
     body: web::Json<EditRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let submitted = service::submit(&state, &user.0, body.into_inner()).await?;
-    Ok(HttpResponse::Accepted().insert_header(("Location", submitted.status_url.clone())).json(submitted))
+    let header = req.headers().get("idempotency-key").map(|v| v.to_str().unwrap_or("\u{0}"));
+    let key = service::parse_idempotency_key(header)?;
+    let (view, replayed) = match service::submit(&state, &user.0, body.into_inner(), key).await? {
+        service::Submitted::Created(v) => (v, false),
+        service::Submitted::Replayed(v) => (v, true),
+    };
+    let mut resp = HttpResponse::Accepted();
+    resp.insert_header(("Location", view.status_url.clone()));
+    if replayed {
+        resp.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(resp.json(view))
 }
 
 /// Poll one job.
