@@ -310,6 +310,21 @@ impl Db {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    /// Hand a job back to the queue (its worker is stopping): `queued` again, and the attempt
+    /// it had started is not counted.
+    pub async fn release_job(&self, id: JobId) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0), worker_id = NULL,
+                        updated_at = now()
+                  WHERE id = $1 AND status = 'processing'",
+                &[&id.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Record the last error without ending the job (it will be retried).
     pub async fn note_job_error(&self, id: JobId, code: &str, message: &str) -> Result<()> {
         self.conn()

@@ -52,6 +52,8 @@ enum StepFailure {
     Fatal { code: &'static str, message: String },
     /// May pass: retry the job (resuming after its last finished step).
     Retry { code: &'static str, message: String, retry_after: Option<Duration> },
+    /// The worker is stopping: hand the job back now (checkpoints kept, nothing lost).
+    Shutdown,
 }
 
 impl From<FalError> for StepFailure {
@@ -131,6 +133,12 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
         match run_steps(ctx, &job).await {
             Ok(()) => return Ok(()),
             Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message).await,
+            Err(StepFailure::Shutdown) => {
+                // Back in line without spending the attempt; another worker resumes it at once.
+                ctx.db.release_job(job.id).await?;
+                tracing::info!("worker stopping: job handed back");
+                return Err(HandBack::Shutdown);
+            }
             Err(StepFailure::Retry { code, message, retry_after }) => {
                 tracing::warn!(attempt = job.attempts, code, %message, "job attempt failed");
                 ctx.db.note_job_error(job.id, code, &message).await?;
@@ -181,6 +189,7 @@ async fn run_steps(ctx: &Ctx, job: &JobRow) -> Result<(), StepFailure> {
 async fn failed_step<T>(ctx: &Ctx, job: JobId, step: StepName, f: StepFailure) -> Result<T, StepFailure> {
     let msg = match &f {
         StepFailure::Fatal { message, .. } | StepFailure::Retry { message, .. } => message.clone(),
+        StepFailure::Shutdown => return Err(f),
     };
     ctx.db.fail_step(job, step, &msg).await?;
     Err(f)
@@ -224,7 +233,7 @@ async fn generate_image(ctx: &Ctx, job: &JobRow) -> Result<Generated, StepFailur
             queued
         }
     };
-    match wait_for_result(&ctx.fal, &request).await {
+    match wait_for_result(&ctx.fal, &request, &ctx.shutdown).await {
         Ok(image) => {
             let out = Generated { request_id: request.request_id.clone(), image };
             ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&out).unwrap_or_default()).await?;
@@ -243,7 +252,11 @@ async fn generate_image(ctx: &Ctx, job: &JobRow) -> Result<Generated, StepFailur
 
 /// Poll until fal completes the request, then fetch its first image. The flag says whether the
 /// request can no longer produce a result (so resubmitting is the only way forward).
-async fn wait_for_result(fal: &FalClient, req: &QueuedRequest) -> Result<FalImage, (StepFailure, bool)> {
+async fn wait_for_result(
+    fal: &FalClient,
+    req: &QueuedRequest,
+    shutdown: &CancellationToken,
+) -> Result<FalImage, (StepFailure, bool)> {
     let cfg = fal.config();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.generation_timeout_secs);
     let poll = Duration::from_millis(cfg.poll_interval_ms.max(10));
@@ -268,7 +281,12 @@ async fn wait_for_result(fal: &FalClient, req: &QueuedRequest) -> Result<FalImag
             };
             return Err((f, true));
         }
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            // Waiting on fal can take minutes: on SIGTERM hand the job back at once; the
+            // checkpoint lets the next worker poll this same request.
+            _ = shutdown.cancelled() => return Err((StepFailure::Shutdown, false)),
+        }
     }
     match fal.result(req).await {
         Ok(out) => out.images.into_iter().next().ok_or_else(|| {

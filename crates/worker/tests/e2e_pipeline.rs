@@ -252,3 +252,43 @@ async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
     }
     println!("idle worker started the job {:?} after submit", submitted.elapsed());
 }
+
+/// D4: SIGTERM while a job waits on fal → the worker exits promptly and the job is handed back
+/// at once (not after the orphan timeout, 30 s here); the next worker resumes the same fal
+/// request, so fal sees one submit and the hand-back costs no attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_sigterm_hands_the_job_back_at_once() {
+    let mut stack =
+        Stack::start(emulator(&["--latency-ms", "4000-4000", "--max-per-minute", "0"])).await.expect("stack");
+    let (_, key, _) = stack.user("deploy@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    let slow_orphans = [("JEWELSHOT_WORKER__HEARTBEAT_SECS", "10"), ("JEWELSHOT_WORKER__MISSED_HEARTBEATS", "3")];
+    let first = stack.start_worker(&slow_orphans).expect("worker");
+    let (_, body) =
+        stack.submit(&key, &json!({ "image_url": input, "prompt": "deploy during a job" })).await.expect("submit");
+    let id: jewelshot_domain::JobId = body["jobId"].as_str().expect("id").parse().expect("ulid");
+    // Wait until the job is waiting on fal (its request checkpointed).
+    let start = Instant::now();
+    loop {
+        let step = stack.db.db.step(id, jewelshot_domain::StepName::GenerateImage).await.expect("step");
+        if step.and_then(|s| s.output).is_some_and(|o| o.get("request").is_some()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never reached fal:\n{}", stack.worker_logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let exit = stack.workers[first].sigterm(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "the worker must stop cleanly within 10 s:\n{}", stack.worker_logs());
+    println!("worker stopped {:?} after SIGTERM", t.elapsed());
+    let (_, job) = stack.get_job(&key, &id.to_string()).await.expect("poll");
+    assert_eq!(job["status"], "queued", "handed back: {job}");
+
+    let t = Instant::now();
+    stack.start_worker(&slow_orphans).expect("second worker");
+    let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(20)).await.expect("final");
+    println!("resumed and completed {:?} after the second worker started", t.elapsed());
+    assert_eq!(job["status"], "complete", "{job}");
+    assert_eq!(job["attempts"], 1, "a hand-back is not an attempt: {job}");
+    assert_eq!(stats_submits(&stack, "deploy during a job").await, 1, "fal saw one submit");
+}
