@@ -87,6 +87,31 @@ pub struct QueueCounts {
     pub canceled: i64,
 }
 
+/// The one INSERT of a new job, on a plain connection or inside a transaction.
+async fn insert_row(
+    c: &impl deadpool_postgres::GenericClient,
+    id: JobId,
+    user: UserId,
+    edit: &NewEdit,
+    max_attempts: i32,
+) -> Result<tokio_postgres::Row> {
+    Ok(c.query_one(
+        "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
+        &[
+            &id.to_string(),
+            &user.to_string(),
+            &edit.priority.as_str(),
+            &edit.prompt,
+            &edit.image_url.as_str(),
+            &edit.webhook_url.as_ref().map(|u| u.as_str()),
+            &edit.run_at,
+            &max_attempts,
+        ],
+    )
+    .await?)
+}
+
 /// What an idempotent insert found.
 #[derive(Debug)]
 pub enum Inserted {
@@ -126,22 +151,7 @@ impl Db {
             let hash: String = row.get("request_hash");
             return Ok(Inserted::Existing { job: Box::new(job_from_row(&row)?), same_request: hash == request_hash });
         }
-        let row = tx
-            .query_one(
-                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
-                &[
-                    &id.to_string(),
-                    &user.to_string(),
-                    &edit.priority.as_str(),
-                    &edit.prompt,
-                    &edit.image_url.as_str(),
-                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
-                    &edit.run_at,
-                    &max_attempts,
-                ],
-            )
-            .await?;
+        let row = insert_row(&tx, id, user, edit, max_attempts).await?;
         // Claims the key, or takes over an expired one. A concurrent first use of the same key
         // waits on the primary key and then fails here: the caller retries and finds it.
         let claimed = tx
@@ -163,24 +173,7 @@ impl Db {
 
     /// Record a new job in `queued`.
     pub async fn insert_job(&self, id: JobId, user: UserId, edit: &NewEdit, max_attempts: i32) -> Result<JobRow> {
-        let row = self
-            .conn()
-            .await?
-            .query_one(
-                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
-                &[
-                    &id.to_string(),
-                    &user.to_string(),
-                    &edit.priority.as_str(),
-                    &edit.prompt,
-                    &edit.image_url.as_str(),
-                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
-                    &edit.run_at,
-                    &max_attempts,
-                ],
-            )
-            .await?;
+        let row = insert_row(&self.conn().await?, id, user, edit, max_attempts).await?;
         job_from_row(&row)
     }
 
