@@ -157,10 +157,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    jewelshot_runtime::init_tracing("warn");
     let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
         .merge(Env::prefixed("JEWELSHOT_").split("__"))
         .extract()

@@ -1,0 +1,34 @@
+//! # jewelshot-runtime
+//!
+//! The start and stop every binary shares, so they behave alike.
+//!
+//! ## Layout
+//! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter.
+//! - [`shutdown_signal`] — resolves on SIGTERM (deploys) or Ctrl-C.
+
+/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`).
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
