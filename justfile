@@ -61,3 +61,9 @@ bench-images RUNS="7": build-deps
 bench-uploads SECS="20": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-uploads {{SECS}}
+
+# Upstream use: 4 workers × 8 share 3 fal accounts (15/min each) against the emulator; prints 429s,
+# throughput against the quota and slot use. MODE: reject (no concurrency cap) or queue (4 at once).
+bench-upstream MODE="reject" JOBS="300" SCALE="0.2": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-upstream {{MODE}} {{JOBS}} {{SCALE}}

@@ -105,6 +105,8 @@ pub mod error_code {
     pub const STORAGE_FAILED: &str = "storage-failed";
     /// The job's worker died on every attempt.
     pub const POISON_JOB: &str = "poison-job";
+    /// Redis (the queue or the upstream limiter) did not answer.
+    pub const QUEUE_UNAVAILABLE: &str = "queue-unavailable";
     /// Something of ours failed repeatedly (database, queue).
     pub const INTERNAL: &str = "internal-error";
 }

@@ -9,7 +9,9 @@ pub const ALL: &[(&str, &str)] = &[
     (JOBS_FINISHED, "Jobs that reached a final state in a worker, by status and error code"),
     (JOB_ATTEMPTS, "Job attempts started by workers"),
     (STEP_DURATION, "Step run time in seconds, by step and outcome"),
-    (FAL_SUBMITS, "Requests submitted to fal (each is billed), by outcome"),
+    (FAL_SUBMITS, "Requests submitted to fal (each is billed), by outcome and account"),
+    (UPSTREAM_WAIT, "Seconds a job waited for upstream capacity before its fal request could start"),
+    (UPSTREAM_KEYS_DISABLED, "fal accounts taken out of the pool after fal refused their key, by account"),
     (WEBHOOK_DELIVERIES, "Webhook deliveries, by outcome"),
     (STORAGE_BYTES, "Bytes kept in object storage over all users (sampled at scrape)"),
     (STORAGE_OBJECTS, "Objects kept in object storage over all users (sampled at scrape)"),
@@ -23,6 +25,8 @@ pub const JOBS_FINISHED: &str = "jewelshot_jobs_finished_total";
 pub const JOB_ATTEMPTS: &str = "jewelshot_job_attempts_total";
 pub const STEP_DURATION: &str = "jewelshot_step_duration_seconds";
 pub const FAL_SUBMITS: &str = "jewelshot_fal_submits_total";
+pub const UPSTREAM_WAIT: &str = "jewelshot_upstream_wait_seconds";
+pub const UPSTREAM_KEYS_DISABLED: &str = "jewelshot_upstream_keys_disabled_total";
 pub const WEBHOOK_DELIVERIES: &str = "jewelshot_webhook_deliveries_total";
 pub const STORAGE_BYTES: &str = "jewelshot_storage_bytes";
 pub const STORAGE_OBJECTS: &str = "jewelshot_storage_objects";

@@ -85,6 +85,32 @@ pub struct UpstreamView {
     pub model: String,
     /// Mean seconds a generation took over the last hour, if any completed.
     pub mean_generation_seconds: Option<f64>,
+    /// fal accounts the workers registered, and how many of them fal currently accepts.
+    pub keys_total: u32,
+    pub keys_healthy: u32,
+    /// Requests the healthy accounts may start per minute together (0 = unlimited).
+    pub per_minute_limit: u32,
+    /// Requests the healthy accounts may run at once together (0 = unlimited).
+    pub concurrent_limit: u32,
+    /// Requests in progress at fal now, over all accounts.
+    pub slots_in_use: u64,
+    /// Per account.
+    pub keys: Vec<UpstreamKeyView>,
+}
+
+/// One fal account of the pool (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamKeyView {
+    pub id: String,
+    pub healthy: bool,
+    /// Resting after fal answered 429.
+    pub cooling_down: bool,
+    pub max_per_minute: u32,
+    pub max_concurrent: u32,
+    /// Requests started in the last rate window.
+    pub started_in_window: u64,
+    pub in_flight: u64,
 }
 
 /// The webhook body: `{"type": "job.completed"|"job.failed", "data": <JobView>}`.

@@ -191,6 +191,7 @@ async fn lifecycle(state: Arc<State>, id: String, key: String, image_url: String
     let outcome = if canceled { Outcome::Canceled } else { outcome };
     let stats = &mut inner.key(&key).stats;
     stats.in_progress = stats.in_progress.saturating_sub(1);
+    stats.busy_ms += started.elapsed().as_millis() as u64;
     match outcome {
         Outcome::Image { .. } => stats.completed += 1,
         Outcome::Failed { .. } => stats.failed += 1,
@@ -369,6 +370,7 @@ async fn stats(state: Data<Arc<State>>) -> HttpResponse {
         total.in_progress += s.in_progress;
         total.in_queue += s.in_queue;
         total.max_concurrent = total.max_concurrent.max(s.max_concurrent);
+        total.busy_ms += s.busy_ms;
         total.injected_errors += s.injected_errors;
         total.injected_hangs += s.injected_hangs;
     }

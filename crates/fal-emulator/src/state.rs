@@ -140,6 +140,8 @@ pub struct KeyStats {
     pub in_progress: u64,
     pub in_queue: u64,
     pub max_concurrent: u64,
+    /// Total time requests spent IN_PROGRESS, in milliseconds (slot use = busy / (limit × period)).
+    pub busy_ms: u64,
     pub injected_errors: u64,
     pub injected_hangs: u64,
 }

@@ -42,6 +42,36 @@ pub struct FalConfig {
     pub poll_interval_ms: u64,
     /// Give up on one generation after this long, in seconds (then cancel it and retry).
     pub generation_timeout_secs: u64,
+    /// The account pool (`JEWELSHOT_FAL__KEYS`, e.g.
+    /// `[{id="a", key="…", max_per_minute=15, max_concurrent=4}, {key="…"}]`). Empty: the one
+    /// `key` (`FAL_KEY`) with the limits below.
+    pub keys: Vec<PoolKeyConfig>,
+    /// Requests one account may start per rate window (0 = unlimited); the default for pool
+    /// entries that do not say.
+    pub max_per_minute: u32,
+    /// Requests one account may have in progress at once (0 = unlimited); the default likewise.
+    pub max_concurrent: u32,
+    /// The upstream's rate window, in milliseconds (60 000 at fal; shorter against a
+    /// time-scaled emulator).
+    pub rate_window_ms: u64,
+    /// An in-flight slot not renewed for this long (its worker died) is freed, in milliseconds.
+    pub slot_lease_ms: u64,
+    /// A key fal refused (401/403) rests this long before one request tries it again, in seconds.
+    pub disabled_recheck_secs: u64,
+    /// Prefix of the limiter's Redis keys; empty = `<queue name>:upstream`. Every process that
+    /// shares fal accounts must share it.
+    pub limiter_prefix: String,
+}
+
+/// One account of the pool. Limits left out take the pool-wide defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolKeyConfig {
+    /// A name for logs and metrics; derived from the key when empty (never the key itself).
+    pub id: String,
+    pub key: Secret,
+    pub max_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
 }
 
 impl Default for FalConfig {
@@ -53,6 +83,13 @@ impl Default for FalConfig {
             request_timeout_ms: 15_000,
             poll_interval_ms: 1_000,
             generation_timeout_secs: 300,
+            keys: Vec::new(),
+            max_per_minute: 15,
+            max_concurrent: 4,
+            rate_window_ms: 60_000,
+            slot_lease_ms: 120_000,
+            disabled_recheck_secs: 600,
+            limiter_prefix: String::new(),
         }
     }
 }
@@ -194,6 +231,11 @@ impl FalClient {
 
     pub fn config(&self) -> &FalConfig {
         &self.cfg
+    }
+
+    /// The same client speaking for another account (shares the connection pool).
+    pub fn with_key(&self, key: Secret) -> Self {
+        Self { http: self.http.clone(), cfg: FalConfig { key, keys: Vec::new(), ..self.cfg.clone() } }
     }
 
     /// `POST {queue_url}/{model}`: enqueue a generation. This is the call fal bills.

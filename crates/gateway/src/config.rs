@@ -21,6 +21,26 @@ pub struct Config {
     pub uploads: UploadSettings,
     /// `JEWELSHOT_IMAGES__*`: how uploads are shrunk (same settings as the worker's).
     pub images: jewelshot_imaging::Limits,
+    /// `JEWELSHOT_FAL__LIMITER_PREFIX`, shared with the workers: where to read upstream capacity.
+    pub fal: FalSettings,
+}
+
+/// What the gateway reads of `JEWELSHOT_FAL__*` (it never holds fal keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FalSettings {
+    /// The workers' limiter prefix; empty = `<queue name>:upstream`.
+    pub limiter_prefix: String,
+}
+
+impl FalSettings {
+    pub fn prefix(&self, queue_name: &str) -> String {
+        if self.limiter_prefix.is_empty() {
+            jewelshot_ratelimit::default_prefix(queue_name)
+        } else {
+            self.limiter_prefix.clone()
+        }
+    }
 }
 
 /// `JEWELSHOT_UPLOADS__*`.
@@ -91,8 +111,8 @@ pub struct JobSettings {
     pub max_attempts: i32,
     /// The fal model, reported by `GET /api/queue`.
     pub model: String,
-    /// Jobs the upstream runs at once across the fleet; with the mean generation time it turns
-    /// a queue position into an ETA.
+    /// Jobs the upstream runs at once across the fleet, assumed until workers have registered
+    /// their fal accounts (then the pool's own limits are used); turns a position into an ETA.
     pub upstream_parallelism: u32,
     /// Generation time assumed before any has been observed, in seconds.
     pub default_generation_secs: f64,

@@ -7,6 +7,7 @@ use std::{
 
 use jewelshot_db::Db;
 use jewelshot_queue::Queue;
+use jewelshot_ratelimit::{KeyStatus, Limiter, LimiterConfig};
 use jewelshot_storage::ObjectStore;
 
 use crate::config::Config;
@@ -21,13 +22,86 @@ pub struct AppState {
     /// Bounds image compression to `uploads.image_workers` at once.
     pub image_slots: tokio::sync::Semaphore,
     mean_generation: Mutex<Option<(Instant, Option<f64>)>>,
+    /// Reads the workers' upstream limiter (no keys of its own).
+    pub limiter: Limiter,
+    upstream: Mutex<Option<(Instant, Vec<KeyStatus>)>>,
+}
+
+/// How fast the upstream can take jobs, from the pool's registered limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    /// Starts per second the healthy accounts allow (None = unlimited).
+    pub starts_per_sec: Option<f64>,
+    /// Requests they may run at once (None = unlimited).
+    pub lanes: Option<f64>,
+}
+
+impl Capacity {
+    pub fn of(keys: &[KeyStatus]) -> Option<Self> {
+        let healthy: Vec<&KeyStatus> = keys.iter().filter(|k| k.healthy).collect();
+        if healthy.is_empty() {
+            return None;
+        }
+        let unlimited_rate = healthy.iter().any(|k| k.max_per_minute == 0);
+        let unlimited_lanes = healthy.iter().any(|k| k.max_concurrent == 0);
+        let rate: f64 =
+            healthy.iter().map(|k| f64::from(k.max_per_minute) / (k.window_ms.max(1) as f64 / 1000.0)).sum();
+        let lanes: f64 = healthy.iter().map(|k| f64::from(k.max_concurrent)).sum();
+        Some(Self { starts_per_sec: (!unlimited_rate).then_some(rate), lanes: (!unlimited_lanes).then_some(lanes) })
+    }
+
+    /// Seconds until the job at `position` (1 = next) completes: the jobs ahead start at the
+    /// pool's pace — its rate limit or its lanes turning over every `mean` seconds, whichever
+    /// is slower — then its own generation.
+    pub fn eta_seconds(&self, position: i64, mean: f64, fallback_lanes: f64) -> i64 {
+        let by_lanes = self.lanes.unwrap_or(if self.starts_per_sec.is_some() { f64::INFINITY } else { fallback_lanes })
+            / mean.max(0.001);
+        let pace = self.starts_per_sec.map_or(by_lanes, |r| r.min(by_lanes)).max(1e-6);
+        ((position - 1).max(0) as f64 / pace + mean).ceil() as i64
+    }
 }
 
 impl AppState {
     pub fn new(db: Db, queue: Queue, store: Arc<dyn ObjectStore>, cfg: Config) -> Self {
         let serve_files = cfg.storage.backend == "local";
         let image_slots = tokio::sync::Semaphore::new(cfg.uploads.workers());
-        Self { db, queue, store, cfg, serve_files, image_slots, mean_generation: Mutex::new(None) }
+        let mut lcfg = LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name));
+        lcfg.timeout = Duration::from_millis(cfg.queue.timeout_ms);
+        let limiter = Limiter::new(queue.connection(), lcfg, Vec::new());
+        Self {
+            db,
+            queue,
+            store,
+            cfg,
+            serve_files,
+            image_slots,
+            mean_generation: Mutex::new(None),
+            limiter,
+            upstream: Mutex::new(None),
+        }
+    }
+
+    /// The pool's accounts as the limiter sees them, refreshed at most every 2 s (empty when
+    /// no worker has registered, or Redis is away).
+    pub async fn upstream_keys(&self) -> Vec<KeyStatus> {
+        if let Ok(guard) = self.upstream.lock() {
+            if let Some((at, keys)) = guard.as_ref() {
+                if at.elapsed() < Duration::from_secs(2) {
+                    return keys.clone();
+                }
+            }
+        }
+        let fresh = match self.limiter.snapshot().await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream capacity unavailable");
+                Vec::new()
+            }
+        };
+        if let Ok(mut guard) = self.upstream.lock() {
+            *guard = Some((Instant::now(), fresh.clone()));
+        }
+        fresh
     }
 
     /// Mean generation seconds, refreshed at most every 10 s so polls stay one cheap query.
@@ -47,15 +121,49 @@ impl AppState {
         fresh.unwrap_or(fallback)
     }
 
-    /// Seconds until a job at `position` completes: the batches ahead of it (the upstream runs
-    /// `upstream_parallelism` at once) plus its own generation.
+    /// Seconds until a job at `position` completes (see [`Capacity::eta_seconds`]); before any
+    /// worker registered its accounts, `upstream_parallelism` lanes are assumed.
     pub async fn eta_seconds(&self, position: i64) -> Option<i64> {
         if position <= 0 {
             return None;
         }
         let mean = self.mean_generation_secs().await;
-        let lanes = i64::from(self.cfg.jobs.upstream_parallelism.max(1));
-        let rounds = (position - 1) / lanes + 1;
-        Some((rounds as f64 * mean).ceil() as i64)
+        let fallback = f64::from(self.cfg.jobs.upstream_parallelism.max(1));
+        let cap = Capacity::of(&self.upstream_keys().await)
+            .unwrap_or(Capacity { starts_per_sec: None, lanes: Some(fallback) });
+        Some(cap.eta_seconds(position, mean, fallback))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pm: u32, conc: u32, healthy: bool) -> KeyStatus {
+        KeyStatus {
+            id: "k".into(),
+            max_per_minute: pm,
+            max_concurrent: conc,
+            window_ms: 60_000,
+            started_in_window: 0,
+            in_flight: 0,
+            healthy,
+            cooling_down: false,
+        }
+    }
+
+    #[test]
+    fn eta_follows_the_slower_of_rate_and_lanes() {
+        // 3 × 15/min = 0.75 starts/s; 3 × 4 lanes / 30 s = 0.4/s → lanes bind.
+        let cap = Capacity::of(&[key(15, 4, true), key(15, 4, true), key(15, 4, true)]).expect("cap");
+        assert_eq!(cap.eta_seconds(1, 30.0, 4.0), 30);
+        assert_eq!(cap.eta_seconds(41, 30.0, 4.0), 130);
+        // Unlimited lanes: the rate binds (0.75/s).
+        let cap = Capacity::of(&[key(15, 0, true), key(15, 0, true), key(15, 0, true)]).expect("cap");
+        assert_eq!(cap.eta_seconds(76, 30.0, 4.0), 130);
+        // A disabled key adds nothing; none healthy → no capacity known.
+        let one = Capacity::of(&[key(15, 0, true), key(15, 0, false)]).expect("cap");
+        assert_eq!(one.eta_seconds(16, 30.0, 4.0), 90);
+        assert!(Capacity::of(&[key(15, 4, false)]).is_none());
     }
 }

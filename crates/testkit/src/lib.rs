@@ -399,6 +399,7 @@ impl Stack {
         e.insert("JEWELSHOT_WORKER__MISSED_HEARTBEATS".into(), "2".into());
         e.insert("JEWELSHOT_WEBHOOK__BACKOFF_BASE_MS".into(), "50".into());
         e.insert("JEWELSHOT_WORKER__ID".into(), format!("test-worker-{}-{}", self.next_worker, ulid::Ulid::generate()));
+        e.extend(self.upstream_limits_env());
         e.extend(self.opts.worker_env.clone());
         for (k, v) in env {
             e.insert((*k).to_owned(), (*v).to_owned());
@@ -408,6 +409,18 @@ impl Stack {
         let proc = Proc::spawn(&name, "jewelshot-worker", &[], &e, &self.logs, false)?;
         self.workers.push(proc);
         Ok(self.workers.len() - 1)
+    }
+
+    /// The limiter settings that match the emulator's flags (its defaults: 15 a minute, 4 at
+    /// once, unscaled), so workers and emulator agree on the account's limits.
+    fn upstream_limits_env(&self) -> HashMap<String, String> {
+        let flag = |name: &str| self.opts.emulator_args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+        let scale: f64 = flag("--time-scale").and_then(|v| v.parse().ok()).unwrap_or(1.0);
+        HashMap::from([
+            ("JEWELSHOT_FAL__MAX_PER_MINUTE".into(), flag("--max-per-minute").unwrap_or_else(|| "15".into())),
+            ("JEWELSHOT_FAL__MAX_CONCURRENT".into(), flag("--max-concurrent").unwrap_or_else(|| "4".into())),
+            ("JEWELSHOT_FAL__RATE_WINDOW_MS".into(), ((60_000.0 * scale).ceil() as u64).to_string()),
+        ])
     }
 
     /// Create a user and an API key; returns (user id, key, webhook secret).

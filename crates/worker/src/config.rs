@@ -96,7 +96,7 @@ impl Config {
         let mut cfg: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Env::prefixed("JEWELSHOT_").split("__"))
             .extract()?;
-        if cfg.fal.key.0.is_empty() {
+        if cfg.fal.key.0.is_empty() && cfg.fal.keys.is_empty() {
             if let Ok(k) = std::env::var("FAL_KEY") {
                 cfg.fal.key = Secret(k);
             }
@@ -109,7 +109,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.worker.concurrency > 0, "JEWELSHOT_WORKER__CONCURRENCY must be at least 1");
         anyhow::ensure!(self.worker.heartbeat_secs > 0, "JEWELSHOT_WORKER__HEARTBEAT_SECS must be at least 1");
-        anyhow::ensure!(!self.fal.key.0.is_empty(), "no fal key: set FAL_KEY (or JEWELSHOT_FAL__KEY)");
+        crate::upstream::resolve_pool(&self.fal)?;
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
         Ok(())
     }

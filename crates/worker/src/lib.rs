@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`config`] — `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
 //! - [`pipeline`] — one job as three recorded, resumable steps.
+//! - [`upstream`] — the fal account pool and the fleet-wide limiter in front of it.
 //! - [`webhook`] — signed, SSRF-guarded webhook delivery.
 //! - [`backoff`] — retry delays.
 //! - [`poll`] — a polling strategy that keeps idle workers awake (works around apalis-core).
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod config;
 pub mod pipeline;
 pub mod poll;
+pub mod upstream;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -72,9 +74,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let s = &cfg.worker;
     let name = worker_name(&s.id);
     let token = CancellationToken::new();
+    let conn = jewelshot_queue::connect(&cfg.queue).await?;
+    let limiter_cfg = upstream::limiter_config(&cfg.fal, &cfg.queue.name, Duration::from_millis(cfg.queue.timeout_ms));
+    let upstream = upstream::Upstream::new(
+        &FalClient::new(cfg.fal.clone())?,
+        upstream::resolve_pool(&cfg.fal)?,
+        limiter_cfg,
+        conn.clone(),
+    );
+    upstream.limiter.register().await?;
+    let waker = upstream.limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone());
+    for k in upstream.limiter.keys() {
+        tracing::info!(key = %k.id, max_per_minute = k.max_per_minute, max_concurrent = k.max_concurrent, "fal account in the pool");
+    }
     let ctx = Arc::new(Ctx {
         db,
-        fal: FalClient::new(cfg.fal.clone())?,
+        upstream,
         store,
         webhooks: webhook::WebhookSender::new(cfg.webhook.clone())?,
         settings: s.clone(),
@@ -86,7 +101,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .build()?,
         shutdown: token.clone(),
     });
-    let conn = jewelshot_queue::connect(&cfg.queue).await?;
     // lock_tasks off: per-task leases scan the active list (slow with a backlog); the worker's
     // in-flight set plus heartbeats already recover a dead worker's tasks.
     let backend_cfg = jewelshot_queue::apalis_config(&cfg.queue)
@@ -121,6 +135,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             Ok(())
         })
         .await?;
+    waker.abort();
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use jewelshot_db::{gallery::NewGalleryImage, jobs::JobRow, Db, DbError};
 use jewelshot_domain::{job::error_code, view::WebhookEvent, JobId, JobStatus, StepName, StepStatus};
 use jewelshot_fal::{EditInput, FalClient, FalError, FalImage, QueuedRequest, RequestState};
+use jewelshot_ratelimit::{Grant, LimitError};
 use jewelshot_storage::{job_result_key, ObjectStore, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -18,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use jewelshot_domain::metric_names as m;
 
-use crate::{backoff::backoff, config::WorkerSettings, webhook::WebhookSender};
+use crate::{backoff::backoff, config::WorkerSettings, upstream::Upstream, webhook::WebhookSender};
 
 /// Everything a job needs; shared by all of a worker's tasks.
 #[derive(Debug)]
 pub struct Ctx {
     pub db: Db,
-    pub fal: FalClient,
+    /// fal accounts and the fleet-wide limiter in front of them.
+    pub upstream: Upstream,
     pub store: Arc<dyn ObjectStore>,
     pub webhooks: WebhookSender,
     pub settings: WorkerSettings,
@@ -85,12 +87,22 @@ impl From<StorageError> for StepFailure {
 pub struct Generated {
     pub request_id: String,
     pub image: FalImage,
+    /// The fal account that ran it.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Its number in the fleet-wide dispatch order (the limiter's count of starts).
+    #[serde(default)]
+    pub dispatch: Option<u64>,
 }
 
-/// While `generate-image` runs: the fal request to resume.
+/// While `generate-image` runs: the fal request to resume, and the account it runs under.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Checkpoint {
     request: QueuedRequest,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    dispatch: Option<u64>,
 }
 
 /// What `save-to-gallery` produced.
@@ -112,7 +124,21 @@ pub struct Saved {
 /// Run one delivery of a job's task. `Ok` means the queue task is done (the job finished, failed,
 /// or was already final); `Err` hands the task back to the queue.
 pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
+    // A job that will start a fal request waits for upstream capacity first, while it is still
+    // `queued`: it keeps its place in line and spends no attempt.
+    let mut grant = None;
+    if let Some(waiting) = needs_submit(ctx, job_id).await? {
+        match acquire_slot(ctx, &waiting).await {
+            Ok(g) => grant = Some(g),
+            Err(StepFailure::Shutdown) => return Err(HandBack::Shutdown),
+            // generate-image meets the same trouble again and handles it as a step failure.
+            Err(_) => {}
+        }
+    }
     let Some(mut job) = ctx.db.begin_attempt(job_id, &ctx.worker_id).await? else {
+        if let Some(g) = grant.take() {
+            unused_slot(ctx, &g).await;
+        }
         // Gone or final. A final job may still owe its notification if its worker died between
         // finishing the job and notifying.
         if let Some(job) = ctx.db.job(job_id).await? {
@@ -123,6 +149,9 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
         return Ok(());
     };
     if job.attempts > job.max_attempts {
+        if let Some(g) = grant.take() {
+            unused_slot(ctx, &g).await;
+        }
         // Our own retries stop at the maximum, so only re-deliveries after a dead worker get here.
         let msg = format!("the job's worker stopped during each of {} attempts", job.max_attempts);
         return end_failed(ctx, &job, error_code::POISON_JOB, &msg).await;
@@ -130,7 +159,7 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
     loop {
         metrics::counter!(m::JOB_ATTEMPTS).increment(1);
         tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
-        match run_steps(ctx, &job).await {
+        match run_steps(ctx, &job, &mut grant).await {
             Ok(()) => return Ok(()),
             Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message).await,
             Err(StepFailure::Shutdown) => {
@@ -174,8 +203,8 @@ async fn timed<T>(
     out
 }
 
-async fn run_steps(ctx: &Ctx, job: &JobRow) -> Result<(), StepFailure> {
-    let generated = timed(StepName::GenerateImage, generate_image(ctx, job)).await?;
+async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<(), StepFailure> {
+    let generated = timed(StepName::GenerateImage, generate_image(ctx, job, grant)).await?;
     let saved = timed(StepName::SaveToGallery, save_to_gallery(ctx, job, &generated)).await?;
     let Some(done) = ctx.db.complete_job(job.id, &saved.key, &saved.url).await? else {
         return Ok(()); // canceled meanwhile: nothing to announce
@@ -202,49 +231,173 @@ fn output_of<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Re
     })
 }
 
+/// The job if it is waiting and its next step submits to fal (no finished or checkpointed
+/// `generate-image`): only such jobs need upstream capacity.
+async fn needs_submit(ctx: &Ctx, job_id: JobId) -> Result<Option<JobRow>, DbError> {
+    let Some(job) = ctx.db.job(job_id).await? else { return Ok(None) };
+    if !matches!(job.status, JobStatus::Queued | JobStatus::Processing) {
+        return Ok(None);
+    }
+    let steps = ctx.db.steps(job_id).await?;
+    let generate = steps.iter().find(|s| s.name == StepName::GenerateImage);
+    let started = generate.is_some_and(|s| {
+        s.status == StepStatus::Complete
+            || s.output.clone().and_then(|o| serde_json::from_value::<Checkpoint>(o).ok()).is_some()
+    });
+    Ok((!started).then_some(job))
+}
+
+/// Wait for a slot on some fal account, in submit order across the fleet.
+async fn acquire_slot(ctx: &Ctx, job: &JobRow) -> Result<Grant, StepFailure> {
+    let lease = job.id.to_string();
+    match ctx.upstream.limiter.acquire(&lease, job.seq as f64, &ctx.shutdown).await {
+        Ok(g) => {
+            metrics::histogram!(m::UPSTREAM_WAIT).record(g.waited.as_secs_f64());
+            tracing::debug!(key = %g.key_id, waited_ms = g.waited.as_millis() as u64, "upstream slot granted");
+            Ok(g)
+        }
+        Err(LimitError::Canceled) => Err(StepFailure::Shutdown),
+        Err(LimitError::NoHealthyKeys) => Err(StepFailure::Retry {
+            code: error_code::UPSTREAM_UNAUTHORIZED,
+            message: "every fal account in the pool is refusing its key".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        }),
+        Err(e) => {
+            Err(StepFailure::Retry { code: error_code::QUEUE_UNAVAILABLE, message: e.to_string(), retry_after: None })
+        }
+    }
+}
+
+/// Give back a slot that was never used (the job was canceled or ended while it waited).
+async fn unused_slot(ctx: &Ctx, grant: &Grant) {
+    if let Err(e) = ctx.upstream.limiter.refused(grant, Duration::ZERO).await {
+        tracing::warn!(error = %e, "could not return an unused upstream slot (it expires by itself)");
+    }
+}
+
+/// Free the job's in-flight slot once fal is done with its request.
+async fn release_slot(ctx: &Ctx, key_id: &str, job: JobId) {
+    if let Err(e) = ctx.upstream.limiter.release(key_id, &job.to_string()).await {
+        tracing::warn!(error = %e, "could not free the upstream slot (it expires by itself)");
+    }
+}
+
+/// How many times one attempt may move to another account after a 429 or a refused key.
+const MAX_REROUTES: usize = 20;
+
 #[tracing::instrument(skip_all, fields(step = "generate-image"))]
-async fn generate_image(ctx: &Ctx, job: &JobRow) -> Result<Generated, StepFailure> {
+async fn generate_image(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Generated, StepFailure> {
     const STEP: StepName = StepName::GenerateImage;
     let rec = ctx.db.start_step(job.id, STEP).await?;
     if rec.status == StepStatus::Complete {
         return output_of(rec.output);
     }
+    let up = &ctx.upstream;
     let resumed = rec.output.and_then(|o| serde_json::from_value::<Checkpoint>(o).ok());
-    let request = match resumed {
+    let (request, key_id, dispatch) = match resumed {
         Some(cp) => {
             tracing::info!(request_id = %cp.request.request_id, "resuming fal request");
-            cp.request
+            let key_id =
+                cp.key_id.unwrap_or_else(|| up.limiter.keys().first().map(|k| k.id.clone()).unwrap_or_default());
+            // The request is in flight at fal whatever our count says: hold its slot again.
+            if let Err(e) = up.limiter.hold(&key_id, &job.id.to_string()).await {
+                tracing::warn!(error = %e, "could not re-take the upstream slot");
+            }
+            (cp.request, key_id, cp.dispatch)
         }
         None => {
             let input = EditInput { image_url: job.input_url.clone(), prompt: job.prompt.clone() };
-            let queued = match ctx.fal.submit(&input).await {
-                Ok(q) => {
-                    metrics::counter!(m::FAL_SUBMITS, "outcome" => "accepted").increment(1);
-                    q
+            let mut reroutes = 0;
+            loop {
+                let g = match grant.take() {
+                    Some(g) => g,
+                    None => match acquire_slot(ctx, job).await {
+                        Ok(g) => g,
+                        Err(f) => return failed_step(ctx, job.id, STEP, f).await,
+                    },
+                };
+                let outcome = up.client(Some(&g.key_id)).submit(&input).await;
+                let label = match &outcome {
+                    Ok(_) => "accepted",
+                    Err(e) => e.code(),
+                };
+                metrics::counter!(m::FAL_SUBMITS, "outcome" => label, "key" => g.key_id.clone()).increment(1);
+                match outcome {
+                    Ok(queued) => {
+                        if let Err(e) = up.limiter.confirm(&g).await {
+                            tracing::warn!(error = %e, "could not confirm the upstream start");
+                        }
+                        tracing::info!(request_id = %queued.request_id, key = %g.key_id, "submitted to fal");
+                        let cp = Checkpoint {
+                            request: queued.clone(),
+                            key_id: Some(g.key_id.clone()),
+                            dispatch: Some(g.dispatch),
+                        };
+                        ctx.db.checkpoint_step(job.id, STEP, &serde_json::to_value(cp).unwrap_or_default()).await?;
+                        break (queued, g.key_id, Some(g.dispatch));
+                    }
+                    // Over this account's limit after all (another client of the account, or a
+                    // limit lower than configured): rest the account, try another; no attempt spent.
+                    Err(FalError::RateLimited { retry_after }) if reroutes < MAX_REROUTES => {
+                        reroutes += 1;
+                        let rest = retry_after.unwrap_or(Duration::from_secs(1));
+                        tracing::warn!(key = %g.key_id, rest_ms = rest.as_millis() as u64, "fal answered 429; resting the account");
+                        if let Err(e) = up.limiter.refused(&g, rest).await {
+                            tracing::warn!(error = %e, "could not rest the account");
+                        }
+                    }
+                    Err(FalError::Unauthorized { status }) if reroutes < MAX_REROUTES => {
+                        reroutes += 1;
+                        tracing::error!(key = %g.key_id, status, recheck_secs = up.disabled_recheck.as_secs(),
+                            "fal refused this account's key: taking it out of the pool");
+                        metrics::counter!(m::UPSTREAM_KEYS_DISABLED, "key" => g.key_id.clone()).increment(1);
+                        if let Err(e) = up.limiter.disable(&g, up.disabled_recheck).await {
+                            tracing::warn!(error = %e, "could not disable the account");
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing runs at fal for this job: free the slot (the start stays counted,
+                        // as fal may have counted it).
+                        release_slot(ctx, &g.key_id, job.id).await;
+                        return failed_step(ctx, job.id, STEP, e.into()).await;
+                    }
                 }
-                Err(e) => {
-                    metrics::counter!(m::FAL_SUBMITS, "outcome" => e.code()).increment(1);
-                    return failed_step(ctx, job.id, STEP, e.into()).await;
-                }
-            };
-            tracing::info!(request_id = %queued.request_id, "submitted to fal");
-            let cp = serde_json::to_value(Checkpoint { request: queued.clone() }).unwrap_or_default();
-            ctx.db.checkpoint_step(job.id, STEP, &cp).await?;
-            queued
+            }
         }
     };
-    match wait_for_result(&ctx.fal, &request, &ctx.shutdown).await {
+    let client = up.client(Some(&key_id));
+    // Renew the in-flight slot while fal works; a dead worker's slot expires instead.
+    let renew = async {
+        let mut tick = tokio::time::interval(up.renew_every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = up.limiter.hold(&key_id, &job.id.to_string()).await {
+                tracing::warn!(error = %e, "could not renew the upstream slot");
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = wait_for_result(client, &request, &ctx.shutdown) => r,
+        () = renew => unreachable!("the renewal loop never ends"),
+    };
+    match outcome {
         Ok(image) => {
-            let out = Generated { request_id: request.request_id.clone(), image };
+            release_slot(ctx, &key_id, job.id).await;
+            let out =
+                Generated { request_id: request.request_id.clone(), image, key_id: Some(key_id.clone()), dispatch };
             ctx.db.complete_step(job.id, STEP, &serde_json::to_value(&out).unwrap_or_default()).await?;
             Ok(out)
         }
         Err((e, request_is_spent)) => {
             if request_is_spent {
+                release_slot(ctx, &key_id, job.id).await;
                 // fal finished (or lost) this request without a usable result: the next attempt
                 // must submit anew.
                 ctx.db.checkpoint_step(job.id, STEP, &serde_json::Value::Null).await?;
             }
+            // Otherwise (shutdown, transport trouble) the request still runs at fal and keeps
+            // its slot until the next attempt resumes it or the lease runs out.
             failed_step(ctx, job.id, STEP, e).await
         }
     }
@@ -266,6 +419,17 @@ async fn wait_for_result(
             Ok(s) if s.status == RequestState::Completed => break,
             Ok(_) => transient_errors = 0,
             Err(FalError::NotFound) => return Err((FalError::NotFound.into(), true)),
+            // The account was revoked while the request ran: its result is out of reach, but
+            // the job is not at fault — submit again (the next submit on this key takes the
+            // key out of the pool).
+            Err(e @ FalError::Unauthorized { .. }) => {
+                let f = StepFailure::Retry {
+                    code: error_code::UPSTREAM_UNAUTHORIZED,
+                    message: format!("{e} while the request ran"),
+                    retry_after: None,
+                };
+                return Err((f, true));
+            }
             Err(e) if e.is_retryable() && transient_errors < 10 => {
                 transient_errors += 1;
                 tracing::debug!(error = %e, "status poll failed; polling on");

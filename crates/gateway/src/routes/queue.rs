@@ -1,11 +1,12 @@
 //! `GET /api/queue`.
 
 use actix_web::{get, web, HttpResponse};
-use jewelshot_domain::view::{QueueView, UpstreamView};
+use jewelshot_domain::view::{QueueView, UpstreamKeyView, UpstreamView};
 
 use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState};
 
-/// Queue depth and the wait a new job would face.
+/// Queue depth, the wait a new job would face, and the upstream capacity (fal accounts healthy
+/// and total, their combined limits, slots in use).
 #[utoipa::path(
     get, path = "/api/queue", tag = "queue",
     responses(
@@ -18,11 +19,43 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState
 pub async fn queue(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
     let counts = state.db.queue_counts().await?;
     let mean = state.db.mean_generation_seconds().await?;
+    let keys = state.upstream_keys().await;
+    let healthy = keys.iter().filter(|k| k.healthy);
+    let sum = |f: fn(&jewelshot_ratelimit::KeyStatus) -> u32| -> u32 {
+        // One unlimited account makes the pool unlimited (reported as 0).
+        let v: Vec<u32> = healthy.clone().map(f).collect();
+        if v.contains(&0) {
+            0
+        } else {
+            v.iter().sum()
+        }
+    };
+    let upstream = UpstreamView {
+        model: state.cfg.jobs.model.clone(),
+        mean_generation_seconds: mean,
+        keys_total: keys.len() as u32,
+        keys_healthy: healthy.clone().count() as u32,
+        per_minute_limit: sum(|k| k.max_per_minute),
+        concurrent_limit: sum(|k| k.max_concurrent),
+        slots_in_use: keys.iter().map(|k| k.in_flight).sum(),
+        keys: keys
+            .iter()
+            .map(|k| UpstreamKeyView {
+                id: k.id.clone(),
+                healthy: k.healthy,
+                cooling_down: k.cooling_down,
+                max_per_minute: k.max_per_minute,
+                max_concurrent: k.max_concurrent,
+                started_in_window: k.started_in_window,
+                in_flight: k.in_flight,
+            })
+            .collect(),
+    };
     Ok(HttpResponse::Ok().json(QueueView {
         queued: counts.queued,
         processing: counts.processing,
         scheduled: counts.scheduled,
         eta_seconds_for_new_job: state.eta_seconds(counts.queued + 1).await,
-        upstream: UpstreamView { model: state.cfg.jobs.model.clone(), mean_generation_seconds: mean },
+        upstream,
     }))
 }

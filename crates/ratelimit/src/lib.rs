@@ -1,0 +1,468 @@
+//! # jewelshot-ratelimit
+//!
+//! One upstream limiter for the whole worker fleet, kept in Redis. fal limits every account in
+//! two ways — requests started per minute, and requests in progress at once — and refuses what
+//! goes over. This crate decides, for every process and replica at once, whether one more request
+//! may start and on which account ("key") of the pool.
+//!
+//! ## Algorithm
+//! Each decision is one Lua script (`acquire.lua`), so two workers can never both take the last
+//! slot. Per key it keeps a **sliding-window log** of start times (a sorted set, trimmed to the
+//! window — exactly how the upstream counts) and a set of **in-flight leases** that expire unless
+//! renewed, so a crashed worker's slot comes back by itself. A start is recorded again when the
+//! upstream has answered ([`Limiter::confirm`]), so our window entry never leaves before the
+//! upstream's does. The request goes to the healthy key with the most free slots.
+//!
+//! Waiting is ordered and cheap: a waiter joins a line (sorted by its ticket, e.g. the job's
+//! submit sequence) and only the first *free-slots* waiters may start. A waiter sleeps until a
+//! release is published on a channel (woken within milliseconds) or until the time the script says
+//! a window entry ages out — never spinning.
+//!
+//! ## Layout
+//! - [`PoolKey`] — one account's id and limits; [`Limiter`] — acquire, confirm, renew, release,
+//!   cool down (429), disable (401/403), and [`Limiter::snapshot`] for `GET /api/queue`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const ACQUIRE: &str = include_str!("acquire.lua");
+
+/// One upstream account and its limits (0 = unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolKey {
+    /// A name safe to log and to show; never the secret.
+    pub id: String,
+    pub max_per_minute: u32,
+    pub max_concurrent: u32,
+}
+
+/// A stable, non-secret id for a key: `key-` and the first 8 hex digits of its SHA-256.
+pub fn key_id_for(secret: &str) -> String {
+    let digest = sha2::Sha256::digest(secret.as_bytes());
+    format!("key-{}", &hex::encode(digest)[..8])
+}
+
+/// The limiter's Redis prefix when none is configured: beside the queue it serves.
+pub fn default_prefix(queue_name: &str) -> String {
+    format!("{queue_name}:upstream")
+}
+
+/// Limiter settings.
+#[derive(Debug, Clone)]
+pub struct LimiterConfig {
+    /// Prefix of every Redis key the limiter uses (tests make it unique).
+    pub prefix: String,
+    /// The rate window: 60 s upstream; shorter in time-scaled tests.
+    pub window: Duration,
+    /// An in-flight slot not renewed for this long is presumed abandoned.
+    pub lease: Duration,
+    /// A waiter silent this long (its process died) leaves the line.
+    pub waiter_ttl: Duration,
+    /// Longest sleep between two looks while waiting (a lost wake-up costs at most this).
+    pub max_idle: Duration,
+    /// Longest wait for one Redis command.
+    pub timeout: Duration,
+}
+
+impl LimiterConfig {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            window: Duration::from_secs(60),
+            lease: Duration::from_secs(120),
+            waiter_ttl: Duration::from_secs(5),
+            max_idle: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("rate limiter unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("rate limiter did not answer in time")]
+    Timeout,
+    #[error("every upstream key is disabled")]
+    NoHealthyKeys,
+    #[error("stopped while waiting for upstream capacity")]
+    Canceled,
+    #[error("the key pool is empty")]
+    EmptyPool,
+}
+
+/// Permission to start one upstream request: the key to use and the slot it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub key_id: String,
+    /// This start's entry in the key's rate window.
+    pub grant_id: String,
+    /// The in-flight slot (the caller's lease name, e.g. the job id).
+    pub lease: String,
+    /// How long the caller waited for it.
+    pub waited: Duration,
+    /// Its number in the fleet-wide dispatch order.
+    pub dispatch: u64,
+}
+
+/// What one look at the pool found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// `dispatch`: this grant's number in the fleet-wide dispatch order (1, 2, …).
+    Granted {
+        key_id: String,
+        dispatch: u64,
+    },
+    /// Not yet. `retry_in`: when capacity frees by itself (a window entry ages out, a cool-down
+    /// ends), if it does; `rank`: place in the line (0 = next); `free`: slots free right now.
+    Wait {
+        retry_in: Option<Duration>,
+        rank: u64,
+        free: u64,
+    },
+    NoHealthyKeys {
+        retry_in: Option<Duration>,
+    },
+}
+
+/// One key's state, for `GET /api/queue` and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub id: String,
+    pub max_per_minute: u32,
+    pub max_concurrent: u32,
+    /// The rate window the limits apply to.
+    pub window_ms: u64,
+    /// Starts inside the current window.
+    pub started_in_window: u64,
+    pub in_flight: u64,
+    pub healthy: bool,
+    pub cooling_down: bool,
+}
+
+/// The fleet-wide limiter. Cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    conn: ConnectionManager,
+    cfg: Arc<LimiterConfig>,
+    keys: Arc<Vec<PoolKey>>,
+    scripts: Arc<Scripts>,
+    wake: Arc<Notify>,
+}
+
+/// Every decision that reads the clock runs in Redis, on Redis's clock, so workers on machines
+/// whose clocks disagree still agree on windows and leases.
+struct Scripts {
+    acquire: redis::Script,
+    /// Move a start's window entry to now.
+    confirm: redis::Script,
+    /// Set a lease's expiry to now + lease.
+    hold: redis::Script,
+    /// Set a key's `cool_until`/`disabled_until` and drop one grant's window entry and lease.
+    until: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 ";
+        Self {
+            acquire: redis::Script::new(ACQUIRE),
+            confirm: redis::Script::new(&format!("{NOW} redis.call('ZADD', KEYS[1], now, ARGV[1]) return 1")),
+            hold: redis::Script::new(&format!(
+                "{NOW} redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) return 1"
+            )),
+            until: redis::Script::new(&format!(
+                "{NOW} redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2])) \
+                 redis.call('ZREM', KEYS[2], ARGV[3]) redis.call('ZREM', KEYS[3], ARGV[4]) return 1"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("prefix", &self.cfg.prefix).field("keys", &self.keys).finish()
+    }
+}
+
+impl Limiter {
+    /// A limiter over `keys`. Call [`Limiter::register`] once per process that dispatches and
+    /// [`Limiter::spawn_waker`] so waiters wake on releases.
+    pub fn new(conn: ConnectionManager, cfg: LimiterConfig, keys: Vec<PoolKey>) -> Self {
+        Self {
+            conn,
+            cfg: Arc::new(cfg),
+            keys: Arc::new(keys),
+            scripts: Arc::new(Scripts::new()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn keys(&self) -> &[PoolKey] {
+        &self.keys
+    }
+
+    fn k(&self, what: &str) -> String {
+        format!("{}:{what}", self.cfg.prefix)
+    }
+
+    fn key_k(&self, id: &str, what: &str) -> String {
+        format!("{}:key:{id}:{what}", self.cfg.prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.k("wake")
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, LimitError> {
+        tokio::time::timeout(self.cfg.timeout, f).await.map_err(|_| LimitError::Timeout)?.map_err(LimitError::from)
+    }
+
+    /// Publish this pool's keys and limits, so readers without the secrets (the gateway) can
+    /// report capacity.
+    pub async fn register(&self) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for key in self.keys.iter() {
+            let limits = format!("{},{},{}", key.max_per_minute, key.max_concurrent, self.cfg.window.as_millis());
+            pipe.hset(self.k("registry"), &key.id, limits).ignore();
+        }
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Subscribe to releases and wake local waiters on each; reconnects until `stop`.
+    pub fn spawn_waker(&self, client: redis::Client, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (wake, channel) = (self.wake.clone(), self.channel());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            loop {
+                let session = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    // Whatever was released while we were away: look again.
+                    wake.notify_waiters();
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        wake.notify_waiters();
+                    }
+                    Ok::<(), redis::RedisError>(())
+                };
+                tokio::select! {
+                    r = session => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "limiter wake-up channel lost; reconnecting");
+                        }
+                    }
+                    _ = stop.cancelled() => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    }
+
+    /// One look: take a slot for `lease` if this waiter's turn has come and a key has room.
+    pub async fn try_acquire(&self, grant_id: &str, lease: &str, ticket: f64) -> Result<Decision, LimitError> {
+        if self.keys.is_empty() {
+            return Err(LimitError::EmptyPool);
+        }
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(self.k("waiters")).key(self.k("waiters:seen")).key(self.k("dispatched"));
+        for key in self.keys.iter() {
+            inv.key(self.key_k(&key.id, "window")).key(self.key_k(&key.id, "leases")).key(self.key_k(&key.id, "state"));
+        }
+        inv.arg(self.cfg.window.as_millis() as u64)
+            .arg(self.cfg.lease.as_millis() as u64)
+            .arg(grant_id)
+            .arg(lease)
+            .arg(lease)
+            .arg(ticket)
+            .arg(self.cfg.waiter_ttl.as_millis() as u64)
+            .arg(self.keys.len());
+        for key in self.keys.iter() {
+            inv.arg(key.max_per_minute).arg(key.max_concurrent);
+        }
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+        let get = |i: usize| r.get(i).copied().unwrap_or(-1);
+        let retry_in = (get(2) >= 0).then(|| Duration::from_millis(get(2) as u64));
+        Ok(match get(0) {
+            1 => {
+                let idx = get(1).max(1) as usize - 1;
+                let key_id = self.keys.get(idx).map(|k| k.id.clone()).unwrap_or_default();
+                Decision::Granted { key_id, dispatch: get(6).max(0) as u64 }
+            }
+            0 => Decision::Wait { retry_in, rank: get(3).max(0) as u64, free: get(4).max(0) as u64 },
+            _ => Decision::NoHealthyKeys { retry_in },
+        })
+    }
+
+    /// Wait for a slot, in `ticket` order across the fleet. `lease` names the in-flight slot (one
+    /// per job); `stop` ends the wait (the waiter leaves the line).
+    pub async fn acquire(&self, lease: &str, ticket: f64, stop: &CancellationToken) -> Result<Grant, LimitError> {
+        let started = Instant::now();
+        let grant_id = ulid::Ulid::generate().to_string();
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let sleep = match self.try_acquire(&grant_id, lease, ticket).await? {
+                Decision::Granted { key_id, dispatch } => {
+                    // Others in line may be able to start too.
+                    self.publish().await;
+                    let waited = started.elapsed();
+                    return Ok(Grant { key_id, grant_id, lease: lease.to_owned(), waited, dispatch });
+                }
+                Decision::Wait { retry_in, .. } => retry_in.unwrap_or(self.cfg.max_idle).min(self.cfg.max_idle),
+                Decision::NoHealthyKeys { .. } => {
+                    self.leave_line(lease).await;
+                    return Err(LimitError::NoHealthyKeys);
+                }
+            };
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = stop.cancelled() => {
+                    self.leave_line(lease).await;
+                    return Err(LimitError::Canceled);
+                }
+            }
+        }
+    }
+
+    async fn leave_line(&self, waiter: &str) {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.k("waiters"), waiter).ignore().zrem(self.k("waiters:seen"), waiter).ignore();
+        if let Err(e) = self.timed(pipe.query_async::<()>(&mut conn)).await {
+            tracing::debug!(error = %e, "could not leave the limiter's line (it expires by itself)");
+        }
+    }
+
+    async fn publish(&self) {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(1);
+        if let Err(e) = self.timed(cmd.query_async::<i64>(&mut conn)).await {
+            tracing::debug!(error = %e, "limiter wake-up not published (waiters look again within a second)");
+        }
+    }
+
+    /// The upstream answered the submit: count the start from now, so our window entry leaves
+    /// no earlier than the upstream's.
+    pub async fn confirm(&self, grant: &Grant) -> Result<(), LimitError> {
+        let mut inv = self.scripts.confirm.prepare_invoke();
+        inv.key(self.key_k(&grant.key_id, "window")).arg(&grant.grant_id);
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+    }
+
+    /// Keep an in-flight slot (call every `lease / 3` while the request runs). Also re-takes a
+    /// slot after a restart: a resumed request is in flight upstream whatever our count says.
+    pub async fn hold(&self, key_id: &str, lease: &str) -> Result<(), LimitError> {
+        let mut inv = self.scripts.hold.prepare_invoke();
+        inv.key(self.key_k(key_id, "leases")).arg(lease).arg(self.cfg.lease.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+    }
+
+    /// The request finished upstream (or never started): free its in-flight slot.
+    pub async fn release(&self, key_id: &str, lease: &str) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        self.timed(redis::cmd("ZREM").arg(self.key_k(key_id, "leases")).arg(lease).query_async::<i64>(&mut conn))
+            .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    /// The upstream refused the start with 429: it did not count it, so neither do we; the key
+    /// rests for `retry_after`.
+    pub async fn refused(&self, grant: &Grant, retry_after: Duration) -> Result<(), LimitError> {
+        self.set_until(grant, "cool_until", retry_after).await
+    }
+
+    /// The upstream refused the key itself (401/403): take it out of the pool for `recheck`, after
+    /// which one request tries it again (a restored account comes back by itself).
+    pub async fn disable(&self, grant: &Grant, recheck: Duration) -> Result<(), LimitError> {
+        self.set_until(grant, "disabled_until", recheck).await
+    }
+
+    async fn set_until(&self, grant: &Grant, field: &str, d: Duration) -> Result<(), LimitError> {
+        let mut inv = self.scripts.until.prepare_invoke();
+        inv.key(self.key_k(&grant.key_id, "state"))
+            .key(self.key_k(&grant.key_id, "window"))
+            .key(self.key_k(&grant.key_id, "leases"))
+            .arg(field)
+            .arg(d.as_millis() as u64)
+            .arg(&grant.grant_id)
+            .arg(&grant.lease);
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    /// Every registered key's state (reads what workers registered; needs no secrets).
+    pub async fn snapshot(&self) -> Result<Vec<KeyStatus>, LimitError> {
+        let mut conn = self.conn.clone();
+        let registry: Vec<(String, String)> = self
+            .timed(redis::cmd("HGETALL").arg(self.k("registry")).query_async::<Vec<(String, String)>>(&mut conn))
+            .await?;
+        // id → "max_per_minute,max_concurrent,window_ms" as the workers registered it.
+        let mut keys: Vec<(PoolKey, f64)> = registry
+            .into_iter()
+            .map(|(id, limits)| {
+                let mut it = limits.split(',').map(|v| v.trim().parse::<u64>().unwrap_or(0));
+                let (pm, conc) = (it.next().unwrap_or(0) as u32, it.next().unwrap_or(0) as u32);
+                let window = it.next().filter(|w| *w > 0).unwrap_or(self.cfg.window.as_millis() as u64);
+                (PoolKey { id, max_per_minute: pm, max_concurrent: conc }, window as f64)
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let (secs, micros): (u64, u64) = self.timed(redis::cmd("TIME").query_async(&mut conn)).await?;
+        let now = secs as f64 * 1000.0 + micros as f64 / 1000.0;
+        let mut pipe = redis::pipe();
+        for (key, window) in &keys {
+            let since = now - window;
+            pipe.cmd("ZCOUNT").arg(self.key_k(&key.id, "window")).arg(format!("({since}")).arg("+inf");
+            pipe.cmd("ZCOUNT").arg(self.key_k(&key.id, "leases")).arg(format!("({now}")).arg("+inf");
+            pipe.cmd("HMGET").arg(self.key_k(&key.id, "state")).arg("cool_until").arg("disabled_until");
+        }
+        let values: Vec<redis::Value> =
+            if keys.is_empty() { Vec::new() } else { self.timed(pipe.query_async(&mut conn)).await? };
+        let rows = values.chunks(3).map(|c| {
+            let count =
+                |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0);
+            let state = c
+                .get(2)
+                .and_then(|v| redis::from_redis_value_ref::<(Option<f64>, Option<f64>)>(v).ok())
+                .unwrap_or((None, None));
+            (count(c.first()), count(c.get(1)), state)
+        });
+        Ok(keys
+            .into_iter()
+            .zip(rows)
+            .map(|((key, window), (started, in_flight, (cool, disabled)))| KeyStatus {
+                id: key.id,
+                window_ms: window as u64,
+                max_per_minute: key.max_per_minute,
+                max_concurrent: key.max_concurrent,
+                started_in_window: started,
+                in_flight,
+                healthy: disabled.is_none_or(|d| d <= now),
+                cooling_down: cool.is_some_and(|c| c > now),
+            })
+            .collect())
+    }
+}

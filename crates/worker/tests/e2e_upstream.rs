@@ -1,0 +1,135 @@
+//! The fal account pool end to end: worker processes share accounts through the Redis limiter,
+//! against the emulator in reject mode (every excess request would be a 429).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use jewelshot_testkit::{Stack, StackOptions};
+use serde_json::{json, Value};
+
+fn pool(entries: &[(&str, &str, u32)]) -> String {
+    let e: Vec<String> = entries
+        .iter()
+        .map(|(id, key, conc)| format!("{{id=\"{id}\", key=\"{key}\", max_concurrent={conc}}}"))
+        .collect();
+    format!("[{}]", e.join(", "))
+}
+
+async fn submit_all(stack: &Stack, key: &str, input: &str, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = json!({ "image_url": input, "prompt": format!("{tag} #{i}") });
+        let (status, r) = stack.submit(key, &body).await.expect("submit");
+        assert_eq!(status, 202, "{r}");
+        ids.push(r["jobId"].as_str().expect("jobId").to_owned());
+    }
+    ids
+}
+
+async fn wait_all(stack: &Stack, key: &str, ids: &[String], limit: Duration) -> Vec<Value> {
+    let started = Instant::now();
+    let mut done: HashMap<String, Value> = HashMap::new();
+    while done.len() < ids.len() {
+        assert!(
+            started.elapsed() < limit,
+            "{} of {} final after {limit:?}\n{}",
+            done.len(),
+            ids.len(),
+            stack.worker_logs()
+        );
+        for id in ids {
+            if !done.contains_key(id) {
+                let job = stack.wait_final(key, id, limit).await.expect("final");
+                done.insert(id.clone(), job);
+            }
+        }
+    }
+    ids.iter().map(|id| done[id].clone()).collect()
+}
+
+async fn queue_view(stack: &Stack, key: &str) -> Value {
+    let r = stack.http.get(format!("{}/api/queue", stack.gateway_url())).bearer_auth(key).send().await.expect("queue");
+    r.json().await.expect("json")
+}
+
+/// Acceptance C5: a key revoked mid-run is taken out of the pool and no job fails because of
+/// it; a key whose real limit is lower than configured answers 429s, rests, and its jobs move
+/// to the other keys — without spending attempts. Two worker processes share the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
+    let opts = StackOptions {
+        emulator_args: [
+            "--mode=reject",
+            "--max-concurrent",
+            "2",
+            "--max-per-minute",
+            "0",
+            "--latency-ms",
+            "300-600",
+            "--keys",
+            "kA,kB,kC",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        // kC claims 4 slots; the emulator allows every key 2.
+        worker_env: HashMap::from([
+            ("JEWELSHOT_FAL__KEYS".into(), pool(&[("a", "kA", 2), ("b", "kB", 2), ("c", "kC", 4)])),
+            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "6".into()),
+        ]),
+        ..Default::default()
+    };
+    let mut stack = Stack::start(opts).await.expect("stack");
+    let (_, key, _) = stack.user("pool@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    let ids = submit_all(&stack, &key, &input, 30, "pool").await;
+    stack.start_worker(&[]).expect("worker 1");
+    stack.start_worker(&[]).expect("worker 2");
+
+    // Revoke kB once some work has gone through it.
+    let started = Instant::now();
+    loop {
+        let stats = stack.emulator_stats().await.expect("stats");
+        if stats["keys"]["kB"]["completed"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "kB never used: {stats}\n{}", stack.worker_logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = stack.http.post(format!("{}/__keys/kB/revoke", stack.emulator_url())).send().await.expect("revoke");
+    assert!(r.status().is_success());
+    let b_submits_at_revoke = stack.emulator_stats().await.expect("stats")["keys"]["kB"]["submitted"].as_u64();
+
+    let jobs = wait_all(&stack, &key, &ids, Duration::from_secs(120)).await;
+    for job in &jobs {
+        assert_eq!(job["status"], "complete", "{job}\n{}", stack.worker_logs());
+    }
+    let stats = stack.emulator_stats().await.expect("stats");
+    let k = |name: &str, field: &str| stats["keys"][name][field].as_u64().unwrap_or(0);
+    // kB took no request after it was revoked (the one that met the 401 was not accepted).
+    assert_eq!(Some(k("kB", "submitted")), b_submits_at_revoke, "{stats}");
+    // kC's over-claim met 429s; the honest keys never did, and none ran more than 2 at once.
+    assert!(k("kC", "rejected") > 0, "kC's extra slots should have been refused: {stats}");
+    assert_eq!((k("kA", "rejected"), k("kB", "rejected")), (0, 0), "{stats}");
+    for name in ["kA", "kB", "kC"] {
+        assert!(k(name, "max_concurrent") <= 2, "{stats}");
+    }
+    assert_eq!(
+        k("kA", "submitted") + k("kB", "submitted") + k("kC", "submitted"),
+        30,
+        "one accepted submit per job: {stats}"
+    );
+    // Moving to another key spends no attempt.
+    let attempts: Vec<i64> = jobs.iter().map(|j| j["attempts"].as_i64().unwrap_or(0)).collect();
+    assert!(attempts.iter().all(|a| *a == 1), "attempts: {attempts:?}");
+
+    // The pool as clients see it.
+    let q = queue_view(&stack, &key).await;
+    let up = &q["upstream"];
+    assert_eq!((up["keysTotal"].as_u64(), up["keysHealthy"].as_u64()), (Some(3), Some(2)), "{q}");
+    let b = up["keys"].as_array().and_then(|ks| ks.iter().find(|x| x["id"] == "b")).cloned().unwrap_or_default();
+    assert_eq!(b["healthy"], false, "{q}");
+    assert_eq!(up["concurrentLimit"].as_u64(), Some(6), "a (2) + c (4) while b is out: {q}");
+}
