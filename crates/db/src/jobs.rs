@@ -88,13 +88,30 @@ pub struct QueueCounts {
 }
 
 /// The one INSERT of a new job, on a plain connection or inside a transaction.
+/// Insert a job row (inside the caller's transaction). With `queued_cap`, the user's submissions
+/// serialise on an advisory lock and the insert is refused once they have that many jobs waiting.
 async fn insert_row(
     c: &impl deadpool_postgres::GenericClient,
     id: JobId,
     user: UserId,
     edit: &NewEdit,
     max_attempts: i32,
+    queued_cap: Option<i64>,
 ) -> Result<tokio_postgres::Row> {
+    if let Some(cap) = queued_cap {
+        c.execute("SELECT pg_advisory_xact_lock(hashtextextended('jobs-queued:' || $1, 0))", &[&user.to_string()])
+            .await?;
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = $1 AND status = 'queued' LIMIT $2) t",
+                &[&user.to_string(), &cap],
+            )
+            .await?
+            .get(0);
+        if waiting >= cap {
+            return Err(DbError::QueuedCapReached { cap });
+        }
+    }
     Ok(c.query_one(
         "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
          VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
@@ -136,6 +153,7 @@ impl Db {
         max_attempts: i32,
         key: &str,
         request_hash: &str,
+        queued_cap: Option<i64>,
     ) -> Result<Inserted> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
@@ -151,7 +169,7 @@ impl Db {
             let hash: String = row.get("request_hash");
             return Ok(Inserted::Existing { job: Box::new(job_from_row(&row)?), same_request: hash == request_hash });
         }
-        let row = insert_row(&tx, id, user, edit, max_attempts).await?;
+        let row = insert_row(&tx, id, user, edit, max_attempts, queued_cap).await?;
         // Claims the key, or takes over an expired one. A concurrent first use of the same key
         // waits on the primary key and then fails here: the caller retries and finds it.
         let claimed = tx
@@ -165,15 +183,27 @@ impl Db {
             .await?;
         if claimed == 0 {
             drop(tx); // rolls back the job
-            return Box::pin(self.insert_job_idempotent(id, user, edit, max_attempts, key, request_hash)).await;
+            return Box::pin(self.insert_job_idempotent(id, user, edit, max_attempts, key, request_hash, queued_cap))
+                .await;
         }
         tx.commit().await?;
         Ok(Inserted::New(Box::new(job_from_row(&row)?)))
     }
 
-    /// Record a new job in `queued`.
-    pub async fn insert_job(&self, id: JobId, user: UserId, edit: &NewEdit, max_attempts: i32) -> Result<JobRow> {
-        let row = insert_row(&self.conn().await?, id, user, edit, max_attempts).await?;
+    /// Record a new job in `queued` (refused with [`DbError::QueuedCapReached`] when the user
+    /// already has `queued_cap` jobs waiting).
+    pub async fn insert_job(
+        &self,
+        id: JobId,
+        user: UserId,
+        edit: &NewEdit,
+        max_attempts: i32,
+        queued_cap: Option<i64>,
+    ) -> Result<JobRow> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let row = insert_row(&tx, id, user, edit, max_attempts, queued_cap).await?;
+        tx.commit().await?;
         job_from_row(&row)
     }
 

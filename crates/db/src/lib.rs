@@ -69,6 +69,8 @@ pub enum DbError {
     Migration(#[from] refinery::Error),
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
+    #[error("the user already has {cap} jobs waiting")]
+    QueuedCapReached { cap: i64 },
 }
 
 impl DbError {
@@ -80,6 +82,7 @@ impl DbError {
             Self::Query(_) => "database-error",
             Self::Migration(_) => "migration-failed",
             Self::Corrupt(_) => "database-corrupt",
+            Self::QueuedCapReached { .. } => "too-many-queued-jobs",
         }
     }
 

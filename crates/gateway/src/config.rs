@@ -23,6 +23,29 @@ pub struct Config {
     pub images: jewelshot_imaging::Limits,
     /// `JEWELSHOT_FAL__LIMITER_PREFIX`, shared with the workers: where to read upstream capacity.
     pub fal: FalSettings,
+    pub limits: UserLimits,
+}
+
+/// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UserLimits {
+    /// Submissions per user per minute, over every gateway (0 = unlimited); over it → 429.
+    pub submits_per_minute: u32,
+    /// Jobs a user may have waiting, scheduled ones included (0 = unlimited); over it → 429.
+    pub max_queued_per_user: i64,
+    /// Plans whose users may submit `priority: "high"`; others get 403 `priority-not-allowed`.
+    pub high_priority_plans: Vec<String>,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            submits_per_minute: 30,
+            max_queued_per_user: 100,
+            high_priority_plans: vec!["pro".into(), "business".into()],
+        }
+    }
 }
 
 /// What the gateway reads of `JEWELSHOT_FAL__*` (it never holds fal keys).

@@ -27,15 +27,39 @@ pub enum ApiError {
     Image(#[from] jewelshot_imaging::ImageError),
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String, retry_after_secs: u64, rate: Option<RateHeaders> },
     #[error("{what} is unavailable; try again shortly")]
     Unavailable { what: &'static str, retry_after_secs: u32, cause: String },
     #[error("internal error")]
     Internal(String),
 }
 
+/// A per-user quota as the IETF RateLimit headers describe it
+/// (draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "name";q=;w=`, `RateLimit: "name";r=;t=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub policy: &'static str,
+    pub limit: u32,
+    pub window_secs: u64,
+    pub remaining: u32,
+    pub reset_secs: u64,
+}
+
+impl RateHeaders {
+    pub fn apply(&self, resp: &mut actix_web::HttpResponseBuilder) {
+        resp.insert_header((
+            "RateLimit-Policy",
+            format!("\"{}\";q={};w={}", self.policy, self.limit, self.window_secs),
+        ));
+        resp.insert_header(("RateLimit", format!("\"{}\";r={};t={}", self.policy, self.remaining, self.reset_secs)));
+    }
+}
+
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
+            Self::TooManyRequests { code, .. } => code,
             Self::Invalid(v) => v.code,
             Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
             Self::Unauthorized => "unauthorized",
@@ -57,6 +81,14 @@ impl ApiError {
 
 impl From<jewelshot_db::DbError> for ApiError {
     fn from(e: jewelshot_db::DbError) -> Self {
+        if let jewelshot_db::DbError::QueuedCapReached { cap } = e {
+            return Self::TooManyRequests {
+                code: "too-many-queued-jobs",
+                message: format!("you already have {cap} jobs waiting; submit more as they finish"),
+                retry_after_secs: 30,
+                rate: None,
+            };
+        }
         if e.is_unavailable() {
             Self::Unavailable { what: "the database", retry_after_secs: 2, cause: e.to_string() }
         } else {
@@ -89,6 +121,7 @@ impl ResponseError for ApiError {
             Self::Image(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +144,12 @@ impl ResponseError for ApiError {
             }
             Self::Unavailable { retry_after_secs, .. } => {
                 resp.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            Self::TooManyRequests { retry_after_secs, rate, .. } => {
+                resp.insert_header(("Retry-After", retry_after_secs.max(&1).to_string()));
+                if let Some(r) = rate {
+                    r.apply(&mut resp);
+                }
             }
             _ => {}
         }

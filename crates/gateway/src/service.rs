@@ -7,10 +7,13 @@ use jewelshot_db::{jobs::CancelOutcome, jobs::JobRow, users::User};
 use jewelshot_domain::{
     edit::{forbidden_webhook, webhook_ip_allowed, WebhookPolicy},
     view::{JobPage, JobView, SubmittedView},
-    EditRequest, JobId, JobStatus, NewEdit, ValidationError,
+    EditRequest, JobId, JobStatus, NewEdit, Priority, ValidationError,
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, RateHeaders},
+    state::AppState,
+};
 
 /// Longest a webhook host lookup may take at submit.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,9 +32,44 @@ pub fn parse_idempotency_key(raw: Option<&str>) -> Result<Option<String>, ApiErr
 }
 
 /// Whether a submit created a job or replayed an earlier one (same `Idempotency-Key`).
+/// Each carries the caller's submit quota, for the `RateLimit` headers.
 pub enum Submitted {
-    Created(SubmittedView),
-    Replayed(SubmittedView),
+    Created(Option<RateHeaders>, SubmittedView),
+    Replayed(Option<RateHeaders>, SubmittedView),
+}
+
+/// Count this submission against the user's per-minute quota (shared by every gateway). If Redis
+/// cannot answer, the submission is let through: the queue's own trouble answers it next.
+async fn submit_rate(state: &AppState, user: &User) -> Result<Option<RateHeaders>, ApiError> {
+    let limit = state.cfg.limits.submits_per_minute;
+    if limit == 0 {
+        return Ok(None);
+    }
+    let window = Duration::from_secs(60);
+    let hit = match state.submits.hit(&user.id.to_string(), limit, window).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "submit rate unavailable; letting the submission through");
+            return Ok(None);
+        }
+    };
+    let rate = RateHeaders {
+        policy: "submits",
+        limit,
+        window_secs: window.as_secs(),
+        remaining: hit.remaining,
+        reset_secs: hit.reset.as_secs_f64().ceil() as u64,
+    };
+    if hit.allowed {
+        Ok(Some(rate))
+    } else {
+        Err(ApiError::TooManyRequests {
+            code: "rate-limited",
+            message: format!("at most {limit} submissions a minute; try again in {} s", rate.reset_secs.max(1)),
+            retry_after_secs: rate.reset_secs,
+            rate: Some(rate),
+        })
+    }
 }
 
 /// Validate, record, enqueue. Never calls fal, never waits on the job.
@@ -46,33 +84,46 @@ pub async fn submit(
     let request_hash = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&raw).unwrap_or_default()));
     let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
     let edit = NewEdit::parse(raw, policy, Utc::now())?;
+    let limits = &state.cfg.limits;
+    if edit.priority == Priority::High && !limits.high_priority_plans.iter().any(|p| *p == user.plan) {
+        return Err(ApiError::Forbidden {
+            code: "priority-not-allowed",
+            message: format!("the {} plan does not include priority \"high\"", user.plan),
+        });
+    }
     if let Some(url) = &edit.webhook_url {
         check_webhook_resolution(url, policy).await?;
     }
+    let rate = submit_rate(state, user).await?;
     let id = JobId::generate();
     let max_attempts = state.cfg.jobs.max_attempts;
+    let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
     let job = match idempotency_key {
-        None => state.db.insert_job(id, user.id, &edit, max_attempts).await?,
-        Some(key) => match state.db.insert_job_idempotent(id, user.id, &edit, max_attempts, &key, &request_hash).await?
-        {
-            jewelshot_db::jobs::Inserted::New(job) => *job,
-            jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
-                let position = state.db.queue_position(&job).await?;
-                return Ok(Submitted::Replayed(SubmittedView {
-                    job_id: job.id.to_string(),
-                    status: job.status,
-                    queue_position: position,
-                    eta_seconds: state.eta_seconds(position).await,
-                    status_url: format!("/api/jobs/{}", job.id),
-                }));
+        None => state.db.insert_job(id, user.id, &edit, max_attempts, cap).await?,
+        Some(key) => {
+            match state.db.insert_job_idempotent(id, user.id, &edit, max_attempts, &key, &request_hash, cap).await? {
+                jewelshot_db::jobs::Inserted::New(job) => *job,
+                jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
+                    let position = state.db.queue_position(&job).await?;
+                    return Ok(Submitted::Replayed(
+                        rate,
+                        SubmittedView {
+                            job_id: job.id.to_string(),
+                            status: job.status,
+                            queue_position: position,
+                            eta_seconds: state.eta_seconds(position).await,
+                            status_url: format!("/api/jobs/{}", job.id),
+                        },
+                    ));
+                }
+                jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
+                    return Err(ApiError::Conflict {
+                        code: "idempotency-key-reused",
+                        message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
+                    });
+                }
             }
-            jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
-                return Err(ApiError::Conflict {
-                    code: "idempotency-key-reused",
-                    message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
-                });
-            }
-        },
+        }
     };
     if let Err(e) = state.queue.push(id, edit.run_at).await {
         // Nothing half-written: without a queue entry the job row must not stay either.
@@ -85,13 +136,16 @@ pub async fn submit(
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
         .increment(1);
     tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
-    Ok(Submitted::Created(SubmittedView {
-        job_id: id.to_string(),
-        status: JobStatus::Queued,
-        queue_position: position,
-        eta_seconds: state.eta_seconds(position).await,
-        status_url: format!("/api/jobs/{id}"),
-    }))
+    Ok(Submitted::Created(
+        rate,
+        SubmittedView {
+            job_id: id.to_string(),
+            status: JobStatus::Queued,
+            queue_position: position,
+            eta_seconds: state.eta_seconds(position).await,
+            status_url: format!("/api/jobs/{id}"),
+        },
+    ))
 }
 
 /// Names are resolved now to refuse obviously internal targets early; the worker checks again

@@ -7,7 +7,7 @@ use std::{
 
 use jewelshot_db::Db;
 use jewelshot_queue::Queue;
-use jewelshot_ratelimit::{KeyStatus, Limiter, LimiterConfig};
+use jewelshot_ratelimit::{KeyStatus, Limiter, LimiterConfig, WindowLimiter};
 use jewelshot_storage::ObjectStore;
 
 use crate::config::Config;
@@ -25,6 +25,8 @@ pub struct AppState {
     /// Reads the workers' upstream limiter (no keys of its own).
     pub limiter: Limiter,
     upstream: Mutex<Option<(Instant, Vec<KeyStatus>)>>,
+    /// Per-user submissions per minute, shared by every gateway through Redis.
+    pub submits: WindowLimiter,
 }
 
 /// How fast the upstream can take jobs, from the pool's registered limits.
@@ -68,6 +70,11 @@ impl AppState {
         let mut lcfg = LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name));
         lcfg.timeout = Duration::from_millis(cfg.queue.timeout_ms);
         let limiter = Limiter::new(queue.connection(), lcfg, Vec::new());
+        let submits = WindowLimiter::new(
+            queue.connection(),
+            format!("{}:limits:submits", cfg.queue.name),
+            Duration::from_millis(cfg.queue.timeout_ms),
+        );
         Self {
             db,
             queue,
@@ -78,6 +85,7 @@ impl AppState {
             mean_generation: Mutex::new(None),
             limiter,
             upstream: Mutex::new(None),
+            submits,
         }
     }
 

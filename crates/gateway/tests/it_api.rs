@@ -232,3 +232,72 @@ async fn it_idempotency_key_returns_the_first_job() {
     let bad = send(&a, &"x".repeat(300), edit()).await.expect("send");
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+/// Acceptance C (per-user limits): submissions per minute and jobs waiting per user are capped
+/// with 429, `Retry-After` and the IETF `RateLimit`/`RateLimit-Policy` headers, and nothing is
+/// queued when refused; `high` priority needs a plan that includes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_limits_each_user_with_429_and_ratelimit_headers() {
+    let api = Api::start_with(|c| {
+        c.limits.submits_per_minute = 3;
+        c.limits.max_queued_per_user = 0;
+    })
+    .await;
+    let a = api.key("a@example.com").await;
+    let b = api.key("b@example.com").await;
+    let post =
+        |key: &str| api.http.post(format!("{}/api/ai/edit", api.base)).bearer_auth(key.to_owned()).json(&edit()).send();
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    };
+    for remaining in [2, 1, 0] {
+        let r = post(&a).await.expect("send");
+        assert_eq!(r.status().as_u16(), 202);
+        assert_eq!(header(&r, "RateLimit-Policy"), "\"submits\";q=3;w=60");
+        let rate = header(&r, "RateLimit");
+        assert!(rate.starts_with(&format!("\"submits\";r={remaining};t=")), "{rate}");
+    }
+    let r = post(&a).await.expect("send");
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = header(&r, "Retry-After").parse().expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(header(&r, "RateLimit").starts_with("\"submits\";r=0;t="));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate-limited", "{body}");
+    // Nothing was queued for the refused one; another user is not affected.
+    assert_eq!(api.db.db.queue_counts().await.expect("counts").queued, 3);
+    let d = api.queue.depths().await.expect("depths");
+    assert_eq!(d.active + d.scheduled, 3, "{d:?}");
+    assert_eq!(post(&b).await.expect("send").status().as_u16(), 202);
+
+    // Jobs waiting per user.
+    let api = Api::start_with(|c| {
+        c.limits.submits_per_minute = 0;
+        c.limits.max_queued_per_user = 2;
+    })
+    .await;
+    let a = api.key("a@example.com").await;
+    let (_, first) = api.submit(&a, edit()).await;
+    assert_eq!(api.submit(&a, edit()).await.0, 202);
+    let (s, body) = api.submit(&a, edit()).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (429, Some("too-many-queued-jobs")), "{body}");
+    let d = api.queue.depths().await.expect("depths");
+    assert_eq!(d.active + d.scheduled, 2, "the refused job was not enqueued: {d:?}");
+    // Concurrent submits cannot slip past the cap together.
+    let b = api.key("b@example.com").await;
+    let tries = futures::future::join_all((0..6).map(|_| api.submit(&b, edit()))).await;
+    assert_eq!(tries.iter().filter(|(s, _)| *s == 202).count(), 2, "{tries:?}");
+    // A finished (here: canceled) job makes room.
+    let path = format!("/api/jobs/{}", first["jobId"].as_str().expect("id"));
+    assert_eq!(api.call(reqwest::Method::DELETE, &path, Some(&a)).await.0, 200);
+    assert_eq!(api.submit(&a, edit()).await.0, 202);
+
+    // Priority by plan.
+    let mut high = edit();
+    high["priority"] = json!("high");
+    let (s, body) = api.submit(&api.key("free@example.com").await, high.clone()).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (403, Some("priority-not-allowed")), "{body}");
+    let pro = api.db.db.create_user("pro@example.com", "pro").await.expect("user");
+    let pro_key = api.db.db.create_api_key(pro.id, "t").await.expect("key").key;
+    assert_eq!(api.submit(&pro_key, high).await.0, 202);
+}

@@ -19,6 +19,7 @@
 //! a window entry ages out — never spinning.
 //!
 //! ## Layout
+//! - [`WindowLimiter`] — a per-subject sliding-window counter (the gateway's per-user submit rate).
 //! - [`PoolKey`] — one account's id and limits; [`Limiter`] — acquire, confirm, renew, release,
 //!   cool down (429), disable (401/403), and [`Limiter::snapshot`] for `GET /api/queue`.
 
@@ -464,5 +465,52 @@ impl Limiter {
                 cooling_down: cool.is_some_and(|c| c > now),
             })
             .collect())
+    }
+}
+
+/// How one event fared against a sliding-window limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowHit {
+    pub allowed: bool,
+    /// Events still allowed in the current window.
+    pub remaining: u32,
+    /// Until the oldest counted event leaves the window (when one more is allowed, if refused).
+    pub reset: Duration,
+}
+
+/// A sliding-window counter per subject, in Redis: at most `limit` events per `window`, exact
+/// across every process sharing the prefix.
+#[derive(Clone)]
+pub struct WindowLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    script: Arc<redis::Script>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for WindowLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowLimiter").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl WindowLimiter {
+    pub fn new(conn: ConnectionManager, prefix: impl Into<String>, timeout: Duration) -> Self {
+        Self { conn, prefix: prefix.into(), script: Arc::new(redis::Script::new(include_str!("window.lua"))), timeout }
+    }
+
+    /// Count one event for `subject` if the limit allows it.
+    pub async fn hit(&self, subject: &str, limit: u32, window: Duration) -> Result<WindowHit, LimitError> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(format!("{}:{subject}", self.prefix))
+            .arg(limit)
+            .arg(window.as_millis() as u64)
+            .arg(ulid::Ulid::generate().to_string());
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| LimitError::Timeout)??;
+        let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(WindowHit { allowed: get(0) == 1, remaining: get(1) as u32, reset: Duration::from_millis(get(2)) })
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jewelshot_ratelimit::{Decision, Grant, LimitError, Limiter, LimiterConfig, PoolKey};
+use jewelshot_ratelimit::{Decision, Grant, LimitError, Limiter, LimiterConfig, PoolKey, WindowLimiter};
 use tokio_util::sync::CancellationToken;
 
 fn key(id: &str, per_minute: u32, concurrent: u32) -> PoolKey {
@@ -200,4 +200,25 @@ async fn a_waiter_that_stops_leaves_the_line() {
         other => panic!("{other:?}"),
     }
     stop.cancel();
+}
+
+#[tokio::test]
+async fn the_window_counter_allows_exactly_the_limit_and_says_when_more_fit() {
+    let client = redis::Client::open(jewelshot_testkit::redis_url().as_str()).expect("redis url");
+    let conn = client.get_connection_manager().await.expect("redis");
+    let w = WindowLimiter::new(conn, format!("jewelshot-test:win:{}", ulid::Ulid::generate()), Duration::from_secs(3));
+    let window = Duration::from_millis(500);
+    let mut hits = Vec::new();
+    for _ in 0..4 {
+        hits.push(w.hit("user-1", 3, window).await.expect("hit"));
+    }
+    assert_eq!(
+        hits.iter().map(|h| (h.allowed, h.remaining)).collect::<Vec<_>>(),
+        vec![(true, 2), (true, 1), (true, 0), (false, 0)]
+    );
+    assert!(hits[3].reset <= window && hits[3].reset > Duration::from_millis(300), "{:?}", hits[3].reset);
+    // Another subject has its own window.
+    assert!(w.hit("user-2", 3, window).await.expect("hit").allowed);
+    tokio::time::sleep(hits[3].reset + Duration::from_millis(20)).await;
+    assert!(w.hit("user-1", 3, window).await.expect("hit").allowed, "the window moved on");
 }

@@ -346,6 +346,9 @@ impl Stack {
         };
         let mut env = shared_env.clone();
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
+        // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
+        env.insert("JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE".into(), "0".into());
+        env.insert("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "0".into());
         env.extend(opts.gateway_env.clone());
         let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;

@@ -22,7 +22,9 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state:
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 409, description = "`Idempotency-Key` reused with a different request", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 403, description = "`priority-not-allowed`: the user's plan does not include high priority", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 429, description = "`rate-limited` (submissions per minute) or `too-many-queued-jobs`; nothing was queued. `Retry-After` and the IETF `RateLimit`/`RateLimit-Policy` headers say when", body = ErrorBody),
         (status = 503, description = "A dependency is down; retry after `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -36,12 +38,15 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let header = req.headers().get("idempotency-key").map(|v| v.to_str().unwrap_or("\u{0}"));
     let key = service::parse_idempotency_key(header)?;
-    let (view, replayed) = match service::submit(&state, &user.0, body.into_inner(), key).await? {
-        service::Submitted::Created(v) => (v, false),
-        service::Submitted::Replayed(v) => (v, true),
+    let (rate, view, replayed) = match service::submit(&state, &user.0, body.into_inner(), key).await? {
+        service::Submitted::Created(r, v) => (r, v, false),
+        service::Submitted::Replayed(r, v) => (r, v, true),
     };
     let mut resp = HttpResponse::Accepted();
     resp.insert_header(("Location", view.status_url.clone()));
+    if let Some(r) = rate {
+        r.apply(&mut resp);
+    }
     if replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }

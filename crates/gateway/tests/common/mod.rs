@@ -32,6 +32,9 @@ impl Api {
         cfg.database.max_connections = 4;
         cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
         cfg.storage.local.root = files.path().to_path_buf();
+        // Tests submit freely; the limit tests turn the limits back on.
+        cfg.limits.submits_per_minute = 0;
+        cfg.limits.max_queued_per_user = 0;
         tune(&mut cfg);
         let queue = Queue::connect(&cfg.queue).await.expect("queue");
         let app = Application::build(cfg).await.expect("build");
