@@ -238,6 +238,9 @@ async fn needs_submit(ctx: &Ctx, job_id: JobId) -> Result<Option<JobRow>, DbErro
     if !matches!(job.status, JobStatus::Queued | JobStatus::Processing) {
         return Ok(None);
     }
+    if job.status == JobStatus::Queued {
+        wait_until_due(ctx, &job).await?;
+    }
     let steps = ctx.db.steps(job_id).await?;
     let generate = steps.iter().find(|s| s.name == StepName::GenerateImage);
     let started = generate.is_some_and(|s| {
@@ -245,6 +248,19 @@ async fn needs_submit(ctx: &Ctx, job_id: JobId) -> Result<Option<JobRow>, DbErro
             || s.output.clone().and_then(|o| serde_json::from_value::<Checkpoint>(o).ok()).is_some()
     });
     Ok((!started).then_some(job))
+}
+
+/// apalis schedules in whole seconds (a task may arrive up to a second before its `run_at`):
+/// a scheduled job never starts early.
+async fn wait_until_due(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
+    let Some(run_at) = job.run_at else { return Ok(()) };
+    let Ok(early) = (run_at - chrono::Utc::now()).to_std() else { return Ok(()) };
+    tracing::debug!(early_ms = early.as_millis() as u64, "task arrived before its run_at; waiting");
+    tokio::select! {
+        _ = tokio::time::sleep(early) => {}
+        _ = ctx.shutdown.cancelled() => {}
+    }
+    Ok(())
 }
 
 /// Wait for a slot on some fal account, in submit order across the fleet.

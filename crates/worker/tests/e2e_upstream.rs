@@ -133,3 +133,40 @@ async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
     assert_eq!(b["healthy"], false, "{q}");
     assert_eq!(up["concurrentLimit"].as_u64(), Some(6), "a (2) + c (4) while b is out: {q}");
 }
+
+/// Acceptance C6: a job submitted with `delay_seconds` waits at position 0 with `scheduledFor`,
+/// is not dispatched before its time, and is dispatched within a second after it; a job
+/// submitted later without a delay is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_scheduled_job_starts_on_time_not_before() {
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let (_, key, _) = stack.user("later@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    stack.start_worker(&[]).expect("worker");
+    let (status, later) = stack
+        .submit(&key, &json!({ "image_url": input, "prompt": "later", "delay_seconds": 2 }))
+        .await
+        .expect("submit");
+    assert_eq!((status, later["queuePosition"].as_i64()), (202, Some(0)), "{later}");
+    let later_id = later["jobId"].as_str().expect("id").to_owned();
+    let (_, now) = stack.submit(&key, &json!({ "image_url": input, "prompt": "now" })).await.expect("submit");
+    let now_id = now["jobId"].as_str().expect("id").to_owned();
+
+    let (_, polled) = stack.get_job(&key, &later_id).await.expect("poll");
+    let scheduled_for: chrono::DateTime<chrono::Utc> =
+        polled["scheduledFor"].as_str().expect("scheduledFor").parse().expect("RFC 3339");
+    let quick = stack.wait_final(&key, &now_id, Duration::from_secs(30)).await.expect("now");
+    assert_eq!(quick["status"], "complete");
+    let done_now: chrono::DateTime<chrono::Utc> = quick["updatedAt"].as_str().expect("updatedAt").parse().expect("ts");
+    assert!(done_now < scheduled_for, "the undelayed job finished while the other still waited");
+
+    let job = stack.wait_final(&key, &later_id, Duration::from_secs(30)).await.expect("later");
+    assert_eq!(job["status"], "complete", "{job}");
+    let steps = stack.db.db.steps(later_id.parse().expect("id")).await.expect("steps");
+    let started =
+        steps.iter().find(|s| s.name.as_str() == "generate-image").and_then(|s| s.started_at).expect("started");
+    let late = started - scheduled_for;
+    println!("scheduled job dispatched {} ms after its time", late.num_milliseconds());
+    assert!(late >= chrono::Duration::zero(), "dispatched {} ms early", -late.num_milliseconds());
+    assert!(late < chrono::Duration::seconds(1), "dispatched {} ms late", late.num_milliseconds());
+}
