@@ -60,6 +60,39 @@ async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> 
     })
 }
 
+/// apalis-core beats a worker's heart only while the worker polls for tasks, and a worker polls
+/// only when it has a free slot: a worker whose slots are all busy (fal takes 20-45 s; jobs also
+/// wait for upstream capacity) goes silent, and the other workers declare it dead and run its jobs
+/// a second time. This beats for it whatever its slots are doing: `ZADD XX` on apalis-redis's
+/// workers set (the same record its own heartbeat refreshes; XX never re-registers a worker
+/// apalis removed — apalis then restarts it through the Monitor).
+fn spawn_keep_alive(
+    conn: redis::aio::ConnectionManager,
+    workers_set: String,
+    name: String,
+    heartbeat_secs: u64,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_millis((heartbeat_secs * 1000 / 2).max(250));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let mut c = conn.clone();
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&workers_set).arg("XX").arg(now).arg(&name);
+            match tokio::time::timeout(every, cmd.query_async::<i64>(&mut c)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "worker heartbeat failed"),
+                Err(_) => tracing::warn!("worker heartbeat timed out"),
+            }
+        }
+    })
+}
+
 /// Run until `shutdown` resolves, then stop taking jobs and give in-flight ones the grace period.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if !cfg.worker.metrics_listen.is_empty() {
@@ -109,6 +142,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .missed_heartbeats(s.missed_heartbeats)
         .lock_tasks(false)
         .emit_events(false);
+    let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), name.clone(), s.heartbeat_secs);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
     let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
     tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
@@ -136,6 +170,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         })
         .await?;
     waker.abort();
+    keep_alive.abort();
     tracing::info!("worker stopped");
     Ok(())
 }

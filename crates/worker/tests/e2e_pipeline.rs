@@ -292,3 +292,30 @@ async fn e2e_sigterm_hands_the_job_back_at_once() {
     assert_eq!(job["attempts"], 1, "a hand-back is not an attempt: {job}");
     assert_eq!(stats_submits(&stack, "deploy during a job").await, 1, "fal saw one submit");
 }
+
+/// Workers whose every slot is busy longer than the orphan timeout (heartbeat 1 s × 2 here; jobs
+/// wait for the account's 2 slots for seconds) are still alive: no worker may take another's
+/// jobs over (apalis-core heartbeats only while a worker polls for more tasks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_busy_workers_are_not_declared_dead() {
+    let mut stack =
+        Stack::start(emulator(&["--latency-ms", "800-1200", "--max-per-minute", "0", "--max-concurrent", "2"]))
+            .await
+            .expect("stack");
+    let (_, key, _) = stack.user("busy@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let (_, job) =
+            stack.submit(&key, &json!({ "image_url": input, "prompt": format!("slow {i}") })).await.expect("submit");
+        ids.push(job["jobId"].as_str().expect("id").to_owned());
+    }
+    stack.start_worker(&[]).expect("worker 1");
+    stack.start_worker(&[]).expect("worker 2");
+    for id in &ids {
+        let done = stack.wait_final(&key, id, Duration::from_secs(60)).await.expect("final");
+        assert_eq!(done["status"], "complete", "{done}");
+        assert_eq!(done["attempts"], 1, "a job was taken from a live worker: {done}\n{}", stack.worker_logs());
+    }
+    assert!(!stack.worker_logs().contains("worker not registered"), "{}", stack.worker_logs());
+}
