@@ -145,6 +145,14 @@ enum QueueCmd {
 struct Config {
     database: DbConfig,
     queue: QueueConfig,
+    fal: FalSettings,
+}
+
+/// What the CLI reads of `JEWELSHOT_FAL__*`: where the workers' upstream limiter lives.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct FalSettings {
+    limiter_prefix: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -285,9 +293,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Queue { cmd: QueueCmd::Stats } => {
             let counts = db.queue_counts().await?;
-            let depths = match Queue::connect(&cfg.queue).await {
-                Ok(q) => q.depths().await.ok(),
-                Err(_) => None,
+            let queue = Queue::connect(&cfg.queue).await.ok();
+            let depths = match &queue {
+                Some(q) => q.depths().await.ok(),
+                None => None,
+            };
+            let upstream = match &queue {
+                Some(q) => {
+                    let prefix = if cfg.fal.limiter_prefix.is_empty() {
+                        jewelshot_ratelimit::default_prefix(&cfg.queue.name)
+                    } else {
+                        cfg.fal.limiter_prefix.clone()
+                    };
+                    let limiter = jewelshot_ratelimit::Limiter::new(
+                        q.connection(),
+                        jewelshot_ratelimit::LimiterConfig::new(prefix),
+                        Vec::new(),
+                    );
+                    limiter.snapshot().await.ok()
+                }
+                None => None,
             };
             if cli.json {
                 println!(
@@ -296,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "jobs": {"queued": counts.queued, "scheduled": counts.scheduled, "processing": counts.processing,
                                  "complete": counts.complete, "failed": counts.failed, "canceled": counts.canceled},
                         "redis": depths,
+                        "upstream": upstream,
                     })
                 );
             } else {
@@ -309,6 +335,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         cfg.queue.name, d.active, d.scheduled, d.inflight
                     ),
                     None => println!("queue (redis): unreachable"),
+                }
+                for k in upstream.unwrap_or_default() {
+                    println!(
+                        "fal account {}: {} | {}/{} started this window, {}/{} in flight{}",
+                        k.id,
+                        if k.healthy { "healthy" } else { "DISABLED (fal refused its key)" },
+                        k.started_in_window,
+                        k.max_per_minute,
+                        k.in_flight,
+                        k.max_concurrent,
+                        if k.cooling_down { ", resting after a 429" } else { "" }
+                    );
                 }
             }
         }
