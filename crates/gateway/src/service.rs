@@ -85,7 +85,7 @@ pub async fn submit(
     let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
     let edit = NewEdit::parse(raw, policy, Utc::now())?;
     let limits = &state.cfg.limits;
-    if edit.priority == Priority::High && !limits.high_priority_plans.iter().any(|p| *p == user.plan) {
+    if edit.priority == Priority::High && !limits.high_priority_plans.contains(&user.plan) {
         return Err(ApiError::Forbidden {
             code: "priority-not-allowed",
             message: format!("the {} plan does not include priority \"high\"", user.plan),

@@ -139,6 +139,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns figment::Error
     fn the_pool_reads_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env(
