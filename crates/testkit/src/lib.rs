@@ -493,13 +493,19 @@ impl Stack {
 
 /// Run a python snippet with the tool venv's interpreter (`just tools` creates it).
 pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("JEWELSHOT_TEST_PYTHON") {
+    venv_tool("JEWELSHOT_TEST_PYTHON", "python", "python3")
+}
+
+/// A program from the tool venv (`target/pytools/bin`): `env_var` overrides it, and `fallback`
+/// (looked up on `PATH`) stands in when the venv lacks it.
+pub fn venv_tool(env_var: &str, name: &str, fallback: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
         return PathBuf::from(p);
     }
-    let venv = repo_root().join("target/pytools/bin/python");
+    let venv = repo_root().join("target/pytools/bin").join(name);
     if venv.exists() {
         venv
     } else {
-        PathBuf::from("python3")
+        PathBuf::from(fallback)
     }
 }

@@ -9,20 +9,12 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
-use jewelshot_testkit::{repo_root, Stack, StackOptions};
+use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions};
 
 const USERS: usize = 50;
 
 fn k6() -> PathBuf {
-    if let Ok(p) = std::env::var("JEWELSHOT_K6") {
-        return PathBuf::from(p);
-    }
-    let venv = repo_root().join("target/pytools/bin/k6");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("k6")
-    }
+    venv_tool("JEWELSHOT_K6", "k6", "k6")
 }
 
 #[tokio::main]
