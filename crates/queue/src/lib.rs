@@ -89,6 +89,38 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// Forget finished tasks: apalis-redis keeps every task's payload and metadata forever, so Redis
+/// would grow with every job ever run. Postgres is the record; once a task is acknowledged (done
+/// or dead) its Redis records serve nothing. Pops up to `batch` ids from the done and the dead
+/// sets and deletes their payload and metadata; returns how many. Idempotent: every worker may run
+/// it.
+pub async fn vacuum_finished(
+    conn: &mut ConnectionManager,
+    cfg: &QueueConfig,
+    batch: usize,
+) -> Result<usize, QueueError> {
+    const SCRIPT: &str = r"
+        local removed = 0
+        for _, set in ipairs({KEYS[1], KEYS[2]}) do
+          local ids = redis.call('SPOP', set, tonumber(ARGV[2]))
+          for _, id in ipairs(ids) do
+            redis.call('HDEL', KEYS[3], id)
+            redis.call('DEL', ARGV[1] .. ':' .. id)
+            removed = removed + 1
+          end
+        end
+        return removed";
+    let c = apalis_config(cfg);
+    let script = redis::Script::new(SCRIPT);
+    let mut inv = script.prepare_invoke();
+    inv.key(c.done_jobs_set()).key(c.dead_jobs_set()).key(c.job_data_hash()).arg(c.job_meta_hash()).arg(batch);
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    tokio::time::timeout(timeout, inv.invoke_async::<usize>(conn))
+        .await
+        .map_err(|_| QueueError::Timeout)?
+        .map_err(QueueError::from)
+}
+
 /// The apalis backend configuration used by both sides, so keys agree.
 pub fn apalis_config(cfg: &QueueConfig) -> Config {
     Config::default().queue(&cfg.name)

@@ -5,8 +5,9 @@
 -- KEYS[3] dispatch counter, then for every pool key i: KEYS[3i+1] window (zset: grant -> start
 -- ms), KEYS[3i+2] leases (zset: lease -> expiry ms), KEYS[3i+3] state (hash: cool_until,
 -- disabled_until).
--- ARGV: window_ms, lease_ms, grant, lease, waiter, ticket, waiter_ttl_ms, n, then per key
--- max_per_minute, max_concurrent (0 = unlimited).
+-- ARGV: window_ms, lease_ms, grant, lease, waiter, ticket, waiter_ttl_ms, n, probe (1 = treat
+-- disabled keys as usable: every key is disabled and one request must find out whether fal
+-- takes them again), then per key max_per_minute, max_concurrent (0 = unlimited).
 --
 -- Returns {outcome, key index, wait ms, rank, free slots, healthy keys, dispatch number};
 -- outcome 1 = granted,
@@ -17,6 +18,7 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local grant, lease, waiter = ARGV[3], ARGV[4], ARGV[5]
 local ticket, waiter_ttl, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local probe = ARGV[9] == '1'
 
 -- Waiters that stopped asking (a killed worker) leave the line by themselves.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - waiter_ttl)
@@ -34,10 +36,10 @@ local function sooner(at)
 end
 for i = 1, n do
   local win, leases, state = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local max_pm, max_c = tonumber(ARGV[7 + 2 * i]), tonumber(ARGV[8 + 2 * i])
+  local max_pm, max_c = tonumber(ARGV[8 + 2 * i]), tonumber(ARGV[9 + 2 * i])
   local st = redis.call('HMGET', state, 'cool_until', 'disabled_until')
   local cool, disabled = tonumber(st[1] or 0) or 0, tonumber(st[2] or 0) or 0
-  if disabled > now then
+  if disabled > now and not probe then
     sooner(disabled)
   else
     healthy = healthy + 1

@@ -112,6 +112,8 @@ pub struct Grant {
     pub waited: Duration,
     /// Its number in the fleet-wide dispatch order.
     pub dispatch: u64,
+    /// Every key was disabled: this start finds out whether fal takes the key again.
+    pub probe: bool,
 }
 
 /// What one look at the pool found.
@@ -164,7 +166,7 @@ pub struct Limiter {
 /// whose clocks disagree still agree on windows and leases.
 struct Scripts {
     acquire: redis::Script,
-    /// Move a start's window entry to now.
+    /// Move a start's window entry to now; clear the key's `disabled_until`.
     confirm: redis::Script,
     /// Set a lease's expiry to now + lease.
     hold: redis::Script,
@@ -177,7 +179,9 @@ impl Scripts {
         const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 ";
         Self {
             acquire: redis::Script::new(ACQUIRE),
-            confirm: redis::Script::new(&format!("{NOW} redis.call('ZADD', KEYS[1], now, ARGV[1]) return 1")),
+            confirm: redis::Script::new(&format!(
+                "{NOW} redis.call('ZADD', KEYS[1], now, ARGV[1]) redis.call('HDEL', KEYS[2], 'disabled_until') return 1"
+            )),
             hold: redis::Script::new(&format!(
                 "{NOW} redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) return 1"
             )),
@@ -275,6 +279,10 @@ impl Limiter {
 
     /// One look: take a slot for `lease` if this waiter's turn has come and a key has room.
     pub async fn try_acquire(&self, grant_id: &str, lease: &str, ticket: f64) -> Result<Decision, LimitError> {
+        self.look(grant_id, lease, ticket, false).await
+    }
+
+    async fn look(&self, grant_id: &str, lease: &str, ticket: f64, probe: bool) -> Result<Decision, LimitError> {
         if self.keys.is_empty() {
             return Err(LimitError::EmptyPool);
         }
@@ -290,7 +298,8 @@ impl Limiter {
             .arg(lease)
             .arg(ticket)
             .arg(self.cfg.waiter_ttl.as_millis() as u64)
-            .arg(self.keys.len());
+            .arg(self.keys.len())
+            .arg(if probe { "1" } else { "0" });
         for key in self.keys.iter() {
             inv.arg(key.max_per_minute).arg(key.max_concurrent);
         }
@@ -310,22 +319,29 @@ impl Limiter {
     }
 
     /// Wait for a slot, in `ticket` order across the fleet. `lease` names the in-flight slot (one
-    /// per job); `stop` ends the wait (the waiter leaves the line).
+    /// per job); `stop` ends the wait (the waiter leaves the line). When every key is disabled,
+    /// the grant is a probe ([`Grant::probe`]) on a disabled key: fal's answer to it says whether
+    /// the key works again ([`Limiter::confirm`] re-enables it).
     pub async fn acquire(&self, lease: &str, ticket: f64, stop: &CancellationToken) -> Result<Grant, LimitError> {
         let started = Instant::now();
         let grant_id = ulid::Ulid::generate().to_string();
+        let mut probe = false;
         loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let sleep = match self.try_acquire(&grant_id, lease, ticket).await? {
+            let sleep = match self.look(&grant_id, lease, ticket, probe).await? {
                 Decision::Granted { key_id, dispatch } => {
                     // Others in line may be able to start too.
                     self.publish().await;
                     let waited = started.elapsed();
-                    return Ok(Grant { key_id, grant_id, lease: lease.to_owned(), waited, dispatch });
+                    return Ok(Grant { key_id, grant_id, lease: lease.to_owned(), waited, dispatch, probe });
                 }
                 Decision::Wait { retry_in, .. } => retry_in.unwrap_or(self.cfg.max_idle).min(self.cfg.max_idle),
+                Decision::NoHealthyKeys { .. } if !probe => {
+                    probe = true;
+                    continue;
+                }
                 Decision::NoHealthyKeys { .. } => {
                     self.leave_line(lease).await;
                     return Err(LimitError::NoHealthyKeys);
@@ -360,11 +376,11 @@ impl Limiter {
         }
     }
 
-    /// The upstream answered the submit: count the start from now, so our window entry leaves
-    /// no earlier than the upstream's.
+    /// The upstream accepted the submit: count the start from now, so our window entry leaves
+    /// no earlier than the upstream's; and the key works (a disabled one is enabled again).
     pub async fn confirm(&self, grant: &Grant) -> Result<(), LimitError> {
         let mut inv = self.scripts.confirm.prepare_invoke();
-        inv.key(self.key_k(&grant.key_id, "window")).arg(&grant.grant_id);
+        inv.key(self.key_k(&grant.key_id, "window")).key(self.key_k(&grant.key_id, "state")).arg(&grant.grant_id);
         let mut conn = self.conn.clone();
         self.timed(inv.invoke_async::<i64>(&mut conn)).await.map(|_| ())
     }

@@ -110,29 +110,51 @@ async fn the_key_with_most_room_is_chosen_and_resting_keys_are_skipped() {
     let third = l.acquire("j3", 3.0, &stop).await.expect("j3");
     assert_eq!(third.key_id, "small");
     l.release(&third.key_id, &third.lease).await.expect("release");
-    let on_big =
-        Grant { key_id: "big".into(), grant_id: "g-x".into(), lease: "j2".into(), waited: Duration::ZERO, dispatch: 0 };
+    let on_big = Grant {
+        key_id: "big".into(),
+        grant_id: "g-x".into(),
+        lease: "j2".into(),
+        waited: Duration::ZERO,
+        dispatch: 0,
+        probe: false,
+    };
     l.refused(&on_big, Duration::from_millis(400)).await.expect("cool");
     let snap = l.snapshot().await.expect("snapshot");
     let big = snap.iter().find(|k| k.id == "big").expect("big");
     assert!(big.cooling_down && big.healthy);
     assert_eq!(l.acquire("j4", 4.0, &stop).await.expect("j4").key_id, "small");
 
-    // Disabled: out of the pool; with nothing else healthy, acquiring says so at once.
+    // Disabled: out of the pool; with nothing else healthy, a look says so at once.
     let on_small = Grant {
         key_id: "small".into(),
         grant_id: "g-y".into(),
         lease: "j4".into(),
         waited: Duration::ZERO,
         dispatch: 0,
+        probe: false,
     };
     l.disable(&on_small, Duration::from_secs(60)).await.expect("disable");
-    let on_big =
-        Grant { key_id: "big".into(), grant_id: "g-z".into(), lease: "j1".into(), waited: Duration::ZERO, dispatch: 0 };
+    let on_big = Grant {
+        key_id: "big".into(),
+        grant_id: "g-z".into(),
+        lease: "j1".into(),
+        waited: Duration::ZERO,
+        dispatch: 0,
+        probe: false,
+    };
     l.disable(&on_big, Duration::from_secs(60)).await.expect("disable");
-    assert!(matches!(l.acquire("j5", 5.0, &stop).await, Err(LimitError::NoHealthyKeys)));
     let snap = l.snapshot().await.expect("snapshot");
     assert!(snap.iter().all(|k| !k.healthy), "{snap:?}");
+    assert!(matches!(l.try_acquire("g5", "j5", 5.0).await, Ok(Decision::NoHealthyKeys { .. })));
+    // With every key out, a start is still granted — as a probe; fal accepting it brings the key back.
+    let probe = l.acquire("j5", 5.0, &stop).await.expect("probe");
+    assert!(probe.probe, "{probe:?}");
+    l.confirm(&probe).await.expect("confirm");
+    let snap = l.snapshot().await.expect("snapshot");
+    assert_eq!(snap.iter().filter(|k| k.healthy).count(), 1, "{snap:?}");
+    l.release(&probe.key_id, &probe.lease).await.expect("release");
+    let after = l.acquire("j6", 6.0, &stop).await.expect("j6");
+    assert!(!after.probe && after.key_id == probe.key_id, "{after:?}");
     stop.cancel();
 }
 

@@ -401,6 +401,7 @@ impl Stack {
         e.insert("JEWELSHOT_WORKER__HEARTBEAT_SECS".into(), "1".into());
         e.insert("JEWELSHOT_WORKER__MISSED_HEARTBEATS".into(), "2".into());
         e.insert("JEWELSHOT_WEBHOOK__BACKOFF_BASE_MS".into(), "50".into());
+        e.insert("JEWELSHOT_WORKER__VACUUM_INTERVAL_SECS".into(), "1".into());
         e.insert("JEWELSHOT_WORKER__ID".into(), format!("test-worker-{}-{}", self.next_worker, ulid::Ulid::generate()));
         e.extend(self.upstream_limits_env());
         e.extend(self.opts.worker_env.clone());
@@ -489,6 +490,20 @@ impl Stack {
     pub fn worker_logs(&self) -> String {
         self.workers.iter().map(|w| format!("--- {} ---\n{}", w.name, w.log_tail())).collect::<Vec<_>>().join("\n")
     }
+}
+
+/// Bytes Redis spends on every key whose name starts with `prefix` (`MEMORY USAGE`), and how
+/// many keys there are.
+pub async fn redis_footprint(prefix: &str) -> anyhow::Result<(u64, usize)> {
+    let client = redis::Client::open(redis_url().as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+    let mut bytes = 0u64;
+    for k in &keys {
+        let used: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut conn).await?;
+        bytes += used.unwrap_or(0);
+    }
+    Ok((bytes, keys.len()))
 }
 
 /// Run a python snippet with the tool venv's interpreter (`just tools` creates it).

@@ -50,6 +50,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// Address for Prometheus metrics (`GET /metrics`), e.g. `0.0.0.0:9100`; empty = off.
     pub metrics_listen: String,
+    /// How often finished tasks' records are removed from Redis, in seconds (0 = never).
+    pub vacuum_interval_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -66,6 +68,7 @@ impl Default for WorkerSettings {
             max_result_bytes: 50 * 1024 * 1024,
             shutdown_grace_secs: 30,
             metrics_listen: String::new(),
+            vacuum_interval_secs: 30,
         }
     }
 }

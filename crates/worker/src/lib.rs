@@ -93,6 +93,39 @@ fn spawn_keep_alive(
     })
 }
 
+/// Remove finished tasks' records from Redis every `interval_secs` (see
+/// [`jewelshot_queue::vacuum_finished`]), at most 20 batches of 500 a round.
+fn spawn_vacuum(
+    mut conn: redis::aio::ConnectionManager,
+    queue: jewelshot_queue::QueueConfig,
+    interval_secs: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if interval_secs == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
+        loop {
+            tick.tick().await;
+            for _ in 0..20 {
+                match jewelshot_queue::vacuum_finished(&mut conn, &queue, 500).await {
+                    Ok(n) if n >= 500 => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(removed = n, "finished tasks removed from Redis");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not remove finished tasks from Redis");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Run until `shutdown` resolves, then stop taking jobs and give in-flight ones the grace period.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if !cfg.worker.metrics_listen.is_empty() {
@@ -143,6 +176,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .lock_tasks(false)
         .emit_events(false);
     let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), name.clone(), s.heartbeat_secs);
+    let vacuum = spawn_vacuum(conn.clone(), cfg.queue.clone(), s.vacuum_interval_secs);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
     let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
     tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
@@ -171,6 +205,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .await?;
     waker.abort();
     keep_alive.abort();
+    vacuum.abort();
     tracing::info!("worker stopped");
     Ok(())
 }

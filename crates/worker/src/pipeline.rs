@@ -362,6 +362,15 @@ async fn generate_image(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> R
                             tracing::warn!(error = %e, "could not rest the account");
                         }
                     }
+                    // Every account was out and this probe says fal still refuses: the job fails
+                    // now (requeue it once the keys are fixed).
+                    Err(e @ FalError::Unauthorized { .. }) if g.probe => {
+                        tracing::error!(key = %g.key_id, "fal still refuses every account's key");
+                        if let Err(le) = up.limiter.disable(&g, up.disabled_recheck).await {
+                            tracing::warn!(error = %le, "could not disable the account");
+                        }
+                        return failed_step(ctx, job.id, STEP, e.into()).await;
+                    }
                     Err(FalError::Unauthorized { status }) if reroutes < MAX_REROUTES => {
                         reroutes += 1;
                         tracing::error!(key = %g.key_id, status, recheck_secs = up.disabled_recheck.as_secs(),

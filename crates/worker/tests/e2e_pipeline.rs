@@ -114,6 +114,42 @@ async fn twenty_edits(storage: StorageKind) {
     let stats = stack.emulator_stats().await.expect("stats");
     assert_eq!(stats["total"]["submitted"], 20, "{stats}");
     assert!(stats["total"]["max_concurrent"].as_u64().unwrap_or(99) <= 2, "{stats}");
+    assert_redis_forgets_finished_tasks(&stack).await;
+}
+
+/// Retention: once the jobs are final, the workers' vacuum (every second here) removes their
+/// task records from Redis — nothing of theirs stays but the queue's bookkeeping.
+async fn assert_redis_forgets_finished_tasks(stack: &Stack) {
+    let client = redis::Client::open(jewelshot_testkit::redis_url().as_str()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let pattern = format!("{}*", stack.queue_name);
+    let started = Instant::now();
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("keys");
+        let mut per_task = 0usize;
+        for k in &keys {
+            let kind: String = redis::cmd("TYPE").arg(k).query_async(&mut conn).await.expect("type");
+            per_task += match kind.as_str() {
+                "hash" if k.ends_with(":data") => {
+                    redis::cmd("HLEN").arg(k).query_async::<usize>(&mut conn).await.expect("hlen")
+                }
+                "set" if k.ends_with(":done") || k.ends_with(":dead") => {
+                    redis::cmd("SCARD").arg(k).query_async::<usize>(&mut conn).await.expect("scard")
+                }
+                _ if k.contains(":meta:") => 1,
+                _ => 0,
+            };
+        }
+        if per_task == 0 {
+            println!("Redis keys left for the queue after 20 finished jobs: {}", keys.len());
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "finished tasks still in Redis: {per_task} records in {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Acceptance A2: a worker SIGKILLed after `generate-image` finished and before

@@ -147,6 +147,10 @@ async fn main() -> anyhow::Result<()> {
     let matched = displacement.iter().filter(|d| **d == 0).count();
     let worst = displacement.iter().max().copied().unwrap_or(0);
 
+    // Retention: the workers' vacuum (every second here) forgets finished tasks.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (redis_bytes, redis_keys) = jewelshot_testkit::redis_footprint(&stack.queue_name).await?;
+
     let stats: Value = stack.emulator_stats().await?;
     println!("\nper account (as the emulator saw it):");
     println!(
@@ -198,6 +202,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let all_complete = statuses.len() == 1 && statuses[0].starts_with("complete");
     let mut pass = all_complete && rejected == 0 && !over_limit;
+    println!(
+        "Redis after {jobs} finished jobs: {redis_keys} keys, {:.1} KiB for the queue, limiter and limits",
+        redis_bytes as f64 / 1024.0
+    );
     println!("\n429s seen by the emulator: {rejected} (goal 0)");
     if max_concurrent > 0 {
         println!("in progress above the limit: {} (goal never)", if over_limit { "yes" } else { "never" });
