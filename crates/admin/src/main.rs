@@ -265,11 +265,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Compress { .. } => unreachable!("handled before connecting"),
-        Cmd::Jobs { cmd: JobsCmd::Cancel { id } } => match db.cancel_queued_any(id).await? {
-            Some(_) => println!("job {id} canceled"),
+        Cmd::Jobs { cmd: JobsCmd::Cancel { id } } => match db.cancel_any(id).await? {
+            Some(_) => println!("job {id} canceled (a running fal request is canceled by its worker)"),
             None => match db.job(id).await? {
                 None => bail!("no job {id}"),
-                Some(j) => bail!("job {id} is {}; only queued jobs can be canceled", j.status),
+                Some(j) => bail!("job {id} is {}; only queued or processing jobs can be canceled", j.status),
             },
         },
         Cmd::Requeue { failed, stuck, jobs, since, user, error_code, dry_run, from_start, limit } => {

@@ -87,7 +87,6 @@ pub struct QueueCounts {
     pub canceled: i64,
 }
 
-/// The one INSERT of a new job, on a plain connection or inside a transaction.
 /// Insert a job row (inside the caller's transaction). With `queued_cap`, the user's submissions
 /// serialise on an advisory lock and the insert is refused once they have that many jobs waiting.
 async fn insert_row(
@@ -392,13 +391,16 @@ impl Db {
     }
 
     /// Cancel `user`'s job if it is still waiting.
-    pub async fn cancel_queued(&self, id: JobId, user: UserId) -> Result<CancelOutcome> {
+    /// Cancel a waiting or running job. A running one ends `canceled` here at once; its worker
+    /// sees that, cancels the request at fal and writes nothing more (every later write of the
+    /// worker is conditional on the job not being final).
+    pub async fn cancel_job(&self, id: JobId, user: UserId) -> Result<CancelOutcome> {
         let row = self
             .conn()
             .await?
             .query_opt(
                 "UPDATE jobs SET status = 'canceled', finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND user_id = $2 AND status = 'queued' RETURNING *",
+                  WHERE id = $1 AND user_id = $2 AND status IN ('queued', 'processing') RETURNING *",
                 &[&id.to_string(), &user.to_string()],
             )
             .await?;
@@ -409,6 +411,12 @@ impl Db {
             None => CancelOutcome::NotFound,
             Some(job) => CancelOutcome::NotCancelable(job.status),
         })
+    }
+
+    /// Whether the job was canceled (a worker asks while it waits on fal).
+    pub async fn is_canceled(&self, id: JobId) -> Result<bool> {
+        let row = self.conn().await?.query_opt("SELECT status FROM jobs WHERE id = $1", &[&id.to_string()]).await?;
+        Ok(row.is_some_and(|r| r.get::<_, String>(0) == "canceled"))
     }
 
     /// Mean seconds a `generate-image` step took over the last hour.

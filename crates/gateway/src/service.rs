@@ -241,7 +241,7 @@ pub async fn list(
 }
 
 pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
-    match state.db.cancel_queued(id, user.id).await? {
+    match state.db.cancel_job(id, user.id).await? {
         CancelOutcome::Canceled(job) => {
             tracing::info!(job_id = %id, "job canceled");
             view(state, &job).await
@@ -249,7 +249,7 @@ pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView,
         CancelOutcome::NotFound => Err(ApiError::JobNotFound),
         CancelOutcome::NotCancelable(status) => Err(ApiError::Conflict {
             code: "job-not-cancelable",
-            message: format!("the job is {status}; only queued jobs can be canceled"),
+            message: format!("the job is {status}; only queued or processing jobs can be canceled"),
         }),
     }
 }

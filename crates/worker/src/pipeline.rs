@@ -56,6 +56,8 @@ enum StepFailure {
     Retry { code: &'static str, message: String, retry_after: Option<Duration> },
     /// The worker is stopping: hand the job back now (checkpoints kept, nothing lost).
     Shutdown,
+    /// The job was canceled while it ran: stop, write nothing more.
+    Canceled,
 }
 
 impl From<FalError> for StepFailure {
@@ -162,6 +164,7 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
         match run_steps(ctx, &job, &mut grant).await {
             Ok(()) => return Ok(()),
             Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message).await,
+            Err(StepFailure::Canceled) => return Ok(()),
             Err(StepFailure::Shutdown) => {
                 // Back in line without spending the attempt; another worker resumes it at once.
                 ctx.db.release_job(job.id).await?;
@@ -218,7 +221,7 @@ async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result
 async fn failed_step<T>(ctx: &Ctx, job: JobId, step: StepName, f: StepFailure) -> Result<T, StepFailure> {
     let msg = match &f {
         StepFailure::Fatal { message, .. } | StepFailure::Retry { message, .. } => message.clone(),
-        StepFailure::Shutdown => return Err(f),
+        StepFailure::Shutdown | StepFailure::Canceled => return Err(f),
     };
     ctx.db.fail_step(job, step, &msg).await?;
     Err(f)
@@ -402,9 +405,26 @@ async fn generate_image(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> R
             }
         }
     };
+    // A job canceled while fal works on it: cancel the request at fal and stop (every 2 s).
+    let canceled = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if ctx.db.is_canceled(job.id).await.unwrap_or(false) {
+                return;
+            }
+        }
+    };
     let outcome = tokio::select! {
         r = wait_for_result(client, &request, &ctx.shutdown) => r,
         () = renew => unreachable!("the renewal loop never ends"),
+        () = canceled => {
+            let answer = client.cancel(&request).await;
+            tracing::info!(request_id = %request.request_id, ?answer, "job canceled: fal request canceled");
+            release_slot(ctx, &key_id, job.id).await;
+            return Err(StepFailure::Canceled);
+        }
     };
     match outcome {
         Ok(image) => {

@@ -170,3 +170,49 @@ async fn e2e_scheduled_job_starts_on_time_not_before() {
     assert!(late >= chrono::Duration::zero(), "dispatched {} ms early", -late.num_milliseconds());
     assert!(late < chrono::Duration::seconds(1), "dispatched {} ms late", late.num_milliseconds());
 }
+
+/// Cancel (issue D): `DELETE` on a processing job answers 200 `canceled` at once; its worker
+/// cancels the request at fal, frees the account's slot (the next job runs) and writes no result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cancel_a_processing_job_at_fal() {
+    let opts = StackOptions {
+        emulator_args: ["--latency-ms", "3000-3500", "--max-concurrent", "1", "--max-per-minute", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..Default::default()
+    };
+    let mut stack = Stack::start(opts).await.expect("stack");
+    let (_, key, _) = stack.user("cancel@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    let ids = submit_all(&stack, &key, &input, 2, "cancel").await;
+    stack.start_worker(&[("JEWELSHOT_WORKER__CONCURRENCY", "2")]).expect("worker");
+    let started = Instant::now();
+    loop {
+        let stats = stack.emulator_stats().await.expect("stats");
+        if stats["total"]["in_progress"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing started: {stats}\n{}", stack.worker_logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = stack
+        .http
+        .delete(format!("{}/api/jobs/{}", stack.gateway_url(), ids[0]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "canceled", "{body}");
+
+    let second = stack.wait_final(&key, &ids[1], Duration::from_secs(30)).await.expect("second");
+    assert_eq!(second["status"], "complete", "the freed slot served the next job: {second}");
+    let stats = stack.emulator_stats().await.expect("stats");
+    assert_eq!(stats["total"]["canceled"].as_u64(), Some(1), "fal was asked to cancel: {stats}");
+    let (_, first) = stack.get_job(&key, &ids[0]).await.expect("poll");
+    assert_eq!(first["status"], "canceled", "{first}");
+    assert!(first["imageUrl"].is_null(), "{first}");
+    assert_eq!(stack.db.db.gallery_count_for_job(ids[0].parse().expect("id")).await.expect("count"), 0);
+}

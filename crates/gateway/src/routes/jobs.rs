@@ -105,7 +105,8 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
-/// Cancel a queued job.
+/// Cancel a queued or processing job. A processing one ends `canceled` at once; its worker
+/// cancels the request at fal within a few seconds and stores nothing.
 #[utoipa::path(
     delete, path = "/api/jobs/{job_id}", tag = "jobs",
     params(("job_id" = String, Path, description = "The job id")),
@@ -113,7 +114,7 @@ pub async fn list(
         (status = 200, description = "Canceled", body = JobView),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 404, description = "No such job, or not yours", body = ErrorBody),
-        (status = 409, description = "Already running or finished", body = ErrorBody),
+        (status = 409, description = "`job-not-cancelable`: already finished", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
