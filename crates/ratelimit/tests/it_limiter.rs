@@ -12,6 +12,18 @@ use std::{
 use jewelshot_ratelimit::{Decision, Grant, LimitError, Limiter, LimiterConfig, PoolKey, WindowLimiter};
 use tokio_util::sync::CancellationToken;
 
+/// A grant as a worker would hold it, for the calls that act on one.
+fn grant(key_id: &str, grant_id: &str, lease: &str) -> Grant {
+    Grant {
+        key_id: key_id.into(),
+        grant_id: grant_id.into(),
+        lease: lease.into(),
+        waited: Duration::ZERO,
+        dispatch: 0,
+        probe: false,
+    }
+}
+
 fn key(id: &str, per_minute: u32, concurrent: u32) -> PoolKey {
     PoolKey { id: id.into(), max_per_minute: per_minute, max_concurrent: concurrent }
 }
@@ -110,14 +122,7 @@ async fn the_key_with_most_room_is_chosen_and_resting_keys_are_skipped() {
     let third = l.acquire("j3", 3.0, &stop).await.expect("j3");
     assert_eq!(third.key_id, "small");
     l.release(&third.key_id, &third.lease).await.expect("release");
-    let on_big = Grant {
-        key_id: "big".into(),
-        grant_id: "g-x".into(),
-        lease: "j2".into(),
-        waited: Duration::ZERO,
-        dispatch: 0,
-        probe: false,
-    };
+    let on_big = grant("big", "g-x", "j2");
     l.refused(&on_big, Duration::from_millis(400)).await.expect("cool");
     let snap = l.snapshot().await.expect("snapshot");
     let big = snap.iter().find(|k| k.id == "big").expect("big");
@@ -125,23 +130,9 @@ async fn the_key_with_most_room_is_chosen_and_resting_keys_are_skipped() {
     assert_eq!(l.acquire("j4", 4.0, &stop).await.expect("j4").key_id, "small");
 
     // Disabled: out of the pool; with nothing else healthy, a look says so at once.
-    let on_small = Grant {
-        key_id: "small".into(),
-        grant_id: "g-y".into(),
-        lease: "j4".into(),
-        waited: Duration::ZERO,
-        dispatch: 0,
-        probe: false,
-    };
+    let on_small = grant("small", "g-y", "j4");
     l.disable(&on_small, Duration::from_secs(60)).await.expect("disable");
-    let on_big = Grant {
-        key_id: "big".into(),
-        grant_id: "g-z".into(),
-        lease: "j1".into(),
-        waited: Duration::ZERO,
-        dispatch: 0,
-        probe: false,
-    };
+    let on_big = grant("big", "g-z", "j1");
     l.disable(&on_big, Duration::from_secs(60)).await.expect("disable");
     let snap = l.snapshot().await.expect("snapshot");
     assert!(snap.iter().all(|k| !k.healthy), "{snap:?}");
