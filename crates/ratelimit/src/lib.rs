@@ -18,7 +18,12 @@
 //! release is published on a channel (woken within milliseconds) or until the time the script says
 //! a window entry ages out — never spinning.
 //!
+//! Fresh jobs wait in the **dispatch line** ([`line`](crate::LineEntry)): fair between users,
+//! `high` first at a share, and a dispatcher takes the head together with a slot in one script.
+//!
 //! ## Layout
+//! - `line` — the dispatch line: [`Limiter::enqueue`], [`Limiter::dispatch`], [`Limiter::claim`],
+//!   [`Limiter::position`].
 //! - [`WindowLimiter`] — a per-subject sliding-window counter (the gateway's per-user submit rate).
 //! - [`PoolKey`] — one account's id and limits; [`Limiter`] — acquire, confirm, renew, release,
 //!   cool down (429), disable (401/403), and [`Limiter::snapshot`] for `GET /api/queue`.
@@ -34,7 +39,11 @@ use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-const ACQUIRE: &str = include_str!("acquire.lua");
+mod line;
+
+pub use line::{DispatchOptions, Dispatched, Enqueued, LineEntry, LinePlace};
+
+const ACQUIRE: &str = concat!(include_str!("clock.lua"), include_str!("pool.lua"), include_str!("acquire.lua"));
 
 /// One upstream account and its limits (0 = unlimited).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +107,8 @@ pub enum LimitError {
     Canceled,
     #[error("the key pool is empty")]
     EmptyPool,
+    #[error("unreadable limiter state: {0}")]
+    Corrupt(String),
 }
 
 /// Permission to start one upstream request: the key to use and the slot it holds.
@@ -172,6 +183,7 @@ struct Scripts {
     hold: redis::Script,
     /// Set a key's `cool_until`/`disabled_until` and drop one grant's window entry and lease.
     until: redis::Script,
+    line: line::Scripts,
 }
 
 impl Scripts {
@@ -189,6 +201,7 @@ impl Scripts {
                 "{NOW} redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2])) \
                  redis.call('ZREM', KEYS[2], ARGV[3]) redis.call('ZREM', KEYS[3], ARGV[4]) return 1"
             )),
+            line: line::Scripts::new(),
         }
     }
 }
@@ -214,6 +227,16 @@ impl Limiter {
 
     pub fn keys(&self) -> &[PoolKey] {
         &self.keys
+    }
+
+    /// Notified whenever a slot may have freed or work arrived (see [`Limiter::spawn_waker`]).
+    pub fn wake_signal(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The longest a waiter sleeps between two looks.
+    pub fn max_idle(&self) -> Duration {
+        self.cfg.max_idle
     }
 
     fn k(&self, what: &str) -> String {

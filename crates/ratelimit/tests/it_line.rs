@@ -1,0 +1,211 @@
+//! The dispatch line against a real Redis: fair between users, FIFO within one, `high` first at
+//! the configured share, positions equal to the real dispatch order, scheduled jobs, handoffs.
+
+use std::time::Duration;
+
+use jewelshot_ratelimit::{
+    DispatchOptions, Dispatched, Enqueued, Limiter, LimiterConfig, LineEntry, LinePlace, PoolKey,
+};
+
+const BURST: u32 = 4;
+
+async fn limiter(keys: Vec<PoolKey>) -> (Limiter, String) {
+    let url = jewelshot_testkit::redis_url();
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let conn = client.get_connection_manager().await.expect("redis");
+    let prefix = format!("jewelshot-test:line:{}", ulid::Ulid::generate());
+    let limiter = Limiter::new(conn, LimiterConfig::new(prefix.clone()), keys);
+    (limiter, prefix)
+}
+
+fn unlimited() -> Vec<PoolKey> {
+    vec![PoolKey { id: "k".into(), max_per_minute: 0, max_concurrent: 0 }]
+}
+
+fn opts(prefix: &str) -> DispatchOptions {
+    DispatchOptions { high_burst: BURST, ahead: 0, ready_list: format!("{prefix}:ready") }
+}
+
+fn job(seq: i64, user: &str, high: bool) -> LineEntry {
+    LineEntry { seq, high, user: user.into(), job: format!("job-{seq}") }
+}
+
+/// Dispatch until the line is empty; the jobs in dispatch order.
+async fn drain(l: &Limiter, o: &DispatchOptions) -> Vec<LineEntry> {
+    let mut out = Vec::new();
+    loop {
+        match l.dispatch(o, false).await.expect("dispatch") {
+            Dispatched::Job { entry, .. } => out.push(entry),
+            Dispatched::Empty { .. } => return out,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Acceptance C3: user A queues 200 jobs, then user B queues 1 → B's job is among the next
+/// dispatches (at most the number of users with queued work), and A's stay FIFO.
+#[tokio::test]
+async fn a_second_user_is_not_stuck_behind_a_backlog() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let o = opts(&prefix);
+    for seq in 1..=200 {
+        l.enqueue(&job(seq, "ana", false), None).await.expect("enqueue");
+    }
+    // One of A's jobs is already under way when B arrives.
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+    l.enqueue(&job(201, "ben", false), None).await.expect("enqueue");
+    assert_eq!(l.position(&job(201, "ben", false), BURST).await.expect("position"), LinePlace::Queued(2));
+
+    let order = drain(&l, &o).await;
+    let b_at = order.iter().position(|e| e.user == "ben").expect("B dispatched") + 1;
+    assert!(b_at <= 2, "B's job was dispatch #{b_at} after A's 200");
+    let a: Vec<i64> = order.iter().filter(|e| e.user == "ana").map(|e| e.seq).collect();
+    assert_eq!(a, (2..=200).collect::<Vec<_>>(), "one user's jobs stay FIFO");
+}
+
+/// Round-robin between three users however unevenly they queued.
+#[tokio::test]
+async fn users_take_turns() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let mut seq = 0;
+    for (user, n) in [("ana", 6), ("ben", 2), ("cy", 3)] {
+        for _ in 0..n {
+            seq += 1;
+            l.enqueue(&job(seq, user, false), None).await.expect("enqueue");
+        }
+    }
+    let users: Vec<String> = drain(&l, &opts(&prefix)).await.into_iter().map(|e| e.user).collect();
+    assert_eq!(users, ["ana", "ben", "cy", "ana", "ben", "cy", "ana", "cy", "ana", "ana", "ana"]);
+}
+
+/// Acceptance C4: 20 `high` jobs submitted behind 100 `normal` ones start before the remaining
+/// normal ones, while normal jobs still get 1 in every `BURST + 1` dispatches.
+#[tokio::test]
+async fn high_goes_first_but_normal_keeps_its_share() {
+    let (l, prefix) = limiter(unlimited()).await;
+    for seq in 1..=100 {
+        l.enqueue(&job(seq, &format!("u{}", seq % 7), false), None).await.expect("enqueue");
+    }
+    for seq in 101..=120 {
+        l.enqueue(&job(seq, &format!("u{}", seq % 3), true), None).await.expect("enqueue");
+    }
+    let order = drain(&l, &opts(&prefix)).await;
+    let classes: String = order.iter().map(|e| if e.high { 'H' } else { 'N' }).collect();
+    assert_eq!(&classes[..25], "HHHHNHHHHNHHHHNHHHHNHHHHN", "{classes}");
+    assert!(classes[25..].chars().all(|c| c == 'N'));
+    assert_eq!(order.len(), 120);
+}
+
+/// Acceptance C7 (line level): with no new arrivals, every job's reported position equals the
+/// number of jobs dispatched before it, plus one — across users, both classes and a streak in
+/// progress.
+#[tokio::test]
+async fn positions_equal_the_dispatch_order() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let o = opts(&prefix);
+    // A deterministic mix: 5 users of uneven weight, one job in 3 high.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut jobs = Vec::new();
+    for seq in 1..=300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let user = format!("u{}", [0, 0, 0, 1, 1, 2, 3, 4][(x % 8) as usize]);
+        let e = job(seq, &user, x % 3 == 0);
+        l.enqueue(&e, None).await.expect("enqueue");
+        jobs.push(e);
+        // Dispatch some while others arrive, so virtual time and the streak are mid-flight.
+        if seq % 10 == 0 {
+            for _ in 0..2 {
+                l.dispatch(&o, false).await.expect("dispatch");
+            }
+        }
+    }
+    let mut reported = std::collections::HashMap::new();
+    for e in &jobs {
+        if let LinePlace::Queued(p) = l.position(e, BURST).await.expect("position") {
+            reported.insert(e.job.clone(), p);
+        }
+    }
+    assert!(reported.len() > 200, "most jobs are still queued");
+    let highs_left = jobs.iter().filter(|e| e.high && reported.contains_key(&e.job)).count();
+    assert!(highs_left > 20, "both classes are deep enough to interleave: {highs_left} highs");
+    let order = drain(&l, &o).await;
+    assert_eq!(order.len(), reported.len());
+    for (i, e) in order.iter().enumerate() {
+        assert_eq!(reported[&e.job], i as u64 + 1, "{} reported {} but went #{}", e.job, reported[&e.job], i + 1);
+    }
+}
+
+/// A scheduled job waits outside the line (position 0), says when it is due, then joins.
+#[tokio::test]
+async fn scheduled_jobs_join_the_line_when_due() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let o = opts(&prefix);
+    let e = job(1, "ana", false);
+    let due = unix_ms() + 400;
+    assert_eq!(l.enqueue(&e, Some(due)).await.expect("enqueue"), Enqueued::Scheduled);
+    assert_eq!(l.position(&e, BURST).await.expect("position"), LinePlace::Scheduled);
+    match l.dispatch(&o, false).await.expect("dispatch") {
+        Dispatched::Empty { next_due: Some(d) } => assert!(d <= Duration::from_millis(400), "{d:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A dispatched job holds a slot until a worker claims it; a claim happens once; a failed handoff
+/// puts the job back at the head and frees the slot; a canceled job leaves the line.
+#[tokio::test]
+async fn handoff_claim_undispatch_and_remove() {
+    let (l, prefix) = limiter(vec![PoolKey { id: "k".into(), max_per_minute: 0, max_concurrent: 1 }]).await;
+    let o = opts(&prefix);
+    let (a, b, c) = (job(1, "ana", false), job(2, "ben", false), job(3, "cy", false));
+    for e in [&a, &b, &c] {
+        l.enqueue(e, None).await.expect("enqueue");
+    }
+    let Dispatched::Job { entry, tag, grant } = l.dispatch(&o, false).await.expect("dispatch") else {
+        panic!("a dispatch")
+    };
+    assert_eq!(entry, a);
+    assert_eq!(l.position(&a, BURST).await.expect("position"), LinePlace::Dispatched);
+    assert_eq!(l.enqueue(&a, None).await.expect("enqueue"), Enqueued::AlreadyDispatched);
+    // The one slot is taken.
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::NoSlot { .. }));
+
+    l.undispatch(&entry, tag, &grant).await.expect("undispatch");
+    assert_eq!(l.position(&a, BURST).await.expect("position"), LinePlace::Queued(1));
+    let Dispatched::Job { entry, grant, .. } = l.dispatch(&o, false).await.expect("dispatch") else {
+        panic!("a dispatch")
+    };
+    assert_eq!(entry, a, "back at the head of the line");
+    let claimed = l.claim(&a.job).await.expect("claim").expect("a grant to claim");
+    assert_eq!((claimed.key_id.as_str(), claimed.grant_id.as_str()), ("k", grant.grant_id.as_str()));
+    assert_eq!(l.claim(&a.job).await.expect("claim"), None, "claimed once");
+    assert_eq!(l.position(&a, BURST).await.expect("position"), LinePlace::Absent);
+
+    assert!(l.remove(&b).await.expect("remove"));
+    assert_eq!(l.position(&c, BURST).await.expect("position"), LinePlace::Queued(1));
+    l.release("k", &a.job).await.expect("release");
+    let Dispatched::Job { entry, .. } = l.dispatch(&o, false).await.expect("dispatch") else { panic!("a dispatch") };
+    assert_eq!(entry, c);
+}
+
+/// The work queue stays short: no dispatch while `ahead` dispatched jobs wait for a worker.
+#[tokio::test]
+async fn dispatch_stops_while_workers_have_enough_ready() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let o = DispatchOptions { ahead: 2, ..opts(&prefix) };
+    l.enqueue(&job(1, "ana", false), None).await.expect("enqueue");
+    let url = jewelshot_testkit::redis_url();
+    let mut conn =
+        redis::Client::open(url.as_str()).expect("url").get_multiplexed_async_connection().await.expect("redis");
+    redis::cmd("RPUSH").arg(&o.ready_list).arg("x").arg("y").query_async::<i64>(&mut conn).await.expect("rpush");
+    assert_eq!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::WorkersBusy);
+    redis::cmd("LPOP").arg(&o.ready_list).query_async::<String>(&mut conn).await.expect("lpop");
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+}
