@@ -13,7 +13,9 @@ use crate::job::{JobStatus, Priority, StepName, StepStatus};
 pub struct JobView {
     pub job_id: String,
     pub status: JobStatus,
-    /// 1 = next to run; 0 once no longer waiting (or while scheduled for later).
+    /// The job's rank in the real dispatch order (fair between users, `high` first at a share):
+    /// 1 = next to run; 0 once no longer waiting (or while scheduled for later). With no new
+    /// arrivals it only falls; it can rise when higher-priority or fair-share work arrives.
     pub queue_position: i64,
     /// Estimated seconds until the job completes; absent when unknown.
     pub eta_seconds: Option<i64>,
@@ -52,6 +54,7 @@ pub struct ErrorView {
 pub struct SubmittedView {
     pub job_id: String,
     pub status: JobStatus,
+    /// As in [`JobView::queue_position`].
     pub queue_position: i64,
     pub eta_seconds: Option<i64>,
     pub status_url: String,

@@ -61,6 +61,9 @@ pub struct FalConfig {
     /// Prefix of the limiter's Redis keys; empty = `<queue name>:upstream`. Every process that
     /// shares fal accounts must share it.
     pub limiter_prefix: String,
+    /// `high` jobs dispatched in a row while `normal` work waits, before one `normal` (4: normal
+    /// jobs get at least 1 in 5 dispatches). Gateways read it too, to report positions.
+    pub high_burst: u32,
 }
 
 /// One account of the pool. Limits left out take the pool-wide defaults.
@@ -90,6 +93,7 @@ impl Default for FalConfig {
             slot_lease_ms: 120_000,
             disabled_recheck_secs: 600,
             limiter_prefix: String::new(),
+            high_burst: 4,
         }
     }
 }

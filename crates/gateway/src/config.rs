@@ -49,11 +49,19 @@ impl Default for UserLimits {
 }
 
 /// What the gateway reads of `JEWELSHOT_FAL__*` (it never holds fal keys).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FalSettings {
     /// The workers' limiter prefix; empty = `<queue name>:upstream`.
     pub limiter_prefix: String,
+    /// The workers' `high_burst` (highs in a row before one normal), to report positions.
+    pub high_burst: u32,
+}
+
+impl Default for FalSettings {
+    fn default() -> Self {
+        Self { limiter_prefix: String::new(), high_burst: 4 }
+    }
 }
 
 impl FalSettings {

@@ -9,6 +9,7 @@ use jewelshot_domain::{
     view::{JobPage, JobView, SubmittedView},
     EditRequest, JobId, JobStatus, NewEdit, Priority, ValidationError,
 };
+use jewelshot_ratelimit::{LineEntry, LinePlace};
 
 use crate::{
     error::{ApiError, RateHeaders},
@@ -104,7 +105,7 @@ pub async fn submit(
             match state.db.insert_job_idempotent(id, user.id, &edit, max_attempts, &key, &request_hash, cap).await? {
                 jewelshot_db::jobs::Inserted::New(job) => *job,
                 jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
-                    let position = state.db.queue_position(&job).await?;
+                    let position = position(state, &job).await?;
                     return Ok(Submitted::Replayed(
                         rate,
                         SubmittedView {
@@ -125,14 +126,15 @@ pub async fn submit(
             }
         }
     };
-    if let Err(e) = state.queue.push(id, edit.run_at).await {
-        // Nothing half-written: without a queue entry the job row must not stay either.
+    let due = edit.run_at.map(|t| t.timestamp_millis());
+    if let Err(e) = state.limiter.enqueue(&line_entry(&job), due).await {
+        // Nothing half-written: without a place in line the job row must not stay either.
         if let Err(del) = state.db.delete_unqueued_job(id).await {
             tracing::error!(job_id = %id, error = %del, "could not remove a job whose enqueue failed");
         }
-        return Err(e.into());
+        return Err(ApiError::Unavailable { what: "the queue", retry_after_secs: 2, cause: e.to_string() });
     }
-    let position = state.db.queue_position(&job).await?;
+    let position = position(state, &job).await?;
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
         .increment(1);
     tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
@@ -177,9 +179,36 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::JobNotFound)
 }
 
+/// The job as the dispatch line knows it.
+pub fn line_entry(job: &JobRow) -> LineEntry {
+    LineEntry {
+        seq: job.seq,
+        high: job.priority == Priority::High,
+        user: job.user_id.to_string(),
+        job: job.id.to_string(),
+    }
+}
+
+/// The job's place in the real dispatch order (1 = next; 0 when not waiting or not yet due):
+/// one O(log n) look at the line. A job the line does not hold (requeued by an operator, waiting
+/// among retries) or a line that cannot be reached falls back to Postgres's submit-order count.
+pub async fn position(state: &AppState, job: &JobRow) -> Result<i64, ApiError> {
+    if job.status != JobStatus::Queued {
+        return Ok(0);
+    }
+    match state.limiter.position(&line_entry(job), state.cfg.fal.high_burst).await {
+        Ok(LinePlace::Queued(p)) => return Ok(p as i64),
+        Ok(LinePlace::Scheduled) => return Ok(0),
+        Ok(LinePlace::Dispatched) => return Ok(1),
+        Ok(LinePlace::Absent) => {}
+        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; position from Postgres"),
+    }
+    Ok(state.db.queue_position(job).await?)
+}
+
 pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
     let steps = state.db.steps(job.id).await?;
-    let position = state.db.queue_position(job).await?;
+    let position = position(state, job).await?;
     let eta = match job.status {
         JobStatus::Queued if position > 0 => state.eta_seconds(position).await,
         _ => None,
@@ -244,6 +273,11 @@ pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView,
     match state.db.cancel_job(id, user.id).await? {
         CancelOutcome::Canceled(job) => {
             tracing::info!(job_id = %id, "job canceled");
+            // Out of line now, so positions behind it move up at once (a dispatcher that still
+            // hands it out finds it canceled and gives its slot back).
+            if let Err(e) = state.limiter.remove(&line_entry(&job)).await {
+                tracing::warn!(job_id = %id, error = %e, "could not take a canceled job out of line");
+            }
             view(state, &job).await
         }
         CancelOutcome::NotFound => Err(ApiError::JobNotFound),

@@ -142,9 +142,18 @@ pub async fn connect(cfg: &QueueConfig) -> Result<ConnectionManager, QueueError>
 
 impl Queue {
     pub async fn connect(cfg: &QueueConfig) -> Result<Self, QueueError> {
-        let conn = connect(cfg).await?;
+        Ok(Self::with_connection(connect(cfg).await?, cfg))
+    }
+
+    /// A queue over an open connection.
+    pub fn with_connection(conn: ConnectionManager, cfg: &QueueConfig) -> Self {
         let storage = RedisStorage::new(conn.clone()).with_config(apalis_config(cfg));
-        Ok(Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms) })
+        Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms) }
+    }
+
+    /// The list of tasks ready to be fetched (the dispatchers keep it short).
+    pub fn ready_list(&self) -> String {
+        self.storage.get_config().active_jobs_list()
     }
 
     /// Push `job` to run now, or at `run_at`.

@@ -52,6 +52,9 @@ pub struct WorkerSettings {
     pub metrics_listen: String,
     /// How often finished tasks' records are removed from Redis, in seconds (0 = never).
     pub vacuum_interval_secs: u64,
+    /// Dispatched jobs that may wait in the work queue for a worker (0 = `concurrency`): the
+    /// dispatchers stop there, so the queue stays short however long the line.
+    pub dispatch_ahead: u32,
 }
 
 impl Default for WorkerSettings {
@@ -69,6 +72,7 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 30,
             metrics_listen: String::new(),
             vacuum_interval_secs: 30,
+            dispatch_ahead: 0,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Config {
         anyhow::ensure!(self.worker.concurrency > 0, "JEWELSHOT_WORKER__CONCURRENCY must be at least 1");
         anyhow::ensure!(self.worker.heartbeat_secs > 0, "JEWELSHOT_WORKER__HEARTBEAT_SECS must be at least 1");
         crate::upstream::resolve_pool(&self.fal)?;
+        anyhow::ensure!(self.fal.high_burst > 0, "JEWELSHOT_FAL__HIGH_BURST must be at least 1");
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! - [`config`] — `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
 //! - [`pipeline`] — one job as three recorded, resumable steps.
 //! - [`upstream`] — the fal account pool and the fleet-wide limiter in front of it.
+//! - [`dispatcher`] — moves jobs from the dispatch line to the work queue as slots free up.
 //! - [`webhook`] — signed, SSRF-guarded webhook delivery.
 //! - [`backoff`] — retry delays.
 //! - [`poll`] — a polling strategy that keeps idle workers awake (works around apalis-core).
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod dispatcher;
 pub mod pipeline;
 pub mod poll;
 pub mod upstream;
@@ -175,6 +177,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .missed_heartbeats(s.missed_heartbeats)
         .lock_tasks(false)
         .emit_events(false);
+    let queue = jewelshot_queue::Queue::with_connection(conn.clone(), &cfg.queue);
+    let dispatch = jewelshot_ratelimit::DispatchOptions {
+        high_burst: cfg.fal.high_burst,
+        ahead: if s.dispatch_ahead == 0 { s.concurrency as u32 } else { s.dispatch_ahead },
+        ready_list: queue.ready_list(),
+    };
+    let dispatcher = dispatcher::spawn(ctx.upstream.limiter.clone(), queue, dispatch, token.clone());
     let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), name.clone(), s.heartbeat_secs);
     let vacuum = spawn_vacuum(conn.clone(), cfg.queue.clone(), s.vacuum_interval_secs);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
@@ -204,6 +213,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         })
         .await?;
     waker.abort();
+    dispatcher.abort();
     keep_alive.abort();
     vacuum.abort();
     tracing::info!("worker stopped");

@@ -128,14 +128,19 @@ pub struct Saved {
 pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
     // A job that will start a fal request waits for upstream capacity first, while it is still
     // `queued`: it keeps its place in line and spends no attempt.
-    let mut grant = None;
+    // A job the dispatcher handed out comes with its slot.
+    let mut grant = claim_slot(ctx, job_id).await;
     if let Some(waiting) = needs_submit(ctx, job_id).await? {
-        match acquire_slot(ctx, &waiting).await {
-            Ok(g) => grant = Some(g),
-            Err(StepFailure::Shutdown) => return Err(HandBack::Shutdown),
-            // generate-image meets the same trouble again and handles it as a step failure.
-            Err(_) => {}
+        if grant.is_none() {
+            match acquire_slot(ctx, &waiting).await {
+                Ok(g) => grant = Some(g),
+                Err(StepFailure::Shutdown) => return Err(HandBack::Shutdown),
+                // generate-image meets the same trouble again and handles it as a step failure.
+                Err(_) => {}
+            }
         }
+    } else if let Some(g) = grant.take() {
+        unused_slot(ctx, &g).await;
     }
     let Some(mut job) = ctx.db.begin_attempt(job_id, &ctx.worker_id).await? else {
         if let Some(g) = grant.take() {
@@ -266,7 +271,19 @@ async fn wait_until_due(ctx: &Ctx, job: &JobRow) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Wait for a slot on some fal account, in submit order across the fleet.
+/// The slot the dispatcher took for this job, if it did (and it has not expired).
+async fn claim_slot(ctx: &Ctx, job: JobId) -> Option<Grant> {
+    match ctx.upstream.limiter.claim(&job.to_string()).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim the dispatched slot; waiting for one");
+            None
+        }
+    }
+}
+
+/// Wait for a slot on some fal account, in submit order across the fleet (retries, resumed
+/// and requeued jobs: fresh jobs come with a slot from the dispatcher).
 async fn acquire_slot(ctx: &Ctx, job: &JobRow) -> Result<Grant, StepFailure> {
     let lease = job.id.to_string();
     match ctx.upstream.limiter.acquire(&lease, job.seq as f64, &ctx.shutdown).await {

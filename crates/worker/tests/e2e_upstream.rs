@@ -216,3 +216,78 @@ async fn e2e_cancel_a_processing_job_at_fal() {
     assert!(first["imageUrl"].is_null(), "{first}");
     assert_eq!(stack.db.db.gallery_count_for_job(ids[0].parse().expect("id")).await.expect("count"), 0);
 }
+
+/// Acceptance C3, C4 and C7 end to end: user A queues 30 jobs, user B then 1, user C (plan
+/// `pro`) then 5 `high` ones, while no worker runs. One account runs one request at a time, so
+/// the dispatch numbers the workers record are the order jobs started. C's highs go first, but
+/// a normal job gets every fifth dispatch; B's one job is not stuck behind A's 30; and every
+/// job's position, polled before the workers started, equals its place in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_dispatch_is_fair_with_priorities_and_positions_are_exact() {
+    let opts = StackOptions {
+        emulator_args: ["--latency-ms", "20-40", "--max-concurrent", "1", "--max-per-minute", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(opts).await.expect("stack");
+    let (_, a, _) = stack.user("a@example.com").await.expect("user");
+    let (_, b, _) = stack.user("b@example.com").await.expect("user");
+    let c_user = stack.db.db.create_user("c@example.com", "pro").await.expect("pro user");
+    let c = stack.db.db.create_api_key(c_user.id, "test").await.expect("key").key;
+    let input = stack.input_photo_url(&a).await.expect("input");
+
+    let a_ids = submit_all(&stack, &a, &input, 30, "a").await;
+    let b_ids = submit_all(&stack, &b, &input, 1, "b").await;
+    let mut c_ids = Vec::new();
+    for i in 0..5 {
+        let body = json!({ "image_url": input, "prompt": format!("c #{i}"), "priority": "high" });
+        let (status, r) = stack.submit(&c, &body).await.expect("submit");
+        assert_eq!(status, 202, "{r}");
+        c_ids.push(r["jobId"].as_str().expect("jobId").to_owned());
+    }
+    let owners: Vec<(&str, &String)> = a_ids
+        .iter()
+        .map(|id| (a.as_str(), id))
+        .chain(b_ids.iter().map(|id| (b.as_str(), id)))
+        .chain(c_ids.iter().map(|id| (c.as_str(), id)))
+        .collect();
+    let mut reported = HashMap::new();
+    for (key, id) in &owners {
+        let (_, job) = stack.get_job(key, id).await.expect("poll");
+        reported.insert((*id).clone(), job["queuePosition"].as_i64().expect("queuePosition"));
+    }
+
+    stack.start_worker(&[]).expect("worker 1");
+    stack.start_worker(&[]).expect("worker 2");
+    for (key, ids) in [(&a, &a_ids), (&b, &b_ids), (&c, &c_ids)] {
+        for job in wait_all(&stack, key, ids, Duration::from_secs(120)).await {
+            assert_eq!(job["status"], "complete", "{job}");
+        }
+    }
+
+    let mut order: Vec<(u64, String)> = Vec::new();
+    for (_, id) in &owners {
+        let steps = stack.db.db.steps(id.parse().expect("id")).await.expect("steps");
+        let generate = steps.iter().find(|s| s.name.as_str() == "generate-image").expect("generate step");
+        let dispatch = generate.output.as_ref().and_then(|o| o["dispatch"].as_u64()).expect("dispatch number");
+        order.push((dispatch, (*id).clone()));
+    }
+    order.sort();
+    let class = |id: &String| {
+        if c_ids.contains(id) {
+            'H'
+        } else if b_ids.contains(id) {
+            'B'
+        } else {
+            'A'
+        }
+    };
+    let seq: String = order.iter().map(|(_, id)| class(id)).collect();
+    println!("dispatch order: {seq}");
+    assert_eq!(&seq[..8], "HHHHAHBA", "highs first, a normal every fifth, B not stuck behind A: {seq}");
+    for (i, (_, id)) in order.iter().enumerate() {
+        assert_eq!(reported[id], i as i64 + 1, "{id} was told {} but started #{}: {seq}", reported[id], i + 1);
+    }
+}

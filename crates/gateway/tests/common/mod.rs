@@ -14,6 +14,8 @@ pub struct Api {
     pub http: reqwest::Client,
     pub db: TestDb,
     pub queue: Queue,
+    /// The dispatch line the gateway puts jobs in.
+    pub line: jewelshot_ratelimit::Limiter,
     pub files: tempfile::TempDir,
 }
 
@@ -37,11 +39,16 @@ impl Api {
         cfg.limits.max_queued_per_user = 0;
         tune(&mut cfg);
         let queue = Queue::connect(&cfg.queue).await.expect("queue");
+        let line = jewelshot_ratelimit::Limiter::new(
+            queue.connection(),
+            jewelshot_ratelimit::LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name)),
+            Vec::new(),
+        );
         let app = Application::build(cfg).await.expect("build");
         let base = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until(std::future::pending()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        Self { base, http, db, queue, files }
+        Self { base, http, db, queue, line, files }
     }
 
     pub async fn key(&self, email: &str) -> String {
@@ -83,5 +90,12 @@ impl Api {
         assert_eq!((c.queued, c.scheduled, c.processing, c.canceled), (0, 0, 0, 0), "no job row may be left behind");
         let d = self.queue.depths().await.expect("depths");
         assert_eq!((d.active, d.scheduled), (0, 0), "no queue entry may be left behind");
+        assert_eq!(self.in_line().await, 0, "no place in line may be left behind");
+    }
+
+    /// Jobs in the dispatch line, scheduled ones included.
+    pub async fn in_line(&self) -> u64 {
+        let (high, normal, scheduled) = self.line.line_lengths().await.expect("line");
+        high + normal + scheduled
     }
 }
