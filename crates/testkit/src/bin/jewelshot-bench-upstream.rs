@@ -58,6 +58,12 @@ async fn main() -> anyhow::Result<()> {
             ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("RUST_LOG".into(), "warn".into()),
         ]),
+        // The operator's prior for one generation (the emulator's mean latency, time-scaled):
+        // ETAs given before any job has finished use it.
+        gateway_env: HashMap::from([(
+            "JEWELSHOT_JOBS__DEFAULT_GENERATION_SECS".into(),
+            format!("{:.2}", 32.5 * scale),
+        )]),
         ..StackOptions::default()
     };
     let mut stack = Stack::start(opts).await?;
@@ -67,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     // The backlog first, so every worker starts with a full queue.
     let mut ids = Vec::with_capacity(jobs);
     let mut positions = HashMap::new();
+    let mut etas = HashMap::new();
     for i in 0..jobs {
         let (status, body) = stack.submit(&key, &json!({ "image_url": input, "prompt": format!("bench {i}") })).await?;
         if status != 202 {
@@ -74,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let id = body["jobId"].as_str().context("jobId")?.to_owned();
         positions.insert(id.clone(), body["queuePosition"].as_i64().unwrap_or(0));
+        etas.insert(id.clone(), body["etaSeconds"].as_f64().unwrap_or(0.0));
         ids.push(id);
     }
     for _ in 0..WORKERS {
@@ -147,6 +155,25 @@ async fn main() -> anyhow::Result<()> {
     let matched = displacement.iter().filter(|d| **d == 0).count();
     let worst = displacement.iter().max().copied().unwrap_or(0);
 
+    // ETA given at submit against the real wait from submit to completion.
+    let waits = client
+        .query(
+            "SELECT id, extract(epoch FROM finished_at - created_at)::float8 FROM jobs WHERE status = 'complete'",
+            &[],
+        )
+        .await?;
+    let mut eta_err: Vec<f64> = waits
+        .iter()
+        .filter_map(|r| {
+            let real: f64 = r.get(1);
+            let eta = *etas.get(&r.get::<_, String>(0))?;
+            (real > 0.0).then(|| (eta - real) / real)
+        })
+        .collect();
+    eta_err.sort_by(f64::total_cmp);
+    let within = eta_err.iter().filter(|e| e.abs() <= 0.30).count();
+    let median_err = eta_err.get(eta_err.len() / 2).copied().unwrap_or(0.0);
+
     // Retention: the workers' vacuum (every second here) forgets finished tasks.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (redis_bytes, redis_keys) = jewelshot_testkit::redis_footprint(&stack.queue_name).await?;
@@ -199,6 +226,15 @@ async fn main() -> anyhow::Result<()> {
         "dispatch order: {matched} of {jobs} jobs ({:.1}%) started exactly at the position they were given at \
          submit; the farthest was {worst} places off",
         100.0 * matched as f64 / jobs as f64
+    );
+    println!(
+        "ETA at submit vs the real wait: {within} of {} ({:.1}%) within ±30%; median error {:+.1}%, \
+         range {:+.1}% … {:+.1}%",
+        eta_err.len(),
+        100.0 * within as f64 / eta_err.len().max(1) as f64,
+        100.0 * median_err,
+        100.0 * eta_err.first().copied().unwrap_or(0.0),
+        100.0 * eta_err.last().copied().unwrap_or(0.0)
     );
     let all_complete = statuses.len() == 1 && statuses[0].starts_with("complete");
     let mut pass = all_complete && rejected == 0 && !over_limit;
