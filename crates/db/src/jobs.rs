@@ -128,6 +128,29 @@ async fn insert_row(
     .await?)
 }
 
+/// What [`Db::begin_attempt`] found.
+#[derive(Debug)]
+pub enum Begun {
+    /// The attempt is ours.
+    Started(Box<JobRow>),
+    /// Another worker runs the job and its heartbeat is fresh.
+    Busy(Box<JobRow>),
+    /// Gone (None) or final.
+    Final(Option<Box<JobRow>>),
+}
+
+/// An open job as the reconciler sees it.
+#[derive(Debug)]
+pub struct OpenJob {
+    pub job: JobRow,
+    /// `generate-image` finished or holds a fal request: the job must not wait for a new slot.
+    pub generate_started: bool,
+    /// Processing, and its worker's heartbeat is older than the threshold.
+    pub stale: bool,
+    /// Not touched in the last few seconds (a submit or a handoff is not in progress).
+    pub settled: bool,
+}
+
 /// What an idempotent insert found.
 #[derive(Debug)]
 pub enum Inserted {
@@ -303,19 +326,81 @@ impl Db {
 
     /// Start an attempt: `queued`/`processing` → `processing`, attempts + 1. `None` when the job
     /// is gone or final (canceled while waiting, finished by another worker).
-    pub async fn begin_attempt(&self, id: JobId, worker: &str) -> Result<Option<JobRow>> {
+    ///
+    /// It is also the job's run lock: a `processing` job whose worker's heartbeat is younger than
+    /// `stale` belongs to that worker, and another worker gets `Busy` (two deliveries of one
+    /// task, e.g. after a false orphan recovery or a reconciler re-push, never run at once).
+    pub async fn begin_attempt(&self, id: JobId, worker: &str, stale: std::time::Duration) -> Result<Begun> {
+        let stale_secs = stale.as_secs_f64();
         let row = self
             .conn()
             .await?
             .query_opt(
                 "UPDATE jobs SET status = 'processing', attempts = attempts + 1, worker_id = $2,
-                        started_at = coalesce(started_at, now()), updated_at = now()
-                  WHERE id = $1 AND status IN ('queued', 'processing')
+                        started_at = coalesce(started_at, now()), updated_at = now(), heartbeat_at = now()
+                  WHERE id = $1 AND (status = 'queued' OR (status = 'processing' AND (
+                        worker_id IS NOT DISTINCT FROM $2 OR heartbeat_at IS NULL
+                        OR heartbeat_at < now() - make_interval(secs => $3))))
                   RETURNING *",
-                &[&id.to_string(), &worker],
+                &[&id.to_string(), &worker, &stale_secs],
             )
             .await?;
-        row.as_ref().map(job_from_row).transpose()
+        match row {
+            Some(r) => Ok(Begun::Started(Box::new(job_from_row(&r)?))),
+            None => match self.job(id).await? {
+                Some(j) if j.status == JobStatus::Processing => Ok(Begun::Busy(Box::new(j))),
+                Some(j) => Ok(Begun::Final(Some(Box::new(j)))),
+                None => Ok(Begun::Final(None)),
+            },
+        }
+    }
+
+    /// Refresh the heartbeat of the jobs `worker` is running.
+    pub async fn heartbeat(&self, worker: &str, jobs: &[JobId]) -> Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        Ok(self
+            .conn()
+            .await?
+            .execute(
+                "UPDATE jobs SET heartbeat_at = now()
+                  WHERE id = ANY($1) AND worker_id = $2 AND status = 'processing'",
+                &[&ids, &worker],
+            )
+            .await?)
+    }
+
+    /// Open jobs (queued or processing) after `after_seq`, in `seq` order, at most `limit`; with
+    /// whether each one's `generate-image` has started (finished or checkpointed), and whether a
+    /// processing one's heartbeat is older than `stale`. For the reconciler.
+    pub async fn open_jobs(&self, after_seq: i64, limit: i64, stale: std::time::Duration) -> Result<Vec<OpenJob>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT j.*, (s.status = 'complete' OR coalesce(s.output ? 'request', false)) AS generate_started,
+                        (j.status = 'processing' AND (j.heartbeat_at IS NULL
+                          OR j.heartbeat_at < now() - make_interval(secs => $3))) AS stale,
+                        j.updated_at < now() - interval '5 seconds' AS settled
+                   FROM jobs j
+                   LEFT JOIN job_steps s ON s.job_id = j.id AND s.step = 'generate-image'
+                  WHERE j.status IN ('queued', 'processing') AND j.seq > $1
+                  ORDER BY j.seq LIMIT $2",
+                &[&after_seq, &limit, &stale.as_secs_f64()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OpenJob {
+                    job: job_from_row(r)?,
+                    generate_started: r.get::<_, Option<bool>>("generate_started").unwrap_or(false),
+                    stale: r.get::<_, Option<bool>>("stale").unwrap_or(false),
+                    settled: r.get::<_, Option<bool>>("settled").unwrap_or(false),
+                })
+            })
+            .collect()
     }
 
     /// Count one more attempt on a job already processing (an in-process retry).

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 mod line;
 
-pub use line::{DispatchOptions, Dispatched, Enqueued, LineEntry, LinePlace};
+pub use line::{DispatchOptions, Dispatched, Enqueued, LineEntry, LinePlace, QueueKeys};
 
 const ACQUIRE: &str = concat!(include_str!("clock.lua"), include_str!("pool.lua"), include_str!("acquire.lua"));
 

@@ -22,6 +22,7 @@ const DISPATCH: &str = concat!(
     include_str!("dispatch.lua")
 );
 const CLAIM: &str = concat!(include_str!("clock.lua"), include_str!("claim.lua"));
+const ABSENT: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("absent.lua"));
 const UNDISPATCH: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("undispatch.lua"));
 
 pub(crate) struct Scripts {
@@ -30,6 +31,7 @@ pub(crate) struct Scripts {
     dispatch: redis::Script,
     claim: redis::Script,
     undispatch: redis::Script,
+    absent: redis::Script,
 }
 
 impl Scripts {
@@ -40,6 +42,7 @@ impl Scripts {
             dispatch: redis::Script::new(DISPATCH),
             claim: redis::Script::new(CLAIM),
             undispatch: redis::Script::new(UNDISPATCH),
+            absent: redis::Script::new(ABSENT),
         }
     }
 }
@@ -104,6 +107,17 @@ pub struct DispatchOptions {
     pub ahead: u32,
     /// The work queue's list of tasks ready to be fetched.
     pub ready_list: String,
+}
+
+/// Where the work queue keeps tasks, for [`Limiter::absent`].
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    /// Tasks ready to be fetched (a list).
+    pub ready: String,
+    /// Tasks waiting for their time (a sorted set of ids).
+    pub scheduled: String,
+    /// Workers (a sorted set whose members are the workers' in-flight sets).
+    pub workers: String,
 }
 
 /// One dispatch attempt's outcome.
@@ -269,6 +283,25 @@ impl Limiter {
         self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
         self.publish().await;
         Ok(())
+    }
+
+    /// The entries Redis holds nowhere — not in line, not scheduled, not dispatched, not in the
+    /// work queue (ready, scheduled or in flight): the reconciler must put them back.
+    pub async fn absent(&self, queue: &QueueKeys, entries: &[LineEntry]) -> Result<Vec<LineEntry>, LimitError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.line.absent.prepare_invoke();
+        for k in self.line_keys() {
+            inv.key(k);
+        }
+        inv.key(&queue.ready).key(&queue.scheduled).key(&queue.workers);
+        for e in entries {
+            inv.arg(e.member());
+        }
+        let mut conn = self.conn.clone();
+        let idx: Vec<usize> = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(idx.into_iter().filter_map(|i| entries.get(i.checked_sub(1)?).cloned()).collect())
     }
 
     /// Take over the grant a dispatcher left for `job` (its slot renewed), if there is one and

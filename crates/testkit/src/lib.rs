@@ -252,6 +252,40 @@ impl S3Server {
     }
 }
 
+/// A Redis server of the test's own (so a test may `FLUSHALL` or restart it without touching
+/// anyone else's keys): `redis-server` on a free loopback port, nothing kept on disk.
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+    pub url: String,
+    logs: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        // Redis's own `--port 0` turns TCP off; take a free port from the OS instead.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let proc = Self::spawn(port, logs)?;
+        Ok(Self { proc, port, url: format!("redis://127.0.0.1:{port}"), logs: logs.to_path_buf() })
+    }
+
+    fn spawn(port: u16, logs: &Path) -> anyhow::Result<Proc> {
+        let args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        Proc::spawn_path("redis", Path::new("redis-server"), &args, &HashMap::new(), logs, Some("Ready to accept"))
+    }
+
+    /// Stop and start again on the same port, empty (it keeps nothing on disk): a restart.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.sigkill();
+        self.proc = Self::spawn(self.port, &self.logs)?;
+        Ok(())
+    }
+}
+
 /// Which object store a [`Stack`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StorageKind {
@@ -270,6 +304,8 @@ pub struct StackOptions {
     pub gateway_env: HashMap<String, String>,
     /// Extra environment for every worker.
     pub worker_env: HashMap<String, String>,
+    /// Run a Redis server of the stack's own instead of the shared one.
+    pub own_redis: bool,
     /// Storage root to use instead of a temporary directory (the demo keeps its results).
     pub files_dir: Option<PathBuf>,
     pub storage: StorageKind,
@@ -288,6 +324,7 @@ impl Default for StackOptions {
             ],
             gateway_env: HashMap::new(),
             worker_env: HashMap::new(),
+            own_redis: false,
             files_dir: None,
             storage: StorageKind::Local,
         }
@@ -307,6 +344,8 @@ pub struct Stack {
     pub gateway: Proc,
     pub workers: Vec<Proc>,
     pub s3: Option<S3Server>,
+    /// The stack's own Redis, when asked for.
+    pub redis: Option<RedisServer>,
     /// Environment every service of this stack shares.
     shared_env: HashMap<String, String>,
     pub http: reqwest::Client,
@@ -334,7 +373,9 @@ impl Stack {
         eargs.extend(opts.emulator_args.iter().cloned());
         let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
 
-        let mut shared_env = Self::common_env(&db.url, &queue_name, &files);
+        let redis = if opts.own_redis { Some(RedisServer::start(&logs)?) } else { None };
+        let redis_url = redis.as_ref().map_or_else(redis_url, |r| r.url.clone());
+        let mut shared_env = Self::common_env(&db.url, &redis_url, &queue_name, &files);
         let s3 = match opts.storage {
             StorageKind::Local => None,
             StorageKind::S3 => {
@@ -362,6 +403,7 @@ impl Stack {
             gateway,
             workers: Vec::new(),
             s3,
+            redis,
             shared_env,
             http,
             opts,
@@ -369,15 +411,20 @@ impl Stack {
         })
     }
 
-    fn common_env(db_url: &str, queue: &str, files: &Path) -> HashMap<String, String> {
+    fn common_env(db_url: &str, redis_url: &str, queue: &str, files: &Path) -> HashMap<String, String> {
         HashMap::from([
             ("JEWELSHOT_DATABASE__URL".into(), db_url.to_owned()),
             ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "4".into()),
-            ("JEWELSHOT_QUEUE__REDIS_URL".into(), redis_url()),
+            ("JEWELSHOT_QUEUE__REDIS_URL".into(), redis_url.to_owned()),
             ("JEWELSHOT_QUEUE__NAME".into(), queue.to_owned()),
             ("JEWELSHOT_STORAGE__LOCAL__ROOT".into(), files.display().to_string()),
             ("JEWELSHOT_WEBHOOK__ALLOW_INSECURE".into(), "true".into()),
         ])
+    }
+
+    /// The Redis this stack uses (its own, or the shared one).
+    pub fn redis_url(&self) -> String {
+        self.redis.as_ref().map_or_else(redis_url, |r| r.url.clone())
     }
 
     pub fn gateway_url(&self) -> &str {
@@ -402,6 +449,9 @@ impl Stack {
         e.insert("JEWELSHOT_WORKER__MISSED_HEARTBEATS".into(), "2".into());
         e.insert("JEWELSHOT_WEBHOOK__BACKOFF_BASE_MS".into(), "50".into());
         e.insert("JEWELSHOT_WORKER__VACUUM_INTERVAL_SECS".into(), "1".into());
+        e.insert("JEWELSHOT_WORKER__JOB_HEARTBEAT_SECS".into(), "1".into());
+        e.insert("JEWELSHOT_WORKER__ORPHAN_AFTER_SECS".into(), "3".into());
+        e.insert("JEWELSHOT_WORKER__RECONCILE_INTERVAL_SECS".into(), "1".into());
         e.insert("JEWELSHOT_WORKER__ID".into(), format!("test-worker-{}-{}", self.next_worker, ulid::Ulid::generate()));
         e.extend(self.upstream_limits_env());
         e.extend(self.opts.worker_env.clone());

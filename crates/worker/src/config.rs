@@ -55,6 +55,14 @@ pub struct WorkerSettings {
     /// Dispatched jobs that may wait in the work queue for a worker (0 = `concurrency`): the
     /// dispatchers stop there, so the queue stays short however long the line.
     pub dispatch_ahead: u32,
+    /// How often this process refreshes the heartbeat of the jobs it runs (in Postgres), seconds.
+    pub job_heartbeat_secs: u64,
+    /// A processing job whose heartbeat is this old is presumed orphaned: another delivery may
+    /// run it, and the reconciler pushes it again if Redis no longer holds it. Seconds.
+    pub orphan_after_secs: u64,
+    /// How often the reconciler (one worker at a time) compares Postgres with Redis, in seconds
+    /// (0 = never).
+    pub reconcile_interval_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -73,6 +81,9 @@ impl Default for WorkerSettings {
             metrics_listen: String::new(),
             vacuum_interval_secs: 30,
             dispatch_ahead: 0,
+            job_heartbeat_secs: 5,
+            orphan_after_secs: 30,
+            reconcile_interval_secs: 10,
         }
     }
 }
@@ -117,6 +128,10 @@ impl Config {
         anyhow::ensure!(self.worker.concurrency > 0, "JEWELSHOT_WORKER__CONCURRENCY must be at least 1");
         anyhow::ensure!(self.worker.heartbeat_secs > 0, "JEWELSHOT_WORKER__HEARTBEAT_SECS must be at least 1");
         crate::upstream::resolve_pool(&self.fal)?;
+        anyhow::ensure!(
+            self.worker.job_heartbeat_secs > 0 && self.worker.orphan_after_secs > 2 * self.worker.job_heartbeat_secs,
+            "JEWELSHOT_WORKER__ORPHAN_AFTER_SECS must exceed twice JEWELSHOT_WORKER__JOB_HEARTBEAT_SECS (≥ 1)"
+        );
         anyhow::ensure!(self.fal.high_burst > 0, "JEWELSHOT_FAL__HIGH_BURST must be at least 1");
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
         Ok(())

@@ -8,6 +8,7 @@
 //! - [`pipeline`] — one job as three recorded, resumable steps.
 //! - [`upstream`] — the fal account pool and the fleet-wide limiter in front of it.
 //! - [`dispatcher`] — moves jobs from the dispatch line to the work queue as slots free up.
+//! - [`reconciler`] — puts back what Redis lost, from Postgres (one worker at a time).
 //! - [`webhook`] — signed, SSRF-guarded webhook delivery.
 //! - [`backoff`] — retry delays.
 //! - [`poll`] — a polling strategy that keeps idle workers awake (works around apalis-core).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod pipeline;
 pub mod poll;
+pub mod reconciler;
 pub mod upstream;
 pub mod webhook;
 
@@ -90,6 +92,20 @@ fn spawn_keep_alive(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "worker heartbeat failed"),
                 Err(_) => tracing::warn!("worker heartbeat timed out"),
+            }
+        }
+    })
+}
+
+/// Refresh the heartbeat of every job this process runs, in one statement, every `every`.
+fn spawn_job_heartbeats(ctx: Arc<Ctx>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let ids = ctx.running.ids();
+            if let Err(e) = ctx.db.heartbeat(&ctx.worker_id, &ids).await {
+                tracing::warn!(error = %e, jobs = ids.len(), "job heartbeat failed");
             }
         }
     })
@@ -168,6 +184,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .connect_timeout(Duration::from_secs(10))
             .build()?,
         shutdown: token.clone(),
+        running: pipeline::Running::default(),
     });
     // lock_tasks off: per-task leases scan the active list (slow with a backlog); the worker's
     // in-flight set plus heartbeats already recover a dead worker's tasks.
@@ -183,7 +200,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         ahead: if s.dispatch_ahead == 0 { s.concurrency as u32 } else { s.dispatch_ahead },
         ready_list: queue.ready_list(),
     };
-    let dispatcher = dispatcher::spawn(ctx.upstream.limiter.clone(), queue, dispatch, token.clone());
+    let dispatcher = dispatcher::spawn(ctx.upstream.limiter.clone(), queue.clone(), dispatch, token.clone());
+    let heartbeats = spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs));
+    let apalis = jewelshot_queue::apalis_config(&cfg.queue);
+    let reconciler = reconciler::Reconciler {
+        db: ctx.db.clone(),
+        limiter: ctx.upstream.limiter.clone(),
+        queue,
+        keys: jewelshot_ratelimit::QueueKeys {
+            ready: apalis.active_jobs_list(),
+            scheduled: apalis.scheduled_jobs_set(),
+            workers: apalis.workers_set(),
+        },
+        conn: conn.clone(),
+        lease_key: format!("{}:reconciler", cfg.queue.name),
+        worker: name.clone(),
+        interval: Duration::from_secs(s.reconcile_interval_secs),
+        stale: Duration::from_secs(s.orphan_after_secs),
+    }
+    .spawn(token.clone());
     let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), name.clone(), s.heartbeat_secs);
     let vacuum = spawn_vacuum(conn.clone(), cfg.queue.clone(), s.vacuum_interval_secs);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
@@ -214,6 +249,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .await?;
     waker.abort();
     dispatcher.abort();
+    heartbeats.abort();
+    reconciler.abort();
     keep_alive.abort();
     vacuum.abort();
     tracing::info!("worker stopped");

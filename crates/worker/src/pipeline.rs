@@ -8,7 +8,11 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use jewelshot_db::{gallery::NewGalleryImage, jobs::JobRow, Db, DbError};
+use jewelshot_db::{
+    gallery::NewGalleryImage,
+    jobs::{Begun, JobRow},
+    Db, DbError,
+};
 use jewelshot_domain::{job::error_code, view::WebhookEvent, JobId, JobStatus, StepName, StepStatus};
 use jewelshot_fal::{EditInput, FalClient, FalError, FalImage, QueuedRequest, RequestState};
 use jewelshot_ratelimit::{Grant, LimitError};
@@ -36,6 +40,41 @@ pub struct Ctx {
     pub http: reqwest::Client,
     /// Cancelled on SIGTERM: waiting retries hand their job back at once.
     pub shutdown: CancellationToken,
+    /// Jobs this process is running, whose heartbeats it keeps.
+    pub running: Running,
+}
+
+/// The jobs a worker process is running (their heartbeats are refreshed together).
+#[derive(Debug, Clone, Default)]
+pub struct Running(Arc<std::sync::Mutex<std::collections::HashSet<JobId>>>);
+
+impl Running {
+    /// Mark `job` running until the guard drops.
+    pub fn hold(&self, job: JobId) -> RunningGuard {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(job);
+        }
+        RunningGuard { set: self.clone(), job }
+    }
+
+    pub fn ids(&self) -> Vec<JobId> {
+        self.0.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+}
+
+/// Ends a job's heartbeat when its run ends, however it ends.
+#[derive(Debug)]
+pub struct RunningGuard {
+    set: Running,
+    job: JobId,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.job);
+        }
+    }
 }
 
 /// Why a job goes back to the queue instead of finishing here.
@@ -142,19 +181,31 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
     } else if let Some(g) = grant.take() {
         unused_slot(ctx, &g).await;
     }
-    let Some(mut job) = ctx.db.begin_attempt(job_id, &ctx.worker_id).await? else {
-        if let Some(g) = grant.take() {
-            unused_slot(ctx, &g).await;
+    let stale = Duration::from_secs(ctx.settings.orphan_after_secs);
+    let mut job = match ctx.db.begin_attempt(job_id, &ctx.worker_id, stale).await? {
+        Begun::Started(job) => *job,
+        Begun::Busy(other) => {
+            if let Some(g) = grant.take() {
+                unused_slot(ctx, &g).await;
+            }
+            // A second delivery while the job's worker is alive: leave it to that worker (if it
+            // dies, its heartbeat goes stale and the reconciler pushes the job again).
+            tracing::info!(running_on = ?other.worker_id, "job already running elsewhere; delivery dropped");
+            return Ok(());
         }
-        // Gone or final. A final job may still owe its notification if its worker died between
-        // finishing the job and notifying.
-        if let Some(job) = ctx.db.job(job_id).await? {
-            if matches!(job.status, JobStatus::Complete | JobStatus::Failed) {
+        Begun::Final(job) => {
+            if let Some(g) = grant.take() {
+                unused_slot(ctx, &g).await;
+            }
+            // Gone or final. A final job may still owe its notification if its worker died
+            // between finishing the job and notifying.
+            if let Some(job) = job.filter(|j| matches!(j.status, JobStatus::Complete | JobStatus::Failed)) {
                 notify(ctx, &job).await?;
             }
+            return Ok(());
         }
-        return Ok(());
     };
+    let _running = ctx.running.hold(job.id);
     if job.attempts > job.max_attempts {
         if let Some(g) = grant.take() {
             unused_slot(ctx, &g).await;
