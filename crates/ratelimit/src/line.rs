@@ -296,6 +296,7 @@ impl Limiter {
             inv.key(k);
         }
         inv.key(&queue.ready).key(&queue.scheduled).key(&queue.workers);
+        inv.arg(self.cfg.lease.as_millis() as u64);
         for e in entries {
             inv.arg(e.member());
         }

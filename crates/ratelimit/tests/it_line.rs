@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jewelshot_ratelimit::{
-    DispatchOptions, Dispatched, Enqueued, Limiter, LimiterConfig, LineEntry, LinePlace, PoolKey,
+    DispatchOptions, Dispatched, Enqueued, Limiter, LimiterConfig, LineEntry, LinePlace, PoolKey, QueueKeys,
 };
 
 const BURST: u32 = 4;
@@ -208,4 +208,44 @@ async fn dispatch_stops_while_workers_have_enough_ready() {
     assert_eq!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::WorkersBusy);
     redis::cmd("LPOP").arg(&o.ready_list).query_async::<String>(&mut conn).await.expect("lpop");
     assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+}
+
+/// The reconciler's question: which jobs does Redis hold nowhere? In line, scheduled, freshly
+/// dispatched, or anywhere in the work queue counts as held; a dispatch whose handoff never
+/// happened stops counting once its slot lease has passed.
+#[tokio::test]
+async fn absent_finds_what_redis_lost() {
+    let url = jewelshot_testkit::redis_url();
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let conn = client.get_connection_manager().await.expect("redis");
+    let prefix = format!("jewelshot-test:line:{}", ulid::Ulid::generate());
+    let mut cfg = LimiterConfig::new(prefix.clone());
+    cfg.lease = Duration::from_millis(300);
+    let l = Limiter::new(conn, cfg, unlimited());
+    let q = QueueKeys {
+        ready: format!("{prefix}:q:ready"),
+        scheduled: format!("{prefix}:q:scheduled"),
+        workers: format!("{prefix}:q:workers"),
+    };
+    let jobs: Vec<LineEntry> = (1..=6).map(|i| job(i, "ana", false)).collect();
+    l.enqueue(&jobs[0], None).await.expect("in line");
+    l.enqueue(&jobs[1], Some(unix_ms() + 60_000)).await.expect("scheduled");
+    l.enqueue(&jobs[2], None).await.expect("in line");
+    // jobs[0] (the head) is dispatched: held while its lease runs.
+    assert!(matches!(l.dispatch(&opts(&prefix), false).await.expect("dispatch"), Dispatched::Job { .. }));
+    let mut c = client.get_multiplexed_async_connection().await.expect("redis");
+    let inflight = format!("{prefix}:q:inflight:w1");
+    redis::pipe()
+        .rpush(&q.ready, &jobs[3].job)
+        .zadd(&q.workers, &inflight, 1)
+        .sadd(&inflight, &jobs[4].job)
+        .query_async::<()>(&mut c)
+        .await
+        .expect("work queue");
+    let absent: Vec<String> = l.absent(&q, &jobs).await.expect("absent").into_iter().map(|e| e.job).collect();
+    assert_eq!(absent, [jobs[5].job.clone()], "only the job held nowhere");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let absent: Vec<String> = l.absent(&q, &jobs).await.expect("absent").into_iter().map(|e| e.job).collect();
+    assert_eq!(absent, [jobs[0].job.clone(), jobs[5].job.clone()], "a handoff that never happened");
+    assert_eq!(l.enqueue(&jobs[0], None).await.expect("re-line"), Enqueued::InLine);
 }

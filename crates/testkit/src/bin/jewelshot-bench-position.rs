@@ -1,5 +1,6 @@
 //! `just bench-position`: what `queuePosition` costs with a deep line. Fills the dispatch line
-//! (and Postgres) with 100,000 queued jobs from 50 users of uneven weight, one in ten `high`, then
+//! (and Postgres) with 100,000 queued jobs from 50 users of uneven weight, one in ten `high`
+//! ([`jewelshot_testkit::fill_queue`]), then
 //! times position lookups: the line script alone (client round trip, and Redis's own time per
 //! call from `INFO commandstats`), the whole `GET /api/jobs/{id}`, and — for comparison — the
 //! submit-order count in Postgres that positions used to come from.
@@ -13,7 +14,6 @@ use jewelshot_ratelimit::{Limiter, LimiterConfig, LineEntry, LinePlace};
 use jewelshot_testkit::{Stack, StackOptions};
 
 const USERS: usize = 50;
-const BATCH: usize = 5_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
@@ -40,60 +40,18 @@ async fn main() -> anyhow::Result<()> {
         users.push(stack.user(&format!("u{i}@example.com")).await?);
     }
 
-    // Rows straight into Postgres, in batches (the gateway's submit path is measured elsewhere).
     let fill = Instant::now();
+    let owners: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
+    let entries = jewelshot_testkit::fill_queue(&stack, &owners, jobs, "https://example.com/in.jpg").await?;
     let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut entries: Vec<LineEntry> = Vec::with_capacity(jobs);
-    for start in (0..jobs).step_by(BATCH) {
-        let n = BATCH.min(jobs - start);
-        let (mut ids, mut owners, mut prios) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Uneven weight: user i is picked about as often as 1/(i+1).
-            let u = ((x % 1000) as f64 / 1000.0 * (USERS as f64).ln()).exp() as usize - 1;
-            ids.push(ulid::Ulid::generate().to_string());
-            owners.push(users[u.min(USERS - 1)].0.clone());
-            prios.push(if x % 10 == 0 { "high" } else { "normal" });
-        }
-        let rows = client
-            .query(
-                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, max_attempts)
-                 SELECT id, user_id, 'queued', priority, 'bench', 'https://example.com/in.jpg', 5
-                   FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, user_id, priority)
-                 RETURNING id, seq, user_id, priority",
-                &[&ids, &owners, &prios],
-            )
-            .await?;
-        for r in rows {
-            entries.push(LineEntry {
-                job: r.get(0),
-                seq: r.get(1),
-                user: r.get(2),
-                high: r.get::<_, String>(3) == "high",
-            });
-        }
-    }
-    let redis = redis::Client::open(jewelshot_testkit::redis_url().as_str())?;
+    let redis = redis::Client::open(stack.redis_url().as_str())?;
     let mut rconn = redis.get_connection_manager().await?;
     let limiter = Limiter::new(
         rconn.clone(),
         LimiterConfig::new(jewelshot_ratelimit::default_prefix(&stack.queue_name)),
         Vec::new(),
     );
-    for chunk in entries.chunks(256) {
-        let mut set = tokio::task::JoinSet::new();
-        for e in chunk {
-            let (l, e) = (limiter.clone(), e.clone());
-            set.spawn(async move { l.enqueue(&e, None).await });
-        }
-        while let Some(r) = set.join_next().await {
-            r??;
-        }
-    }
     let (high, normal, _) = limiter.line_lengths().await?;
     println!(
         "{jobs} queued jobs ({high} high, {normal} normal) from {USERS} users, filled in {:.1} s",
