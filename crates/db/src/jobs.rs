@@ -229,15 +229,6 @@ impl Db {
         job_from_row(&row)
     }
 
-    /// Remove a job that never reached the queue (the enqueue failed), so nothing half-written stays.
-    pub async fn delete_unqueued_job(&self, id: JobId) -> Result<()> {
-        self.conn()
-            .await?
-            .execute("DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND attempts = 0", &[&id.to_string()])
-            .await?;
-        Ok(())
-    }
-
     pub async fn job(&self, id: JobId) -> Result<Option<JobRow>> {
         let row = self.conn().await?.query_opt("SELECT * FROM jobs WHERE id = $1", &[&id.to_string()]).await?;
         row.as_ref().map(job_from_row).transpose()

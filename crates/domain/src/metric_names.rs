@@ -5,6 +5,7 @@ pub const ALL: &[(&str, &str)] = &[
     (HTTP_REQUESTS, "HTTP requests answered by the gateway, by route pattern and status"),
     (HTTP_DURATION, "Gateway request latency in seconds, by route pattern"),
     (JOBS_SUBMITTED, "Jobs accepted by the gateway, by priority"),
+    (JOBS_ENQUEUE_DEFERRED, "Jobs accepted while Redis was unreachable (the reconciler enqueues them)"),
     (QUEUE_JOBS, "Jobs by state, as Postgres records them (sampled at scrape)"),
     (JOBS_FINISHED, "Jobs that reached a final state in a worker, by status and error code"),
     (JOB_ATTEMPTS, "Job attempts started by workers"),
@@ -20,6 +21,7 @@ pub const ALL: &[(&str, &str)] = &[
 pub const HTTP_REQUESTS: &str = "jewelshot_http_requests_total";
 pub const HTTP_DURATION: &str = "jewelshot_http_request_duration_seconds";
 pub const JOBS_SUBMITTED: &str = "jewelshot_jobs_submitted_total";
+pub const JOBS_ENQUEUE_DEFERRED: &str = "jewelshot_jobs_enqueue_deferred_total";
 pub const QUEUE_JOBS: &str = "jewelshot_queue_jobs";
 pub const JOBS_FINISHED: &str = "jewelshot_jobs_finished_total";
 pub const JOB_ATTEMPTS: &str = "jewelshot_job_attempts_total";

@@ -128,11 +128,11 @@ pub async fn submit(
     };
     let due = edit.run_at.map(|t| t.timestamp_millis());
     if let Err(e) = state.limiter.enqueue(&line_entry(&job), due).await {
-        // Nothing half-written: without a place in line the job row must not stay either.
-        if let Err(del) = state.db.delete_unqueued_job(id).await {
-            tracing::error!(job_id = %id, error = %del, "could not remove a job whose enqueue failed");
-        }
-        return Err(ApiError::Unavailable { what: "the queue", retry_after_secs: 2, cause: e.to_string() });
+        // Postgres is the record and the row is complete: the workers' reconciler puts the job
+        // in line once Redis answers again. The client gets its job id now, and polls are
+        // answered from Postgres meanwhile.
+        tracing::warn!(job_id = %id, error = %e, "dispatch line unavailable; the reconciler will enqueue the job");
+        metrics::counter!(jewelshot_domain::metric_names::JOBS_ENQUEUE_DEFERRED).increment(1);
     }
     let position = position(state, &job).await?;
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())

@@ -156,6 +156,11 @@ impl Queue {
         self.storage.get_config().active_jobs_list()
     }
 
+    /// The set where apalis-redis parks pushed and retried tasks until a fetch promotes them.
+    pub fn scheduled_set(&self) -> String {
+        self.storage.get_config().scheduled_jobs_set()
+    }
+
     /// Push `job` to run now, or at `run_at`.
     pub async fn push(&self, job: JobId, run_at: Option<DateTime<Utc>>) -> Result<(), QueueError> {
         let mut builder = TaskBuilder::new(EditTask { job_id: job }).task_id(TaskId::from_ulid(job.0));

@@ -3,7 +3,9 @@
 --
 -- KEYS[1] waiters, KEYS[2] waiters:seen (acquire.lua's line: retries and resumed jobs, which go
 -- first), KEYS[3] dispatch counter, KEYS[4] the work queue's ready list, then the line's seven
--- from KEYS[5], then three per pool key from KEYS[12].
+-- from KEYS[5], KEYS[12] the work queue's scheduled set (apalis-redis parks a pushed task there,
+-- scored in seconds, until a fetch moves it to the ready list), then three per pool key from
+-- KEYS[13].
 -- ARGV: window_ms, lease_ms, grant, waiter_ttl_ms, n, probe, burst, ahead (dispatch only while
 -- fewer than this many dispatched jobs wait for a worker; 0 = no bound), promote batch, then two
 -- limits per key from ARGV[10], then the n key ids.
@@ -15,7 +17,7 @@
 local window, lease_ms, grant = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local waiter_ttl, n, probe = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local burst, ahead, batch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local L, keys_at, args_at = 5, 12, 10
+local L, keys_at, args_at = 5, 13, 10
 
 promote_due(L, batch)
 local highs, normals = redis.call('ZCARD', KEYS[L]), redis.call('ZCARD', KEYS[L + 1])
@@ -24,7 +26,10 @@ if highs + normals == 0 then
   if nxt[2] then return {2, wait_ms(tonumber(nxt[2]))} end
   return {2, -1}
 end
-if ahead > 0 and redis.call('LLEN', KEYS[4]) >= ahead then return {3, 0} end
+if ahead > 0 then
+  local waiting = redis.call('LLEN', KEYS[4]) + redis.call('ZCOUNT', KEYS[12], '-inf', math.floor(now / 1000) + 1)
+  if waiting >= ahead then return {3, 0} end
+end
 
 drop_silent_waiters(KEYS[1], KEYS[2], waiter_ttl)
 local waiting = redis.call('ZCARD', KEYS[1])

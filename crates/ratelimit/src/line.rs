@@ -107,6 +107,8 @@ pub struct DispatchOptions {
     pub ahead: u32,
     /// The work queue's list of tasks ready to be fetched.
     pub ready_list: String,
+    /// The work queue's set of scheduled tasks (a pushed task may wait there until fetched).
+    pub scheduled_set: String,
 }
 
 /// Where the work queue keeps tasks, for [`Limiter::absent`].
@@ -220,6 +222,7 @@ impl Limiter {
         for k in self.line_keys() {
             inv.key(k);
         }
+        inv.key(&opts.scheduled_set);
         for key in self.keys.iter() {
             inv.key(self.key_k(&key.id, "window")).key(self.key_k(&key.id, "leases")).key(self.key_k(&key.id, "state"));
         }

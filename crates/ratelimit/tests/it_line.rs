@@ -23,7 +23,12 @@ fn unlimited() -> Vec<PoolKey> {
 }
 
 fn opts(prefix: &str) -> DispatchOptions {
-    DispatchOptions { high_burst: BURST, ahead: 0, ready_list: format!("{prefix}:ready") }
+    DispatchOptions {
+        high_burst: BURST,
+        ahead: 0,
+        ready_list: format!("{prefix}:ready"),
+        scheduled_set: format!("{prefix}:scheduled"),
+    }
 }
 
 fn job(seq: i64, user: &str, high: bool) -> LineEntry {
@@ -207,6 +212,10 @@ async fn dispatch_stops_while_workers_have_enough_ready() {
     redis::cmd("RPUSH").arg(&o.ready_list).arg("x").arg("y").query_async::<i64>(&mut conn).await.expect("rpush");
     assert_eq!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::WorkersBusy);
     redis::cmd("LPOP").arg(&o.ready_list).query_async::<String>(&mut conn).await.expect("lpop");
+    // A pushed task parked in the scheduled set (due now) waits for a worker too.
+    redis::cmd("ZADD").arg(&o.scheduled_set).arg(1).arg("z").query_async::<i64>(&mut conn).await.expect("zadd");
+    assert_eq!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::WorkersBusy);
+    redis::cmd("ZREM").arg(&o.scheduled_set).arg("z").query_async::<i64>(&mut conn).await.expect("zrem");
     assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
 }
 

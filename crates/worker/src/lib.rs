@@ -97,6 +97,25 @@ fn spawn_keep_alive(
     })
 }
 
+/// Retry a start-up step that needs Redis until it works (backoff up to 5 s): a worker started
+/// while Redis restarts waits for it instead of exiting.
+async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Refresh the heartbeat of every job this process runs, in one statement, every `every`.
 fn spawn_job_heartbeats(ctx: Arc<Ctx>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -158,7 +177,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let s = &cfg.worker;
     let name = worker_name(&s.id);
     let token = CancellationToken::new();
-    let conn = jewelshot_queue::connect(&cfg.queue).await?;
+    let conn = until_ok("connect to Redis", || jewelshot_queue::connect(&cfg.queue)).await;
     let limiter_cfg = upstream::limiter_config(&cfg.fal, &cfg.queue.name, Duration::from_millis(cfg.queue.timeout_ms));
     let upstream = upstream::Upstream::new(
         &FalClient::new(cfg.fal.clone())?,
@@ -166,7 +185,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         limiter_cfg,
         conn.clone(),
     );
-    upstream.limiter.register().await?;
+    until_ok("register the fal accounts", || upstream.limiter.register()).await;
     let waker = upstream.limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone());
     for k in upstream.limiter.keys() {
         tracing::info!(key = %k.id, max_per_minute = k.max_per_minute, max_concurrent = k.max_concurrent, "fal account in the pool");
@@ -199,6 +218,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         high_burst: cfg.fal.high_burst,
         ahead: if s.dispatch_ahead == 0 { s.concurrency as u32 } else { s.dispatch_ahead },
         ready_list: queue.ready_list(),
+        scheduled_set: queue.scheduled_set(),
     };
     let dispatcher = dispatcher::spawn(ctx.upstream.limiter.clone(), queue.clone(), dispatch, token.clone());
     let heartbeats = spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs));

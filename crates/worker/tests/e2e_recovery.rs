@@ -83,3 +83,38 @@ async fn e2e_redis_flushall_mid_run_every_job_completes() {
     let logs = stack.worker_logs();
     assert!(logs.contains("reconciler: put back"), "the reconciler did the work:\n{logs}");
 }
+
+/// While Redis is down the gateway still takes submissions (202: the job row is the record) and
+/// answers polls from Postgres; once Redis is back the reconciler puts the jobs in line and the
+/// (self-healing) worker runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
+    let opts = StackOptions { own_redis: true, ..StackOptions::default() };
+    let mut stack = Stack::start(opts).await.expect("stack");
+    let (_, key, _) = stack.user("outage@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    stack.start_worker(&[]).expect("worker");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.redis.as_mut().expect("own redis").proc.sigkill();
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, r) =
+            stack.submit(&key, &json!({ "image_url": input, "prompt": format!("outage #{i}") })).await.expect("submit");
+        assert_eq!(status, 202, "accepted while Redis is down: {r}");
+        let id = r["jobId"].as_str().expect("jobId").to_owned();
+        let (status, job) = stack.get_job(&key, &id).await.expect("poll");
+        assert_eq!((status, job["status"].as_str()), (200, Some("queued")), "{job}");
+        assert_eq!(job["queuePosition"].as_i64(), Some(i + 1), "position from Postgres: {job}");
+        ids.push(id);
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = Instant::now();
+    stack.redis.as_mut().expect("own redis").restart().expect("restart redis");
+    for id in &ids {
+        let job = stack.wait_final(&key, id, Duration::from_secs(60)).await.expect("final");
+        assert_eq!(job["status"], "complete", "{job}\n{}", stack.worker_logs());
+    }
+    println!("3 jobs submitted during the outage complete {:.1} s after Redis returned", back.elapsed().as_secs_f64());
+}
