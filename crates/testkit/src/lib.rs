@@ -42,7 +42,12 @@ pub struct TestDb {
 
 /// Create `jewelshot_test_<ulid>` and apply the migrations.
 pub async fn fresh_database() -> anyhow::Result<TestDb> {
-    let admin = admin_database_url();
+    fresh_database_on(&admin_database_url()).await
+}
+
+/// The same on the server `admin` points at.
+pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
+    let admin = admin.to_owned();
     let name = format!("jewelshot_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
     let (client, conn) =
         tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
@@ -286,6 +291,122 @@ impl RedisServer {
     }
 }
 
+/// A PostgreSQL server of the run's own (so a fault-injection run may restart it): `initdb` into
+/// a temporary directory, `postgres` on a free loopback port, trust auth, no fsync. As root it
+/// runs as the `postgres` user (PostgreSQL refuses root).
+pub struct PgServer {
+    child: Option<Child>,
+    pub port: u16,
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub admin_url: String,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl PgServer {
+    fn bindir() -> PathBuf {
+        Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.join("postgres").exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    }
+
+    fn as_owner(program: &Path) -> Command {
+        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub async fn start(logs: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("jewelshot-pg-").tempdir()?;
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        let data = dir.path().join("data");
+        let out = Self::as_owner(&Self::bindir().join("initdb"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut pg = Self {
+            child: None,
+            port,
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            log: logs.join("postgres.log"),
+        };
+        pg.spawn().await?;
+        Ok(pg)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Self::as_owner(&Self::bindir().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "max_connections=200", "-c"])
+            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await.is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("postgres did not start; see {}", self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Kill the server (as a crash or a failover would) and start it again on the same data and
+    /// port; returns how long it was gone.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let down = Instant::now();
+        self.stop();
+        self.spawn().await?;
+        Ok(down.elapsed())
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster: every backend dies at once, no checkpoint,
+    /// crash recovery at the next start) — what clients see in a crash or failover.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.lines().next().map(str::to_owned));
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-QUIT", &pid]).stderr(Stdio::null()).status();
+            let started = Instant::now();
+            while Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+                && started.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Which object store a [`Stack`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StorageKind {
@@ -306,6 +427,8 @@ pub struct StackOptions {
     pub worker_env: HashMap<String, String>,
     /// Run a Redis server of the stack's own instead of the shared one.
     pub own_redis: bool,
+    /// Create the stack's database on this server instead of the shared one.
+    pub admin_database_url: Option<String>,
     /// Storage root to use instead of a temporary directory (the demo keeps its results).
     pub files_dir: Option<PathBuf>,
     pub storage: StorageKind,
@@ -325,6 +448,7 @@ impl Default for StackOptions {
             gateway_env: HashMap::new(),
             worker_env: HashMap::new(),
             own_redis: false,
+            admin_database_url: None,
             files_dir: None,
             storage: StorageKind::Local,
         }
@@ -355,7 +479,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
-        let db = fresh_database().await?;
+        let db = fresh_database_on(&opts.admin_database_url.clone().unwrap_or_else(admin_database_url)).await?;
         let queue_name = unique_queue_name();
         let (files, files_tmp) = match &opts.files_dir {
             Some(dir) => {
