@@ -92,8 +92,14 @@ impl std::fmt::Debug for Queue {
 /// Forget finished tasks: apalis-redis keeps every task's payload and metadata forever, so Redis
 /// would grow with every job ever run. Postgres is the record; once a task is acknowledged (done
 /// or dead) its Redis records serve nothing. Pops up to `batch` ids from the done and the dead
-/// sets and deletes their payload and metadata; returns how many. Idempotent: every worker may run
-/// it.
+/// sets and deletes their payload and metadata; returns how many. Idempotent: every worker may
+/// run it.
+///
+/// An id still listed elsewhere — ready, scheduled, or in some worker's in-flight set (a worker
+/// that died after acknowledging leaves its set behind, and orphan recovery moves the set back to
+/// the ready list) — keeps its payload: apalis-redis's fetch fails outright ("invalid job data
+/// format") on an id without one, and that worker stops. It goes back to the done set for a later
+/// round. Ready ids that lost their payload anyway are dropped from the list.
 pub async fn vacuum_finished(
     conn: &mut ConnectionManager,
     cfg: &QueueConfig,
@@ -101,19 +107,42 @@ pub async fn vacuum_finished(
 ) -> Result<usize, QueueError> {
     const SCRIPT: &str = r"
         local removed = 0
+        local workers = redis.call('ZRANGE', KEYS[6], 0, -1)
+        local function referenced(id)
+          if redis.call('LPOS', KEYS[4], id) or redis.call('ZSCORE', KEYS[5], id) then return true end
+          for _, w in ipairs(workers) do
+            if redis.call('SISMEMBER', ARGV[3] .. ':' .. w, id) == 1 then return true end
+          end
+          return false
+        end
         for _, set in ipairs({KEYS[1], KEYS[2]}) do
           local ids = redis.call('SPOP', set, tonumber(ARGV[2]))
           for _, id in ipairs(ids) do
-            redis.call('HDEL', KEYS[3], id)
-            redis.call('DEL', ARGV[1] .. ':' .. id)
-            removed = removed + 1
+            if referenced(id) then
+              redis.call('SADD', set, id)
+            else
+              redis.call('HDEL', KEYS[3], id)
+              redis.call('DEL', ARGV[1] .. ':' .. id)
+              removed = removed + 1
+            end
           end
+        end
+        for _, id in ipairs(redis.call('LRANGE', KEYS[4], 0, 999)) do
+          if redis.call('HEXISTS', KEYS[3], id) == 0 then redis.call('LREM', KEYS[4], 0, id) end
         end
         return removed";
     let c = apalis_config(cfg);
     let script = redis::Script::new(SCRIPT);
     let mut inv = script.prepare_invoke();
-    inv.key(c.done_jobs_set()).key(c.dead_jobs_set()).key(c.job_data_hash()).arg(c.job_meta_hash()).arg(batch);
+    inv.key(c.done_jobs_set())
+        .key(c.dead_jobs_set())
+        .key(c.job_data_hash())
+        .key(c.active_jobs_list())
+        .key(c.scheduled_jobs_set())
+        .key(c.workers_set())
+        .arg(c.job_meta_hash())
+        .arg(batch)
+        .arg(c.inflight_jobs_set());
     let timeout = Duration::from_millis(cfg.timeout_ms);
     tokio::time::timeout(timeout, inv.invoke_async::<usize>(conn))
         .await
@@ -213,7 +242,7 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.cmd("LLEN").arg(cfg.active_jobs_list()).cmd("ZCARD").arg(cfg.scheduled_jobs_set());
         for w in &workers {
-            pipe.cmd("SCARD").arg(w);
+            pipe.cmd("SCARD").arg(format!("{}:{w}", cfg.inflight_jobs_set()));
         }
         let counts: Vec<u64> = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
             .await

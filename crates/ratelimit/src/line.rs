@@ -118,8 +118,10 @@ pub struct QueueKeys {
     pub ready: String,
     /// Tasks waiting for their time (a sorted set of ids).
     pub scheduled: String,
-    /// Workers (a sorted set whose members are the workers' in-flight sets).
+    /// Workers (a sorted set of worker names).
     pub workers: String,
+    /// A worker's in-flight set is this, `:`, and its name.
+    pub inflight_prefix: String,
 }
 
 /// One dispatch attempt's outcome.
@@ -299,7 +301,7 @@ impl Limiter {
             inv.key(k);
         }
         inv.key(&queue.ready).key(&queue.scheduled).key(&queue.workers);
-        inv.arg(self.cfg.lease.as_millis() as u64);
+        inv.arg(self.cfg.lease.as_millis() as u64).arg(&queue.inflight_prefix);
         for e in entries {
             inv.arg(e.member());
         }

@@ -235,6 +235,7 @@ async fn absent_finds_what_redis_lost() {
         ready: format!("{prefix}:q:ready"),
         scheduled: format!("{prefix}:q:scheduled"),
         workers: format!("{prefix}:q:workers"),
+        inflight_prefix: format!("{prefix}:q:inflight"),
     };
     let jobs: Vec<LineEntry> = (1..=6).map(|i| job(i, "ana", false)).collect();
     l.enqueue(&jobs[0], None).await.expect("in line");
@@ -246,7 +247,7 @@ async fn absent_finds_what_redis_lost() {
     let inflight = format!("{prefix}:q:inflight:w1");
     redis::pipe()
         .rpush(&q.ready, &jobs[3].job)
-        .zadd(&q.workers, &inflight, 1)
+        .zadd(&q.workers, "w1", 1)
         .sadd(&inflight, &jobs[4].job)
         .query_async::<()>(&mut c)
         .await

@@ -381,6 +381,19 @@ impl PgServer {
         Ok(down.elapsed())
     }
 
+    /// Crash the server and leave it down (see [`PgServer::start_again`]).
+    pub fn crash(&mut self) {
+        self.stop();
+    }
+
+    /// Start a crashed server again on the same data and port.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_none() {
+            self.spawn().await?;
+        }
+        Ok(())
+    }
+
     /// Immediate shutdown (SIGQUIT to the postmaster: every backend dies at once, no checkpoint,
     /// crash recovery at the next start) — what clients see in a crash or failover.
     fn stop(&mut self) {

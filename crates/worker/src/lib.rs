@@ -70,10 +70,14 @@ async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> 
 /// a second time. This beats for it whatever its slots are doing: `ZADD XX` on apalis-redis's
 /// workers set (the same record its own heartbeat refreshes; XX never re-registers a worker
 /// apalis removed — apalis then restarts it through the Monitor).
+///
+/// `name` is the apalis worker's current name: a restarted apalis worker registers under a new
+/// one (see [`run`]), and the old record, no longer refreshed, expires so that apalis's orphan
+/// recovery hands its in-flight tasks to others.
 fn spawn_keep_alive(
     conn: redis::aio::ConnectionManager,
     workers_set: String,
-    name: String,
+    name: Arc<std::sync::Mutex<String>>,
     heartbeat_secs: u64,
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_millis((heartbeat_secs * 1000 / 2).max(250));
@@ -85,9 +89,10 @@ fn spawn_keep_alive(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
+            let Ok(current) = name.lock().map(|n| n.clone()) else { continue };
             let mut c = conn.clone();
             let mut cmd = redis::cmd("ZADD");
-            cmd.arg(&workers_set).arg("XX").arg(now).arg(&name);
+            cmd.arg(&workers_set).arg("XX").arg(now).arg(&current);
             match tokio::time::timeout(every, cmd.query_async::<i64>(&mut c)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "worker heartbeat failed"),
@@ -231,6 +236,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             ready: apalis.active_jobs_list(),
             scheduled: apalis.scheduled_jobs_set(),
             workers: apalis.workers_set(),
+            inflight_prefix: apalis.inflight_jobs_set(),
         },
         conn: conn.clone(),
         lease_key: format!("{}:reconciler", cfg.queue.name),
@@ -239,15 +245,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         stale: Duration::from_secs(s.orphan_after_secs),
     }
     .spawn(token.clone());
-    let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), name.clone(), s.heartbeat_secs);
+    let current_name = Arc::new(std::sync::Mutex::new(name.clone()));
+    let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), current_name.clone(), s.heartbeat_secs);
     let vacuum = spawn_vacuum(conn.clone(), cfg.queue.clone(), s.vacuum_interval_secs);
     let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
     let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
     tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
 
+    // apalis-redis refuses to register a name whose record is still fresh — and our keep-alive
+    // keeps it fresh — so a restarted apalis worker (after a Redis error) takes a new name. The
+    // old one expires; its in-flight tasks go back to the queue through orphan recovery (the run
+    // lock in `begin_attempt` keeps a job still running here from running twice).
+    let restarts = std::sync::atomic::AtomicUsize::new(0);
     let monitor = Monitor::new()
         .register(move |_| {
-            WorkerBuilder::new(name.clone())
+            let n = restarts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let apalis_name = if n == 0 { name.clone() } else { format!("{name}-r{n}") };
+            if let Ok(mut current) = current_name.lock() {
+                current.clone_from(&apalis_name);
+            }
+            WorkerBuilder::new(apalis_name)
                 .backend(storage.clone().poll_with_strategy(poll::SteadyInterval::new(poll_every)))
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
@@ -256,6 +273,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         })
         .should_restart(|w, err| {
             tracing::warn!(worker = %w.name(), error = %err, "worker stopped; restarting");
+            // A failing backend (Redis down) must not turn into a tight restart loop.
+            std::thread::sleep(Duration::from_millis(250));
             true
         })
         .shutdown_timeout(Duration::from_secs(s.shutdown_grace_secs));

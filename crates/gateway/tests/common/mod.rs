@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jewelshot_gateway::{Application, Config};
 use jewelshot_queue::{Queue, QueueConfig};
-use jewelshot_testkit::{fresh_database, redis_url, unique_queue_name, TestDb};
+use jewelshot_testkit::{redis_url, unique_queue_name, TestDb};
 use serde_json::Value;
 
 pub struct Api {
@@ -25,7 +25,12 @@ impl Api {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
-        let db = fresh_database().await.expect("database");
+        Self::start_on(&jewelshot_testkit::admin_database_url(), tune).await
+    }
+
+    /// The same, with the database on the server `admin_url` points at.
+    pub async fn start_on(admin_url: &str, tune: impl FnOnce(&mut Config)) -> Self {
+        let db = jewelshot_testkit::fresh_database_on(admin_url).await.expect("database");
         let files = tempfile::tempdir().expect("tempdir");
         let mut cfg = Config::default();
         cfg.gateway.listen = "127.0.0.1:0".into();
