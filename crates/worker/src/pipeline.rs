@@ -84,6 +84,11 @@ pub enum HandBack {
     Db(#[from] DbError),
     #[error("worker shutting down")]
     Shutdown,
+    /// Another worker's heartbeat on the job is fresh: it may be running it, or it may just have
+    /// died. The queue offers the task again shortly; by then the heartbeat has either gone
+    /// stale (the job is ours) or the job is final.
+    #[error("the job is running on {0}")]
+    Busy(String),
 }
 
 /// How a step failed.
@@ -188,10 +193,10 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
             if let Some(g) = grant.take() {
                 unused_slot(ctx, &g).await;
             }
-            // A second delivery while the job's worker is alive: leave it to that worker (if it
-            // dies, its heartbeat goes stale and the reconciler pushes the job again).
-            tracing::info!(running_on = ?other.worker_id, "job already running elsewhere; delivery dropped");
-            return Ok(());
+            // A second delivery while the job's heartbeat is fresh: never run it twice at once.
+            let owner = other.worker_id.clone().unwrap_or_default();
+            tracing::info!(running_on = %owner, "job's heartbeat is fresh elsewhere; handing it back");
+            return Err(HandBack::Busy(owner));
         }
         Begun::Final(job) => {
             if let Some(g) = grant.take() {

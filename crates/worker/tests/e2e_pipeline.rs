@@ -181,10 +181,16 @@ async fn e2e_sigkill_between_steps_never_pays_twice() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack.workers[first].sigkill();
+    let killed = Instant::now();
 
     stack.start_worker(&[]).expect("second worker");
     let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(60)).await.expect("final");
     assert_eq!(job["status"], "complete", "{job}");
+    // Here a dead worker is noticed after 2 missed 1 s heartbeats (production: 3 × 10 s, and the
+    // job's own heartbeat goes stale after `orphan_after_secs`, 30 s).
+    let recovered = killed.elapsed();
+    println!("job completed {:.1} s after its worker was SIGKILLed", recovered.as_secs_f64());
+    assert!(recovered < Duration::from_secs(20), "recovery took {recovered:?}");
     assert_eq!(job["attempts"], 2, "the crash cost one attempt: {job}");
     assert_eq!(stats_submits(&stack, prompt).await, 1, "fal saw exactly one submit");
     assert_eq!(stack.db.db.gallery_count_for_job(id).await.expect("count"), 1);
