@@ -118,3 +118,42 @@ async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
     }
     println!("3 jobs submitted during the outage complete {:.1} s after Redis returned", back.elapsed().as_secs_f64());
 }
+
+/// A job that takes its worker down every time (here: each worker is SIGKILLed as soon as the
+/// job's attempt begins) ends `failed` with `poison-job` once its attempts are spent, instead of
+/// looping; each crash counted as an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_job_that_kills_its_worker_every_time_ends_poison_job() {
+    let opts = StackOptions {
+        emulator_args: ["--latency-ms", "5000-5000", "--max-per-minute", "0"].iter().map(|s| s.to_string()).collect(),
+        gateway_env: HashMap::from([("JEWELSHOT_JOBS__MAX_ATTEMPTS".into(), "2".into())]),
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(opts).await.expect("stack");
+    let (_, key, _) = stack.user("poison@example.com").await.expect("user");
+    let input = stack.input_photo_url(&key).await.expect("input");
+    let (status, r) = stack.submit(&key, &json!({ "image_url": input, "prompt": "poison" })).await.expect("submit");
+    assert_eq!(status, 202, "{r}");
+    let id: jewelshot_domain::JobId = r["jobId"].as_str().expect("jobId").parse().expect("id");
+    for round in 1..=2 {
+        let w = stack.start_worker(&[]).expect("worker");
+        let started = Instant::now();
+        loop {
+            let job = stack.db.db.job(id).await.expect("job").expect("row");
+            if job.attempts >= round {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "attempt {round} never began:\n{}",
+                stack.worker_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stack.workers[w].sigkill();
+    }
+    stack.start_worker(&[]).expect("last worker");
+    let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(60)).await.expect("final");
+    assert_eq!((job["status"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("poison-job")), "{job}");
+    assert_eq!(job["attempts"], 3, "two crashes, then the delivery that stopped it: {job}");
+}
