@@ -148,11 +148,29 @@ struct Config {
     fal: FalSettings,
 }
 
-/// What the CLI reads of `JEWELSHOT_FAL__*`: where the workers' upstream limiter lives.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// What the CLI reads of `JEWELSHOT_FAL__*`: where the workers' upstream limiter and dispatch
+/// line live, and the dispatchers' `high_burst` (for positions).
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(default)]
 struct FalSettings {
     limiter_prefix: String,
+    high_burst: u32,
+}
+
+impl Default for FalSettings {
+    fn default() -> Self {
+        Self { limiter_prefix: String::new(), high_burst: 4 }
+    }
+}
+
+impl FalSettings {
+    fn prefix(&self, queue_name: &str) -> String {
+        if self.limiter_prefix.is_empty() {
+            jewelshot_ratelimit::default_prefix(queue_name)
+        } else {
+            self.limiter_prefix.clone()
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,7 +240,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Jobs { cmd: JobsCmd::Show { id } } => {
             let Some(job) = db.job(id).await? else { bail!("no job {id}") };
             let steps = db.steps(id).await?;
-            let position = db.queue_position(&job).await?;
+            let position = match Queue::connect(&cfg.queue).await {
+                Ok(q) => {
+                    let limiter = jewelshot_ratelimit::Limiter::new(
+                        q.connection(),
+                        jewelshot_ratelimit::LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name)),
+                        Vec::new(),
+                    );
+                    jewelshot_queue::position(&limiter, &db, &job, cfg.fal.high_burst).await?
+                }
+                Err(_) => db.queue_position(&job).await?,
+            };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&job.to_view(&steps, position, None))?);
             } else {
@@ -289,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 error_code,
                 limit: limit.clamp(1, 1_000_000),
             };
-            requeue(&db, &cfg.queue, &filter, dry_run, from_start, cli.json).await?;
+            requeue(&db, &cfg.queue, cfg.fal.prefix(&cfg.queue.name), &filter, dry_run, from_start, cli.json).await?;
         }
         Cmd::Queue { cmd: QueueCmd::Stats } => {
             let counts = db.queue_counts().await?;
@@ -300,14 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let upstream = match &queue {
                 Some(q) => {
-                    let prefix = if cfg.fal.limiter_prefix.is_empty() {
-                        jewelshot_ratelimit::default_prefix(&cfg.queue.name)
-                    } else {
-                        cfg.fal.limiter_prefix.clone()
-                    };
                     let limiter = jewelshot_ratelimit::Limiter::new(
                         q.connection(),
-                        jewelshot_ratelimit::LimiterConfig::new(prefix),
+                        jewelshot_ratelimit::LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name)),
                         Vec::new(),
                     );
                     limiter.snapshot().await.ok()
@@ -354,9 +377,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Put a requeued job back where it belongs (see [`jewelshot_queue::put_back`]).
+async fn put_back(
+    db: &Db,
+    limiter: &jewelshot_ratelimit::Limiter,
+    queue: &Queue,
+    job: &jewelshot_db::jobs::JobRow,
+) -> anyhow::Result<jewelshot_queue::Placed> {
+    let started = db.generate_started(job.id).await?;
+    Ok(jewelshot_queue::put_back(limiter, queue, job, started).await?)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn requeue(
     db: &Db,
     queue_cfg: &QueueConfig,
+    limiter_prefix: String,
     filter: &jewelshot_db::requeue::RequeueFilter,
     dry_run: bool,
     from_start: bool,
@@ -385,6 +421,13 @@ async fn requeue(
         return Ok(());
     }
     let queue = Queue::connect(queue_cfg).await.context("connecting to the queue")?;
+    // Jobs that never reached fal go back in the dispatch line (their fair place, exact
+    // positions); the others get their task again.
+    let limiter = jewelshot_ratelimit::Limiter::new(
+        queue.connection(),
+        jewelshot_ratelimit::LimiterConfig::new(limiter_prefix),
+        Vec::new(),
+    );
     let bar = indicatif::ProgressBar::new(candidates.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
@@ -394,8 +437,8 @@ async fn requeue(
     for job in &candidates {
         match db.requeue_job(job, from_start).await? {
             None => skipped += 1, // changed since it was listed (e.g. another requeue)
-            Some(row) => match queue.repush(row.id, None).await {
-                Ok(()) => requeued += 1,
+            Some(row) => match put_back(db, &limiter, &queue, &row).await {
+                Ok(_) => requeued += 1,
                 Err(e) => {
                     // Not in Redis: put it back as it was, so a later run finds it again.
                     let code = job.error_code.as_deref().unwrap_or("requeue-failed");

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 use jewelshot_testkit::{Stack, StackOptions};
 use serde_json::json;
 
-const JOBS: usize = 20;
+const JOBS: usize = 50;
 
 fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))

@@ -346,6 +346,21 @@ impl Db {
         }
     }
 
+    /// Whether the job's `generate-image` has started: finished, or holding a fal request (its
+    /// checkpoint). Such a job must not wait for a new upstream slot.
+    pub async fn generate_started(&self, id: JobId) -> Result<bool> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT status = 'complete' OR coalesce(output ? 'request', false) FROM job_steps
+                  WHERE job_id = $1 AND step = 'generate-image'",
+                &[&id.to_string()],
+            )
+            .await?;
+        Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
+    }
+
     /// Refresh the heartbeat of the jobs `worker` is running.
     pub async fn heartbeat(&self, worker: &str, jobs: &[JobId]) -> Result<u64> {
         if jobs.is_empty() {

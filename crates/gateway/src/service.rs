@@ -9,7 +9,7 @@ use jewelshot_domain::{
     view::{JobPage, JobView, SubmittedView},
     EditRequest, JobId, JobStatus, NewEdit, Priority, ValidationError,
 };
-use jewelshot_ratelimit::{LineEntry, LinePlace};
+use jewelshot_queue::line_entry;
 
 use crate::{
     error::{ApiError, RateHeaders},
@@ -179,31 +179,9 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::JobNotFound)
 }
 
-/// The job as the dispatch line knows it.
-pub fn line_entry(job: &JobRow) -> LineEntry {
-    LineEntry {
-        seq: job.seq,
-        high: job.priority == Priority::High,
-        user: job.user_id.to_string(),
-        job: job.id.to_string(),
-    }
-}
-
-/// The job's place in the real dispatch order (1 = next; 0 when not waiting or not yet due):
-/// one O(log n) look at the line. A job the line does not hold (requeued by an operator, waiting
-/// among retries) or a line that cannot be reached falls back to Postgres's submit-order count.
+/// The job's place in the real dispatch order (see [`jewelshot_queue::position`]).
 pub async fn position(state: &AppState, job: &JobRow) -> Result<i64, ApiError> {
-    if job.status != JobStatus::Queued {
-        return Ok(0);
-    }
-    match state.limiter.position(&line_entry(job), state.cfg.fal.high_burst).await {
-        Ok(LinePlace::Queued(p)) => return Ok(p as i64),
-        Ok(LinePlace::Scheduled) => return Ok(0),
-        Ok(LinePlace::Dispatched) => return Ok(1),
-        Ok(LinePlace::Absent) => {}
-        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; position from Postgres"),
-    }
-    Ok(state.db.queue_position(job).await?)
+    Ok(jewelshot_queue::position(&state.limiter, &state.db, job, state.cfg.fal.high_burst).await?)
 }
 
 pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {

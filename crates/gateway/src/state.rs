@@ -30,22 +30,24 @@ pub struct AppState {
 }
 
 /// How fast the upstream can take jobs, from the pool's registered limits and current use.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Capacity {
     /// Starts per second the healthy accounts allow on average (None = unlimited).
     pub starts_per_sec: Option<f64>,
-    /// The rate limit as the upstream applies it: `quota` starts per `window_secs`, of which
-    /// `used` are spent in the current window (None = unlimited).
+    /// The rate limit as the upstream applies it (None = unlimited).
     pub window: Option<RateWindow>,
     /// Requests they may run at once (None = unlimited).
     pub lanes: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The pool's rate window: when its next starts can happen.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateWindow {
-    pub quota: f64,
     pub window_secs: f64,
-    pub used: f64,
+    /// Seconds from now until each of the next `quota` starts may happen, ascending: 0 for every
+    /// start free now, then, for each start already in the window, the moment it ages out. Each
+    /// repeats one window later, and so on.
+    pub offsets: Vec<f64>,
 }
 
 impl Capacity {
@@ -58,30 +60,44 @@ impl Capacity {
         let unlimited_lanes = healthy.iter().any(|k| k.max_concurrent == 0);
         let rate: f64 =
             healthy.iter().map(|k| f64::from(k.max_per_minute) / (k.window_ms.max(1) as f64 / 1000.0)).sum();
-        let quota: f64 = healthy.iter().map(|k| f64::from(k.max_per_minute)).sum();
-        let used: f64 = healthy.iter().map(|k| (k.started_in_window as f64).min(f64::from(k.max_per_minute))).sum();
+        let mut offsets = Vec::new();
+        for k in &healthy {
+            let window = k.window_ms as f64 / 1000.0;
+            let spent: Vec<f64> = k
+                .window_ages_ms
+                .iter()
+                .take(k.max_per_minute as usize)
+                .map(|age| (window - *age as f64 / 1000.0).max(0.0))
+                .collect();
+            offsets.extend(std::iter::repeat_n(0.0, (k.max_per_minute as usize).saturating_sub(spent.len())));
+            offsets.extend(spent);
+        }
+        offsets.sort_by(f64::total_cmp);
         let window_secs = healthy.iter().map(|k| k.window_ms).max().unwrap_or(60_000) as f64 / 1000.0;
         let lanes: f64 = healthy.iter().map(|k| f64::from(k.max_concurrent)).sum();
         Some(Self {
             starts_per_sec: (!unlimited_rate).then_some(rate),
-            window: (!unlimited_rate).then_some(RateWindow { quota, window_secs, used }),
+            window: (!unlimited_rate).then_some(RateWindow { window_secs, offsets }),
             lanes: (!unlimited_lanes).then_some(lanes),
         })
     }
 
     /// Seconds until the job at `position` (1 = next) completes: when it can start, then its
     /// own generation (`mean`). It can start once the jobs ahead have started, which the slower
-    /// of two limits decides: the rate window (the upstream lets `quota` start at once, then
-    /// `quota` more each window as those age out — so the k-th job ahead, counting the window's
-    /// spent starts, waits ⌊k / quota⌋ windows), and the lanes turning over every `mean`.
+    /// of two limits decides: the rate window (the k-th job ahead takes the k-th of the window's
+    /// coming starts — free ones now, then each spent one as it ages out, a window apart), and
+    /// the lanes turning over every `mean`.
     pub fn eta_seconds(&self, position: i64, mean: f64, fallback_lanes: f64) -> i64 {
-        let ahead = (position - 1).max(0) as f64;
-        let by_rate = match self.window {
-            Some(w) if w.quota > 0.0 => ((ahead + w.used) / w.quota).floor() * w.window_secs,
+        let ahead = (position - 1).max(0) as usize;
+        let by_rate = match &self.window {
+            Some(w) if !w.offsets.is_empty() => {
+                let q = w.offsets.len();
+                (ahead / q) as f64 * w.window_secs + w.offsets[ahead % q]
+            }
             _ => 0.0,
         };
         let lanes = self.lanes.unwrap_or(if self.window.is_some() { f64::INFINITY } else { fallback_lanes });
-        let by_lanes = if lanes.is_finite() && lanes > 0.0 { ahead / lanes * mean } else { 0.0 };
+        let by_lanes = if lanes.is_finite() && lanes > 0.0 { ahead as f64 / lanes * mean } else { 0.0 };
         (by_rate.max(by_lanes) + mean).ceil() as i64
     }
 }
@@ -183,6 +199,7 @@ mod tests {
             in_flight: 0,
             healthy,
             cooling_down: false,
+            window_ages_ms: Vec::new(),
         }
     }
 
@@ -197,12 +214,17 @@ mod tests {
         assert_eq!(cap.eta_seconds(45, 30.0, 4.0), 30);
         assert_eq!(cap.eta_seconds(46, 30.0, 4.0), 90);
         assert_eq!(cap.eta_seconds(136, 30.0, 4.0), 210);
-        // Starts already spent in the window push the line back.
+        // Starts already spent in the window come back as they age out: ten started 20 s ago
+        // free up 40 s from now, and again a window later.
         let mut spent = key(15, 0, true);
         spent.started_in_window = 10;
+        spent.window_ages_ms = vec![20_000; 10];
         let cap = Capacity::of(&[spent, key(15, 0, true), key(15, 0, true)]).expect("cap");
         assert_eq!(cap.eta_seconds(35, 30.0, 4.0), 30);
-        assert_eq!(cap.eta_seconds(36, 30.0, 4.0), 90);
+        assert_eq!(cap.eta_seconds(36, 30.0, 4.0), 70);
+        assert_eq!(cap.eta_seconds(45, 30.0, 4.0), 70);
+        assert_eq!(cap.eta_seconds(46, 30.0, 4.0), 90);
+        assert_eq!(cap.eta_seconds(81, 30.0, 4.0), 130);
         // A disabled key adds nothing; none healthy → no capacity known.
         let one = Capacity::of(&[key(15, 0, true), key(15, 0, false)]).expect("cap");
         assert_eq!(one.eta_seconds(16, 30.0, 4.0), 90);

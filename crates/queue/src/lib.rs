@@ -9,6 +9,8 @@
 //!   Redis key, which is how tests isolate themselves.
 //! - [`EditTask`] — the task payload.
 //! - [`Queue`] — push a job (now or at `run_at`) and read queue depths.
+//! - [`line_entry`], [`put_back`] — where a waiting job belongs: the dispatch line (it has not
+//!   reached fal) or a task of its own (it has); used by the gateway, the reconciler and requeue.
 
 use std::time::Duration;
 
@@ -148,6 +150,68 @@ pub async fn vacuum_finished(
         .await
         .map_err(|_| QueueError::Timeout)?
         .map_err(QueueError::from)
+}
+
+/// The job as the dispatch line knows it.
+pub fn line_entry(job: &jewelshot_db::jobs::JobRow) -> jewelshot_ratelimit::LineEntry {
+    jewelshot_ratelimit::LineEntry {
+        seq: job.seq,
+        high: job.priority == jewelshot_domain::Priority::High,
+        user: job.user_id.to_string(),
+        job: job.id.to_string(),
+    }
+}
+
+/// The job's place in the real dispatch order (1 = next; 0 when not waiting or not yet due): one
+/// O(log n) look at the line. A job the line does not hold (waiting among retries, or put back by
+/// the reconciler a moment from now) or a line that cannot be reached falls back to Postgres's
+/// submit-order count. `high_burst` must be the dispatchers'.
+pub async fn position(
+    limiter: &jewelshot_ratelimit::Limiter,
+    db: &jewelshot_db::Db,
+    job: &jewelshot_db::jobs::JobRow,
+    high_burst: u32,
+) -> Result<i64, jewelshot_db::DbError> {
+    use jewelshot_ratelimit::LinePlace;
+    if job.status != jewelshot_domain::JobStatus::Queued {
+        return Ok(0);
+    }
+    match limiter.position(&line_entry(job), high_burst).await {
+        Ok(LinePlace::Queued(p)) => return Ok(p as i64),
+        Ok(LinePlace::Scheduled) => return Ok(0),
+        Ok(LinePlace::Dispatched) => return Ok(1),
+        Ok(LinePlace::Absent) => {}
+        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; position from Postgres"),
+    }
+    db.queue_position(job).await
+}
+
+/// Where [`put_back`] put a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// In the dispatch line (or scheduled), at its fair place: it has not reached fal.
+    Line,
+    /// A task of its own: its fal request exists (or its generate step finished), so it needs no
+    /// new slot from the line.
+    Task,
+}
+
+/// Put a waiting job back where it belongs: a job whose `generate-image` has not started goes
+/// back in the dispatch line, at the fair place its `seq` gives it; one past that point gets its
+/// task pushed again (finished steps are kept). Idempotent.
+pub async fn put_back(
+    limiter: &jewelshot_ratelimit::Limiter,
+    queue: &Queue,
+    job: &jewelshot_db::jobs::JobRow,
+    generate_started: bool,
+) -> Result<Placed, QueueError> {
+    if generate_started {
+        queue.repush(job.id, None).await?;
+        return Ok(Placed::Task);
+    }
+    let due = job.run_at.map(|t| t.timestamp_millis());
+    limiter.enqueue(&line_entry(job), due).await.map_err(|e| QueueError::Push(e.to_string()))?;
+    Ok(Placed::Line)
 }
 
 /// The apalis backend configuration used by both sides, so keys agree.

@@ -161,6 +161,11 @@ pub struct KeyStatus {
     pub in_flight: u64,
     pub healthy: bool,
     pub cooling_down: bool,
+    /// How long ago each start in the window began, oldest first, in milliseconds (for ETAs:
+    /// each ages out of the window, and frees its start, at `window_ms` − age). Rate-limited
+    /// keys only.
+    #[serde(skip)]
+    pub window_ages_ms: Vec<u64>,
 }
 
 /// The fleet-wide limiter. Cheap to clone.
@@ -478,22 +483,33 @@ impl Limiter {
             pipe.cmd("ZCOUNT").arg(self.key_k(&key.id, "window")).arg(format!("({since}")).arg("+inf");
             pipe.cmd("ZCOUNT").arg(self.key_k(&key.id, "leases")).arg(format!("({now}")).arg("+inf");
             pipe.cmd("HMGET").arg(self.key_k(&key.id, "state")).arg("cool_until").arg("disabled_until");
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.key_k(&key.id, "window"))
+                .arg(format!("({since}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(key.max_per_minute);
         }
         let values: Vec<redis::Value> =
             if keys.is_empty() { Vec::new() } else { self.timed(pipe.query_async(&mut conn)).await? };
-        let rows = values.chunks(3).map(|c| {
+        let rows = values.chunks(4).map(|c| {
             let count =
                 |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0);
             let state = c
                 .get(2)
                 .and_then(|v| redis::from_redis_value_ref::<(Option<f64>, Option<f64>)>(v).ok())
                 .unwrap_or((None, None));
-            (count(c.first()), count(c.get(1)), state)
+            let starts =
+                c.get(3).and_then(|v| redis::from_redis_value_ref::<Vec<(String, f64)>>(v).ok()).unwrap_or_default();
+            let ages = starts.iter().map(|(_, at)| (now - at).max(0.0) as u64).collect();
+            (count(c.first()), count(c.get(1)), state, ages)
         });
         Ok(keys
             .into_iter()
             .zip(rows)
-            .map(|((key, window), (started, in_flight, (cool, disabled)))| KeyStatus {
+            .map(|((key, window), (started, in_flight, (cool, disabled), window_ages_ms))| KeyStatus {
                 id: key.id,
                 window_ms: window as u64,
                 max_per_minute: key.max_per_minute,
@@ -502,6 +518,7 @@ impl Limiter {
                 in_flight,
                 healthy: disabled.is_none_or(|d| d <= now),
                 cooling_down: cool.is_some_and(|c| c > now),
+                window_ages_ms,
             })
             .collect())
     }

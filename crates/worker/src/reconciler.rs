@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use jewelshot_db::{jobs::OpenJob, Db};
 use jewelshot_domain::JobStatus;
-use jewelshot_queue::Queue;
+use jewelshot_queue::{Placed, Queue};
 use jewelshot_ratelimit::{Limiter, LineEntry, QueueKeys};
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +41,6 @@ pub struct Reconciler {
     pub worker: String,
     pub interval: Duration,
     pub stale: Duration,
-}
-
-fn entry(job: &jewelshot_db::jobs::JobRow) -> LineEntry {
-    LineEntry {
-        seq: job.seq,
-        high: job.priority == jewelshot_domain::Priority::High,
-        user: job.user_id.to_string(),
-        job: job.id.to_string(),
-    }
 }
 
 impl Reconciler {
@@ -123,17 +114,15 @@ impl Reconciler {
             // is not a candidate.
             let candidates: Vec<&OpenJob> =
                 batch.iter().filter(|o| o.settled && (o.job.status == JobStatus::Queued || o.stale)).collect();
-            let entries: Vec<LineEntry> = candidates.iter().map(|o| entry(&o.job)).collect();
+            let entries: Vec<LineEntry> = candidates.iter().map(|o| jewelshot_queue::line_entry(&o.job)).collect();
             let absent = self.limiter.absent(&self.keys, &entries).await?;
             for e in absent {
                 let Some(open) = candidates.iter().find(|o| o.job.id.to_string() == e.job) else { continue };
-                if open.job.status == JobStatus::Queued && !open.generate_started {
-                    let due = open.job.run_at.map(|t| t.timestamp_millis());
-                    self.limiter.enqueue(&e, due).await?;
-                    report.relined += 1;
-                } else {
-                    self.queue.repush(open.job.id, None).await?;
-                    report.repushed += 1;
+                // A processing job is past the line whatever its steps say.
+                let started = open.generate_started || open.job.status != JobStatus::Queued;
+                match jewelshot_queue::put_back(&self.limiter, &self.queue, &open.job, started).await? {
+                    Placed::Line => report.relined += 1,
+                    Placed::Task => report.repushed += 1,
                 }
                 tracing::info!(job_id = %e.job, status = %open.job.status, "reconciler: job put back");
             }
