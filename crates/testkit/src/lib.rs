@@ -447,6 +447,13 @@ pub struct StackOptions {
     pub storage: StorageKind,
 }
 
+impl StackOptions {
+    /// The defaults with these emulator flags, e.g. `&["--max-concurrent", "2"]`.
+    pub fn emulator(args: &[&str]) -> Self {
+        Self { emulator_args: args.iter().map(|s| s.to_string()).collect(), ..Self::default() }
+    }
+}
+
 impl Default for StackOptions {
     fn default() -> Self {
         Self {

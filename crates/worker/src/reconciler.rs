@@ -115,9 +115,11 @@ impl Reconciler {
             let candidates: Vec<&OpenJob> =
                 batch.iter().filter(|o| o.settled && (o.job.status == JobStatus::Queued || o.stale)).collect();
             let entries: Vec<LineEntry> = candidates.iter().map(|o| jewelshot_queue::line_entry(&o.job)).collect();
+            let by_id: std::collections::HashMap<&str, &OpenJob> =
+                entries.iter().map(|e| e.job.as_str()).zip(candidates.iter().copied()).collect();
             let absent = self.limiter.absent(&self.keys, &entries).await?;
             for e in absent {
-                let Some(open) = candidates.iter().find(|o| o.job.id.to_string() == e.job) else { continue };
+                let Some(open) = by_id.get(e.job.as_str()) else { continue };
                 // A processing job is past the line whatever its steps say.
                 let started = open.generate_started || open.job.status != JobStatus::Queued;
                 match jewelshot_queue::put_back(&self.limiter, &self.queue, &open.job, started).await? {

@@ -9,10 +9,6 @@ use std::{
 use jewelshot_testkit::{Stack, StackOptions, StorageKind};
 use serde_json::{json, Value};
 
-fn emulator(args: &[&str]) -> StackOptions {
-    StackOptions { emulator_args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
-}
-
 async fn stats_submits(stack: &Stack, prompt: &str) -> u64 {
     let stats = stack.emulator_stats().await.expect("emulator stats");
     stats["submits_by_prompt"][prompt].as_u64().unwrap_or(0)
@@ -33,7 +29,8 @@ async fn e2e_twenty_edits_on_s3_storage() {
 }
 
 async fn twenty_edits(storage: StorageKind) {
-    let mut opts = emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]);
+    let mut opts =
+        StackOptions::emulator(&["--latency-ms", "200-400", "--max-concurrent", "2", "--max-per-minute", "0"]);
     opts.storage = storage;
     let mut stack = Stack::start(opts).await.expect("stack");
     let mut keys = Vec::new();
@@ -157,10 +154,16 @@ async fn assert_redis_forgets_finished_tasks(stack: &Stack) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_sigkill_between_steps_never_pays_twice() {
     // Serving the generated image slowly holds the job inside save-to-gallery.
-    let mut stack =
-        Stack::start(emulator(&["--latency-ms", "100-200", "--file-delay-ms", "4000", "--max-per-minute", "0"]))
-            .await
-            .expect("stack");
+    let mut stack = Stack::start(StackOptions::emulator(&[
+        "--latency-ms",
+        "100-200",
+        "--file-delay-ms",
+        "4000",
+        "--max-per-minute",
+        "0",
+    ]))
+    .await
+    .expect("stack");
     let (_, key, _) = stack.user("kill@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let prompt = "survive a crash";
@@ -219,7 +222,16 @@ async fn e2e_upstream_422_fails_after_one_attempt() {
 /// Acceptance A3 (retries): with fal failing half the submits, every job still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_injected_5xx_are_retried_to_completion() {
-    let mut opts = emulator(&["--latency-ms", "50-100", "--error-rate", "0.5", "--seed", "7", "--max-per-minute", "0"]);
+    let mut opts = StackOptions::emulator(&[
+        "--latency-ms",
+        "50-100",
+        "--error-rate",
+        "0.5",
+        "--seed",
+        "7",
+        "--max-per-minute",
+        "0",
+    ]);
     opts.gateway_env.insert("JEWELSHOT_JOBS__MAX_ATTEMPTS".into(), "12".into());
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("flaky@example.com").await.expect("user");
@@ -300,8 +312,9 @@ async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
 /// request, so fal sees one submit and the hand-back costs no attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_sigterm_hands_the_job_back_at_once() {
-    let mut stack =
-        Stack::start(emulator(&["--latency-ms", "4000-4000", "--max-per-minute", "0"])).await.expect("stack");
+    let mut stack = Stack::start(StackOptions::emulator(&["--latency-ms", "4000-4000", "--max-per-minute", "0"]))
+        .await
+        .expect("stack");
     let (_, key, _) = stack.user("deploy@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let slow_orphans = [("JEWELSHOT_WORKER__HEARTBEAT_SECS", "10"), ("JEWELSHOT_WORKER__MISSED_HEARTBEATS", "3")];
@@ -340,10 +353,16 @@ async fn e2e_sigterm_hands_the_job_back_at_once() {
 /// jobs over (apalis-core heartbeats only while a worker polls for more tasks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_busy_workers_are_not_declared_dead() {
-    let mut stack =
-        Stack::start(emulator(&["--latency-ms", "800-1200", "--max-per-minute", "0", "--max-concurrent", "2"]))
-            .await
-            .expect("stack");
+    let mut stack = Stack::start(StackOptions::emulator(&[
+        "--latency-ms",
+        "800-1200",
+        "--max-per-minute",
+        "0",
+        "--max-concurrent",
+        "2",
+    ]))
+    .await
+    .expect("stack");
     let (_, key, _) = stack.user("busy@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let mut ids = Vec::new();

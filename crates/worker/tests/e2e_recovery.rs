@@ -16,11 +16,7 @@ async fn e2e_redis_flushall_mid_run_every_job_completes() {
     const JOBS: usize = 30;
     let opts = StackOptions {
         own_redis: true,
-        emulator_args: ["--latency-ms", "300-600", "--max-concurrent", "3", "--max-per-minute", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..StackOptions::default()
+        ..StackOptions::emulator(&["--latency-ms", "300-600", "--max-concurrent", "3", "--max-per-minute", "0"])
     };
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("flush@example.com").await.expect("user");
@@ -125,9 +121,8 @@ async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_a_job_that_kills_its_worker_every_time_ends_poison_job() {
     let opts = StackOptions {
-        emulator_args: ["--latency-ms", "5000-5000", "--max-per-minute", "0"].iter().map(|s| s.to_string()).collect(),
         gateway_env: HashMap::from([("JEWELSHOT_JOBS__MAX_ATTEMPTS".into(), "2".into())]),
-        ..StackOptions::default()
+        ..StackOptions::emulator(&["--latency-ms", "5000-5000", "--max-per-minute", "0"])
     };
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("poison@example.com").await.expect("user");

@@ -60,7 +60,12 @@ async fn queue_view(stack: &Stack, key: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
     let opts = StackOptions {
-        emulator_args: [
+        // kC claims 4 slots; the emulator allows every key 2.
+        worker_env: HashMap::from([
+            ("JEWELSHOT_FAL__KEYS".into(), pool(&[("a", "kA", 2), ("b", "kB", 2), ("c", "kC", 4)])),
+            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "6".into()),
+        ]),
+        ..StackOptions::emulator(&[
             "--mode=reject",
             "--max-concurrent",
             "2",
@@ -70,16 +75,7 @@ async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
             "300-600",
             "--keys",
             "kA,kB,kC",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        // kC claims 4 slots; the emulator allows every key 2.
-        worker_env: HashMap::from([
-            ("JEWELSHOT_FAL__KEYS".into(), pool(&[("a", "kA", 2), ("b", "kB", 2), ("c", "kC", 4)])),
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "6".into()),
-        ]),
-        ..Default::default()
+        ])
     };
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("pool@example.com").await.expect("user");
@@ -176,11 +172,7 @@ async fn e2e_scheduled_job_starts_on_time_not_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_cancel_a_processing_job_at_fal() {
     let opts = StackOptions {
-        emulator_args: ["--latency-ms", "3000-3500", "--max-concurrent", "1", "--max-per-minute", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..Default::default()
+        ..StackOptions::emulator(&["--latency-ms", "3000-3500", "--max-concurrent", "1", "--max-per-minute", "0"])
     };
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("cancel@example.com").await.expect("user");
@@ -225,11 +217,7 @@ async fn e2e_cancel_a_processing_job_at_fal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_dispatch_is_fair_with_priorities_and_positions_are_exact() {
     let opts = StackOptions {
-        emulator_args: ["--latency-ms", "20-40", "--max-concurrent", "1", "--max-per-minute", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..StackOptions::default()
+        ..StackOptions::emulator(&["--latency-ms", "20-40", "--max-concurrent", "1", "--max-per-minute", "0"])
     };
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, a, _) = stack.user("a@example.com").await.expect("user");

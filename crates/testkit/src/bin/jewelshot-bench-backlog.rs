@@ -39,10 +39,6 @@ async fn main() -> anyhow::Result<()> {
     let opts = StackOptions {
         // Its own Redis, so the memory figures are this run's alone.
         own_redis: true,
-        emulator_args: ["--latency-ms", "0-0", "--max-per-minute", "0", "--max-concurrent", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
         worker_env: HashMap::from([
             ("JEWELSHOT_WORKER__CONCURRENCY".into(), CONCURRENCY.to_string()),
             ("JEWELSHOT_FAL__POLL_INTERVAL_MS".into(), "5".into()),
@@ -51,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             ("JEWELSHOT_WORKER__RECONCILE_INTERVAL_SECS".into(), "10".into()),
             ("RUST_LOG".into(), "warn".into()),
         ]),
-        ..StackOptions::default()
+        ..StackOptions::emulator(&["--latency-ms", "0-0", "--max-per-minute", "0", "--max-concurrent", "0"])
     };
     let mut stack = Stack::start(opts).await?;
     let (user, key, _) = stack.user("backlog@example.com").await?;

@@ -38,7 +38,15 @@ async fn main() -> anyhow::Result<()> {
     let opts = StackOptions {
         own_redis: true,
         admin_database_url: Some(postgres.admin_url.clone()),
-        emulator_args: [
+        worker_env: HashMap::from([
+            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "4".into()),
+            // A hung submit is given up after 3 s (and retried); a stuck generation after 20 s.
+            ("JEWELSHOT_FAL__REQUEST_TIMEOUT_MS".into(), "3000".into()),
+            ("JEWELSHOT_FAL__GENERATION_TIMEOUT_SECS".into(), "20".into()),
+            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "6".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ]),
+        ..StackOptions::emulator(&[
             "--latency-ms",
             "1000-3000",
             "--max-per-minute",
@@ -51,19 +59,7 @@ async fn main() -> anyhow::Result<()> {
             "0.05",
             "--seed",
             "7",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        worker_env: HashMap::from([
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "4".into()),
-            // A hung submit is given up after 3 s (and retried); a stuck generation after 20 s.
-            ("JEWELSHOT_FAL__REQUEST_TIMEOUT_MS".into(), "3000".into()),
-            ("JEWELSHOT_FAL__GENERATION_TIMEOUT_SECS".into(), "20".into()),
-            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "6".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ]),
-        ..StackOptions::default()
+        ])
     };
     let mut stack = Stack::start(opts).await?;
     let mut keys = Vec::new();

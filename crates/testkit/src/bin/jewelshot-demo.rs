@@ -14,12 +14,8 @@ async fn main() -> anyhow::Result<()> {
     let files = repo_root().join("target/demo/files");
     println!("▶ starting the fal emulator (20-45 s per edit, time-scaled ×{scale}), the gateway and two workers…");
     let opts = StackOptions {
-        emulator_args: ["--time-scale", &scale, "--max-concurrent", "2", "--max-per-minute", "15"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
         files_dir: Some(files.clone()),
-        ..Default::default()
+        ..StackOptions::emulator(&["--time-scale", &scale, "--max-concurrent", "2", "--max-per-minute", "15"])
     };
     let mut stack = Stack::start(opts).await.context("starting the stack (is `just services` happy?)")?;
     println!("  gateway  {}", stack.gateway_url());

@@ -21,20 +21,6 @@ fn k6() -> PathBuf {
 async fn main() -> anyhow::Result<()> {
     let scale: f64 = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.1);
     let opts = StackOptions {
-        emulator_args: [
-            "--mode=reject",
-            "--max-per-minute",
-            "15",
-            "--max-concurrent",
-            "4",
-            "--latency-ms",
-            "20000-45000",
-            "--time-scale",
-            &scale.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
         // The product's own per-user limits, not the tests' unlimited ones.
         gateway_env: HashMap::from([
             ("JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE".into(), "30".into()),
@@ -47,7 +33,17 @@ async fn main() -> anyhow::Result<()> {
             ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("RUST_LOG".into(), "warn".into()),
         ]),
-        ..StackOptions::default()
+        ..StackOptions::emulator(&[
+            "--mode=reject",
+            "--max-per-minute",
+            "15",
+            "--max-concurrent",
+            "4",
+            "--latency-ms",
+            "20000-45000",
+            "--time-scale",
+            &scale.to_string(),
+        ])
     };
     let mut stack = Stack::start(opts).await?;
     let mut keys = Vec::with_capacity(USERS);
