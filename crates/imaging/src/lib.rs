@@ -18,6 +18,7 @@
 mod jpeg;
 mod png;
 mod probe;
+mod progressive;
 mod raster;
 mod stream;
 
@@ -286,7 +287,7 @@ fn fit_loop(
 /// the fixtures; the curve is much the same for any natural photo): size(q) / size(80).
 const SIZE_AT: [(u8, f64); 7] = [(80, 1.0), (75, 0.87), (70, 0.78), (65, 0.71), (60, 0.65), (55, 0.60), (50, 0.56)];
 
-fn relative_size(q: u8) -> f64 {
+pub(crate) fn relative_size(q: u8) -> f64 {
     SIZE_AT.iter().find(|(at, _)| *at <= q).map_or(0.5, |(_, r)| *r)
 }
 
@@ -364,6 +365,21 @@ fn encode_webp(r: &Raster, quality: u8) -> Result<Vec<u8>, ImageError> {
         .encode_simple(false, f32::from(quality))
         .map_err(|e| ImageError::Internal(format!("WebP encode: {e:?}")))?;
     Ok(mem.to_vec())
+}
+
+/// Decode a progressive JPEG at scale `n`/8 with the two-thread decoder: (width, height, RGB
+/// or gray rows), or `None` if the file is not one it takes. For tests and the examples.
+#[doc(hidden)]
+pub fn decode_progressive(input: &[u8], n: usize) -> Option<(usize, usize, Vec<u8>)> {
+    let p = progressive::Progressive::parse(input).ok()??;
+    let (w, h) = p.scaled(n);
+    let mut px = Vec::new();
+    progressive::decode(&p, n, 64, |r| {
+        px.extend_from_slice(&r);
+        true
+    })
+    .ok()?;
+    Some((w, h, px))
 }
 
 #[cfg(test)]
