@@ -137,8 +137,7 @@ fn exif_orientation(tiff: &[u8]) -> Option<u16> {
     field.value.get_uint(0).and_then(|v| u16::try_from(v).ok())
 }
 
-/// Encode RGB or gray pixels at `quality`, embedding `icc` when given. No other metadata.
-pub fn encode(r: &Raster, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, ImageError> {
+fn encode_with(r: &Raster, quality: u8, icc: Option<&[u8]>, optimize: bool) -> Result<Vec<u8>, ImageError> {
     let cs = if r.channels == 1 { ColorSpace::JCS_GRAYSCALE } else { ColorSpace::JCS_RGB };
     guarded(|| {
         let mut c = Compress::new(cs);
@@ -147,7 +146,7 @@ pub fn encode(r: &Raster, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, Im
         c.set_fastest_defaults();
         c.set_size(r.width as usize, r.height as usize);
         c.set_quality(f32::from(quality));
-        c.set_optimize_coding(true);
+        c.set_optimize_coding(optimize);
         let mut s = c.start_compress(Vec::with_capacity(r.data.len() / 8))?;
         if let Some(icc) = icc {
             s.write_icc_profile(icc);
@@ -156,6 +155,77 @@ pub fn encode(r: &Raster, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, Im
         s.finish()
     })
     .map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")))
+}
+
+/// Encode RGB or gray pixels at `quality`, embedding `icc` when given. No other metadata.
+///
+/// Large images are encoded as two halves on two threads and joined with a restart marker:
+/// a JPEG decoder resets its DC predictions at a restart marker, which is exactly the state a
+/// second encoder starts from, so the joined file is the one a single encoder would write with
+/// a restart interval of half the image (decoded pixel for pixel the same). Both halves use
+/// the standard Huffman tables (they must share them), a few percent larger than optimized.
+pub fn encode(r: &Raster, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, ImageError> {
+    // fastest defaults: 4:2:0 for colour, so MCUs are 16x16 (8x8 for gray).
+    let mcu = if r.channels == 1 { 8 } else { 16 };
+    let top = (r.height as usize / 2).div_ceil(mcu) * mcu;
+    let interval = (r.width as usize).div_ceil(mcu) * (top / mcu);
+    if u64::from(r.width) * u64::from(r.height) < 1_000_000 || top >= r.height as usize || interval > 65535 {
+        return encode_with(r, quality, icc, true);
+    }
+    let stride = r.width as usize * usize::from(r.channels);
+    let (upper, lower) = r.data.split_at(top * stride);
+    let half = |data: &[u8], rows: usize| Raster {
+        width: r.width,
+        height: rows as u32,
+        channels: r.channels,
+        data: data.to_vec(),
+    };
+    let (a, b) = std::thread::scope(|scope| {
+        let bottom = scope.spawn(|| encode_with(&half(lower, r.height as usize - top), quality, None, false));
+        let a = encode_with(&half(upper, top), quality, icc, false);
+        (a, bottom.join().unwrap_or_else(|_| Err(ImageError::Internal("JPEG encode thread panicked".into()))))
+    });
+    join_halves(&a?, &b?, r.height as u16, interval as u16)
+        .ok_or_else(|| ImageError::Internal("JPEG encode: could not join the halves".into()))
+}
+
+/// Offset of the first `FF marker` segment in the header part of a JPEG we wrote.
+fn find_marker(b: &[u8], marker: u8) -> Option<usize> {
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return None;
+        }
+        if b[i + 1] == marker {
+            return Some(i);
+        }
+        i += 2 + usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+    }
+    None
+}
+
+/// `a` (the top, with every table) + DRI + its scan + RST0 + `b`'s scan + EOI, with the frame
+/// height set to the whole image.
+fn join_halves(a: &[u8], b: &[u8], height: u16, interval: u16) -> Option<Vec<u8>> {
+    let sof = find_marker(a, 0xC0)?;
+    let sos_a = find_marker(a, 0xDA)?;
+    let sos_b = find_marker(b, 0xDA)?;
+    let data_a = sos_a + 2 + usize::from(u16::from_be_bytes([*a.get(sos_a + 2)?, *a.get(sos_a + 3)?]));
+    let data_b = sos_b + 2 + usize::from(u16::from_be_bytes([*b.get(sos_b + 2)?, *b.get(sos_b + 3)?]));
+    let (end_a, end_b) = (a.len().checked_sub(2)?, b.len().checked_sub(2)?);
+    if a.get(end_a..)? != [0xFF, 0xD9] || b.get(end_b..)? != [0xFF, 0xD9] || data_a > end_a || data_b > end_b {
+        return None;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    out.extend_from_slice(&a[..sos_a]);
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&[0xFF, 0xDD, 0x00, 0x04]);
+    out.extend_from_slice(&interval.to_be_bytes());
+    out.extend_from_slice(&a[sos_a..end_a]);
+    out.extend_from_slice(&[0xFF, 0xD0]);
+    out.extend_from_slice(&b[data_b..end_b]);
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    Some(out)
 }
 
 /// Drop EXIF, XMP, IPTC and comment segments without touching the compressed image data.
@@ -198,6 +268,24 @@ mod tests {
         assert_eq!(scale_numerator(3088, 2056, 1920), 5); // 1930
         assert_eq!(scale_numerator(1000, 800, 1000), 8);
         assert_eq!(scale_numerator(16000, 100, 1920), 1);
+    }
+
+    #[test]
+    fn two_halves_decode_as_one_encoder_would() {
+        for (w, h, channels) in [(1080u32, 1920u32, 3u8), (1003, 1001, 3), (1200, 1000, 1)] {
+            let data: Vec<u8> = (0..(w * h) as usize * usize::from(channels))
+                .map(|i| ((i * 31 / 7 + i / (w as usize * 3) * 5) % 251) as u8)
+                .collect();
+            let r = Raster { width: w, height: h, channels, data };
+            let split = encode(&r, 80, None).expect("encode");
+            assert!(split.windows(2).any(|p| p == [0xFF, 0xD0]), "{w}x{h}: encoded in two halves");
+            let single = encode_with(&r, 80, None, false).expect("encode");
+            // An independent decoder (the image crate's) reads both the same.
+            let a = image::load_from_memory(&split).expect("decodes").to_rgb8();
+            let b = image::load_from_memory(&single).expect("decodes").to_rgb8();
+            assert_eq!(a.dimensions(), (w, h));
+            assert!(a.as_raw() == b.as_raw(), "{w}x{h}x{channels}: pixels differ");
+        }
     }
 
     #[test]
