@@ -415,7 +415,7 @@ fn resample_and_encode<'scope>(
 /// the highest quality below them that is (never below the floor; at most 4 encoders).
 fn another_quality(probe: &Encoder<'_>, encoders: &[Encoder<'_>], rows: usize, limits: &Limits) -> Option<u8> {
     let (written, done) = (probe.written.load(Ordering::Relaxed), probe.rows_done.load(Ordering::Relaxed));
-    if encoders.len() >= 4 || done < rows / 8 || written == 0 {
+    if encoders.len() >= 4 || done < rows / 3 || written == 0 {
         return None;
     }
     let projected = (written * rows / done) as f64;
