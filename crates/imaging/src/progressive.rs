@@ -28,6 +28,11 @@ const ZIGZAG: [usize; 64] = [
 /// Code lengths up to this many bits decode with one table lookup.
 const LOOKUP_BITS: u32 = 9;
 
+/// More scans than any encoder's script (libjpeg's has 10, mozjpeg's up to ~60): such a file is
+/// left to libjpeg, which reads scans one at a time, so a hostile file cannot make the
+/// dependency lists (quadratic in the scan count) large.
+const MAX_SCANS: usize = 100;
+
 /// Block rows a thread decodes of one scan before it looks for a scan further behind.
 const CHUNK_ROWS: usize = 4;
 
@@ -396,6 +401,9 @@ impl<'a> Progressive<'a> {
                     let valid = if ss == 0 { se == 0 } else { ss <= se && se <= 63 && ns == 1 };
                     if !valid || al > 13 || ah > 13 {
                         return corrupt("bad progressive scan parameters");
+                    }
+                    if scans.len() >= MAX_SCANS {
+                        return Ok(None);
                     }
                     let end = entropy_end(b, next);
                     let deps = scans
@@ -1236,6 +1244,15 @@ mod tests {
         if let Ok(Some(p)) = Progressive::parse(&jpeg) {
             let _ = decode(&p, 4, 16, |_| true);
         }
+        // Thousands of scans: left to libjpeg.
+        let good = encode(64, 64, 1, true);
+        let first_sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).expect("SOS");
+        let mut many = good[..first_sos].to_vec();
+        for _ in 0..5000 {
+            many.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00]);
+        }
+        many.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(Progressive::parse(&many).expect("parse").is_none());
         for cut in [10, 200, len / 2] {
             if let Ok(Some(p)) = Progressive::parse(&jpeg[..cut]) {
                 let _ = decode(&p, 4, 16, |_| true);
