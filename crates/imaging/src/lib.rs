@@ -374,7 +374,7 @@ pub fn decode_progressive(input: &[u8], n: usize) -> Option<(usize, usize, Vec<u
     let p = progressive::Progressive::parse(input).ok()??;
     let (w, h) = p.scaled(n);
     let mut px = Vec::new();
-    progressive::decode(&p, n, 64, |r| {
+    progressive::decode(&p, n, 64, Vec::new, |r| {
         px.extend_from_slice(&r);
         true
     })

@@ -557,11 +557,13 @@ impl Shared {
 }
 
 /// Decode at scale `n`/8, handing RGB (or gray) rows to `sink` in chunks of about `chunk_rows`
-/// rows, top to bottom, on the calling thread. `sink` returning false stops the decode.
+/// rows, top to bottom, on the calling thread; chunks are filled into `buffer()`s (reused ones,
+/// ideally). `sink` returning false stops the decode.
 pub(crate) fn decode(
     p: &Progressive<'_>,
     n: usize,
     chunk_rows: usize,
+    mut buffer: impl FnMut() -> Vec<u8>,
     mut sink: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), Corrupt> {
     let planes: Vec<Plane> = p.comps.iter().map(|c| Plane::new(c, idct_size(p, c, n).min(8))).collect();
@@ -593,7 +595,14 @@ pub(crate) fn decode(
         let workers: Vec<_> =
             (0..threads).map(|_| scope.spawn(|| entropy_worker(p, &planes, &cursors, &shared))).collect();
         // Output on this thread: every MCU row all scans have passed → IDCT, colour, sink.
-        let mut out: Vec<u8> = Vec::with_capacity((chunk_rows + 16) * ow * channels);
+        let chunk_bytes = (chunk_rows + 16) * ow * channels;
+        let mut fresh = || {
+            let mut b = buffer();
+            b.clear();
+            b.reserve(chunk_bytes);
+            b
+        };
+        let mut out = fresh();
         let mut emitted = 0usize;
         let mut scratch = Scratch::new(p, n);
         let mut result = Ok(());
@@ -609,7 +618,7 @@ pub(crate) fn decode(
             idct_nanos += t0.elapsed().as_nanos() as u64;
             emitted += rows;
             if out.len() >= chunk_rows * ow * channels || emitted == oh {
-                let full = std::mem::replace(&mut out, Vec::with_capacity((chunk_rows + 16) * ow * channels));
+                let full = std::mem::replace(&mut out, fresh());
                 if !sink(full) {
                     shared.failed.store(true, Ordering::Release);
                     shared.bump();
@@ -1186,7 +1195,7 @@ mod tests {
         let p = Progressive::parse(jpeg).expect("parse").expect("progressive");
         let (w, h) = p.scaled(n);
         let mut all = Vec::new();
-        decode(&p, n, 16, |rows| {
+        decode(&p, n, 16, Vec::new, |rows| {
             all.extend_from_slice(&rows);
             true
         })
@@ -1242,7 +1251,7 @@ mod tests {
             *b = b.wrapping_mul(31).wrapping_add(7);
         }
         if let Ok(Some(p)) = Progressive::parse(&jpeg) {
-            let _ = decode(&p, 4, 16, |_| true);
+            let _ = decode(&p, 4, 16, Vec::new, |_| true);
         }
         // Thousands of scans: left to libjpeg.
         let good = encode(64, 64, 1, true);
@@ -1255,7 +1264,7 @@ mod tests {
         assert!(Progressive::parse(&many).expect("parse").is_none());
         for cut in [10, 200, len / 2] {
             if let Ok(Some(p)) = Progressive::parse(&jpeg[..cut]) {
-                let _ = decode(&p, 4, 16, |_| true);
+                let _ = decode(&p, 4, 16, Vec::new, |_| true);
             }
         }
     }

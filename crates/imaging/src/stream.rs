@@ -256,10 +256,13 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
 
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
+        // Row buffers go back to the decoder once resampled: fresh memory costs a page fault
+        // per 4 KiB, which on a VM was a third of the decode.
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
         let icc_ref = icc.as_deref();
         let worker = scope.spawn(move || {
             catch_unwind(AssertUnwindSafe(|| {
-                resample_and_encode(scope, rx, (sw, sh, channels), (tw, th), icc_ref, limits, encode)
+                resample_and_encode(scope, rx, recycle_tx, (sw, sh, channels), (tw, th), icc_ref, limits, encode)
             }))
             .map_err(unwound)?
         });
@@ -269,7 +272,8 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
                     let mut remaining = sh;
                     while remaining > 0 {
                         let rows = remaining.min(CHUNK_ROWS);
-                        let mut buf = vec![0u8; rows * sw * c];
+                        let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                        buf.resize(rows * sw * c, 0);
                         s.read_scanlines_into(&mut buf).map_err(io_corrupt)?;
                         remaining -= rows;
                         if tx.send(buf).is_err() {
@@ -280,7 +284,13 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
                     s.finish().map_err(io_corrupt)
                 }
                 Source::Ours(p, n) => {
-                    let r = progressive::decode(&p, n, CHUNK_ROWS, |rows| tx.send(rows).is_ok());
+                    let r = progressive::decode(
+                        &p,
+                        n,
+                        CHUNK_ROWS,
+                        || recycle_rx.try_recv().unwrap_or_default(),
+                        |rows| tx.send(rows).is_ok(),
+                    );
                     drop(tx);
                     r.map_err(|Corrupt(e)| ImageError::Corrupt(format!("JPEG: {e}")))
                 }
@@ -308,6 +318,7 @@ const OPTIMIZED: f64 = 0.98;
 fn resample_and_encode<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     rx: mpsc::Receiver<Vec<u8>>,
+    recycle: mpsc::Sender<Vec<u8>>,
     (sw, sh, channels): (usize, usize, u8),
     (tw, th): (u32, u32),
     icc: Option<&'scope [u8]>,
@@ -319,8 +330,13 @@ fn resample_and_encode<'scope>(
     let (tw_us, th_us) = (tw as usize, th as usize);
     let stride = tw_us * c;
     let taps = vertical_taps(sh, th_us);
-    let mut hbuf: Vec<u8> = Vec::with_capacity(stride * sh);
-    let mut out = vec![0u8; stride * th_us];
+    // Horizontally resampled rows, only those later output rows still need: rows before
+    // `hbase` are dropped as the vertical pass moves on, so the buffer stays a few chunks tall.
+    let mut hbuf: Vec<u8> = Vec::with_capacity(stride * (CHUNK_ROWS * 3 + 16));
+    let mut hbase = 0usize;
+    // Finished output rows, in the batches the encoders were fed (kept for a late encoder and
+    // for the raster when nothing fitted).
+    let mut batches: Vec<Arc<Vec<u8>>> = Vec::new();
     let mut acc = vec![0i32; stride];
     let mut next = 0usize;
     let internal = |e: &dyn std::fmt::Display| ImageError::Internal(format!("resize: {e}"));
@@ -337,30 +353,45 @@ fn resample_and_encode<'scope>(
     for chunk in rx {
         let t0 = std::time::Instant::now();
         let rows = chunk.len() / (sw * c);
+        let at = hbuf.len();
         if sw as u32 == tw {
             hbuf.extend_from_slice(&chunk);
         } else {
+            hbuf.resize(at + rows * stride, 0);
             let src = ImageRef::new(sw as u32, rows as u32, &chunk, pixel_type).map_err(|e| internal(&e))?;
-            let mut dst = Image::new(tw, rows as u32, pixel_type);
+            let mut dst =
+                Image::from_slice_u8(tw, rows as u32, &mut hbuf[at..], pixel_type).map_err(|e| internal(&e))?;
             resizer.resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
-            hbuf.extend_from_slice(dst.buffer());
         }
+        // The decoder may fill this buffer again.
+        let _ = recycle.send(chunk);
         let t1 = std::time::Instant::now();
         t_h += (t1 - t0).as_secs_f64();
-        let have = hbuf.len() / stride;
-        let first_new = next;
-        while next < th_us && taps[next].0 + taps[next].1.len() <= have {
-            let (first, w) = &taps[next];
-            vertical_row(&hbuf, stride, *first, w, &mut acc, &mut out[next * stride..(next + 1) * stride]);
-            next += 1;
+        let have = hbase + hbuf.len() / stride;
+        let mut upto = next;
+        while upto < th_us && taps[upto].0 + taps[upto].1.len() <= have {
+            upto += 1;
         }
-        t_v += t1.elapsed().as_secs_f64();
-        if next > first_new {
-            let batch = Arc::new(out[first_new * stride..next * stride].to_vec());
+        if upto > next {
+            let mut batch = vec![0u8; (upto - next) * stride];
+            for (row, out) in (next..upto).zip(batch.chunks_exact_mut(stride)) {
+                let (first, w) = &taps[row];
+                vertical_row(&hbuf, stride, *first - hbase, w, &mut acc, out);
+            }
+            next = upto;
+            let batch = Arc::new(batch);
             for e in &encoders {
                 e.feed(batch.clone());
             }
+            batches.push(batch);
+            // Drop the rows no later output row reads.
+            let keep_from = taps.get(next).map_or(have, |t| t.0).min(have);
+            if keep_from > hbase {
+                hbuf.drain(..(keep_from - hbase) * stride);
+                hbase = keep_from;
+            }
         }
+        t_v += t1.elapsed().as_secs_f64();
         if let Some(q) = encoders.first().and_then(|probe| another_quality(probe, &encoders, th_us, limits)) {
             if trace {
                 let p = &encoders[0];
@@ -368,7 +399,9 @@ fn resample_and_encode<'scope>(
                 eprintln!("stream: at row {d}/{th_us} the probe projects {} B: start q{q}", w * th_us / d.max(1));
             }
             let e = spawn_encoder(scope, &shape, q, true);
-            e.feed(Arc::new(out[..next * stride].to_vec()));
+            for b in &batches {
+                e.feed(b.clone());
+            }
             encoders.push(e);
         }
     }
@@ -399,12 +432,14 @@ fn resample_and_encode<'scope>(
         .filter(|(_, _, b)| !fitted || fits(b))
         .max_by_key(|(q, _, b)| if fitted { (i64::from(*q), -(b.len() as i64)) } else { (0, -(b.len() as i64)) })
         .unwrap_or((limits.quality, false, Vec::new()));
+    // The raster is wanted only when nothing fitted or nothing was encoded (rotated).
+    let data = if fitted { Vec::new() } else { batches.iter().flat_map(|b| b.iter().copied()).collect() };
     Ok(Streamed {
         bytes,
         quality,
         width: tw,
         height: th,
-        raster: Raster { width: tw, height: th, channels, data: out },
+        raster: Raster { width: tw, height: th, channels, data },
         icc: None,
         fitted,
         orientation: 1,
