@@ -1026,23 +1026,25 @@ impl Scratch {
             let (size, stride, m) = (co.size, co.stride, &co.matrix);
             for v in 0..c.v {
                 let by = my * c.v + v;
-                for bx in 0..c.pw {
-                    let block = planes[ci].block(bx, by);
-                    let o = &mut co.buf[v * size * stride + bx * size..];
-                    match size {
-                        1 => o[0] = idct_dc(block.vals, q),
-                        2 => idct::<2, 2>(block.vals, q, m, o, stride),
-                        3 => idct::<3, 3>(block.vals, q, m, o, stride),
-                        4 => idct::<4, 4>(block.vals, q, m, o, stride),
-                        5 => idct::<5, 5>(block.vals, q, m, o, stride),
-                        6 => idct::<6, 6>(block.vals, q, m, o, stride),
-                        7 => idct::<7, 7>(block.vals, q, m, o, stride),
-                        8 => idct::<8, 8>(block.vals, q, m, o, stride),
-                        10 => idct::<10, 8>(block.vals, q, m, o, stride),
-                        12 => idct::<12, 8>(block.vals, q, m, o, stride),
-                        14 => idct::<14, 8>(block.vals, q, m, o, stride),
-                        _ => idct::<16, 8>(block.vals, q, m, o, stride),
+                let o = &mut co.buf[v * size * stride..];
+                let plane = &planes[ci];
+                match size {
+                    1 => {
+                        for (bx, px) in o.iter_mut().take(c.pw).enumerate() {
+                            *px = idct_dc(plane.block(bx, by).vals, q);
+                        }
                     }
+                    2 => idct_row::<2, 2>(plane, by, q, m, o, stride),
+                    3 => idct_row::<3, 3>(plane, by, q, m, o, stride),
+                    4 => idct_row::<4, 4>(plane, by, q, m, o, stride),
+                    5 => idct_row::<5, 5>(plane, by, q, m, o, stride),
+                    6 => idct_row::<6, 6>(plane, by, q, m, o, stride),
+                    7 => idct_row::<7, 7>(plane, by, q, m, o, stride),
+                    8 => idct_row::<8, 8>(plane, by, q, m, o, stride),
+                    10 => idct_row::<10, 8>(plane, by, q, m, o, stride),
+                    12 => idct_row::<12, 8>(plane, by, q, m, o, stride),
+                    14 => idct_row::<14, 8>(plane, by, q, m, o, stride),
+                    _ => idct_row::<16, 8>(plane, by, q, m, o, stride),
                 }
             }
         }
@@ -1108,17 +1110,53 @@ fn idct_dc(block: &[AtomicI16], q: &[u16; 64]) -> u8 {
     (((dc + 4) >> 3) + 128).clamp(0, 255) as u8
 }
 
+/// One block row of a component through the scaled IDCT, with the cosine matrix and the
+/// dequantization table as fixed-size arrays (no bounds checks, vectorizable loops).
+fn idct_row<const S: usize, const K: usize>(
+    plane: &Plane,
+    by: usize,
+    q: &[u16; 64],
+    m: &[f32],
+    out: &mut [u8],
+    stride: usize,
+) {
+    let mut mm = [[0f32; K]; S];
+    for (x, row) in mm.iter_mut().enumerate() {
+        for (u, v) in row.iter_mut().enumerate() {
+            *v = m[x * K + u];
+        }
+    }
+    let mut qq = [[0f32; K]; K];
+    for (v, row) in qq.iter_mut().enumerate() {
+        for (u, val) in row.iter_mut().enumerate() {
+            *val = f32::from(q[v * 8 + u]);
+        }
+    }
+    for bx in 0..plane.pw {
+        idct::<S, K>(plane.block(bx, by).vals, &qq, &mm, &mut out[bx * S..], stride);
+    }
+}
+
 /// Scaled inverse DCT: the top-left K×K coefficients → S×S samples, the 8-point basis
 /// evaluated at the centres of an S-point grid (libjpeg's scaled IDCTs compute the same).
 #[inline(always)]
-fn idct<const S: usize, const K: usize>(block: &[AtomicI16], q: &[u16; 64], m: &[f32], out: &mut [u8], stride: usize) {
+fn idct<const S: usize, const K: usize>(
+    block: &[AtomicI16],
+    q: &[[f32; K]; K],
+    m: &[[f32; K]; S],
+    out: &mut [u8],
+    stride: usize,
+) {
+    let block = &block[..K * K];
     let mut f = [[0f32; K]; K];
+    let mut nonzero_rows = [false; K];
     let mut any_ac = false;
-    for (v, row) in f.iter_mut().enumerate() {
-        for (u, val) in row.iter_mut().enumerate() {
+    for v in 0..K {
+        for u in 0..K {
             let c = get(&block[v * K + u]);
+            nonzero_rows[v] |= c != 0;
             any_ac |= c != 0 && (u | v) != 0;
-            *val = (c * i32::from(q[v * 8 + u])) as f32;
+            f[v][u] = c as f32 * q[v][u];
         }
     }
     if !any_ac {
@@ -1133,26 +1171,28 @@ fn idct<const S: usize, const K: usize>(block: &[AtomicI16], q: &[u16; 64], m: &
     let mut t = [[0f32; S]; K];
     let mut rows = 0;
     for v in 0..K {
-        if f[v].iter().all(|c| *c == 0.0) {
+        if !nonzero_rows[v] {
             continue;
         }
         rows = v + 1;
         for x in 0..S {
             let mut acc = 0.0;
             for u in 0..K {
-                acc += m[x * K + u] * f[v][u];
+                acc += m[x][u] * f[v][u];
             }
             t[v][x] = acc;
         }
     }
     for y in 0..S {
-        let row = &mut out[y * stride..y * stride + S];
-        for (x, o) in row.iter_mut().enumerate() {
-            let mut acc = 128.5;
-            for v in 0..rows {
-                acc += m[y * K + v] * t[v][x];
+        let mut row = [128.5f32; S];
+        for v in 0..rows {
+            let w = m[y][v];
+            for x in 0..S {
+                row[x] += w * t[v][x];
             }
-            *o = acc.clamp(0.0, 255.0) as u8;
+        }
+        for (o, r) in out[y * stride..y * stride + S].iter_mut().zip(row) {
+            *o = r.clamp(0.0, 255.0) as u8;
         }
     }
 }
