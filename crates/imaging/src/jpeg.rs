@@ -137,16 +137,22 @@ fn exif_orientation(tiff: &[u8]) -> Option<u16> {
     field.value.get_uint(0).and_then(|v| u16::try_from(v).ok())
 }
 
+/// An encoder as every JPEG we write is made: libjpeg-turbo's own defaults (standard tables,
+/// no trellis) — fast, and sizes comparable with libvips at the same quality; optimized Huffman
+/// tables shave a few percent more.
+pub(crate) fn compressor(width: u32, height: u32, channels: u8, quality: u8, optimize: bool) -> Compress {
+    let cs = if channels == 1 { ColorSpace::JCS_GRAYSCALE } else { ColorSpace::JCS_RGB };
+    let mut c = Compress::new(cs);
+    c.set_fastest_defaults();
+    c.set_size(width as usize, height as usize);
+    c.set_quality(f32::from(quality));
+    c.set_optimize_coding(optimize);
+    c
+}
+
 fn encode_with(r: &Raster, quality: u8, icc: Option<&[u8]>, optimize: bool) -> Result<Vec<u8>, ImageError> {
-    let cs = if r.channels == 1 { ColorSpace::JCS_GRAYSCALE } else { ColorSpace::JCS_RGB };
     guarded(|| {
-        let mut c = Compress::new(cs);
-        // libjpeg-turbo's own defaults (standard tables, no trellis): fast, and sizes comparable
-        // with libvips at the same quality; optimized Huffman tables shave a few percent more.
-        c.set_fastest_defaults();
-        c.set_size(r.width as usize, r.height as usize);
-        c.set_quality(f32::from(quality));
-        c.set_optimize_coding(optimize);
+        let c = compressor(r.width, r.height, r.channels, quality, optimize);
         let mut s = c.start_compress(Vec::with_capacity(r.data.len() / 8))?;
         if let Some(icc) = icc {
             s.write_icc_profile(icc);

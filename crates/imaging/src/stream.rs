@@ -19,7 +19,7 @@ use fast_image_resize::{
     images::{Image, ImageRef},
     FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
 };
-use mozjpeg::{compress::CompressStarted, ColorSpace, Compress, Decompress, Marker};
+use mozjpeg::{compress::CompressStarted, ColorSpace, Decompress, Marker};
 
 use crate::{
     jpeg,
@@ -103,12 +103,7 @@ fn spawn_encoder<'scope>(
     let (written_in, rows_in) = (written.clone(), rows_done.clone());
     let join = scope.spawn(move || {
         let run = || -> std::io::Result<Vec<u8>> {
-            let cs = if channels == 1 { ColorSpace::JCS_GRAYSCALE } else { ColorSpace::JCS_RGB };
-            let mut c = Compress::new(cs);
-            c.set_fastest_defaults();
-            c.set_size(w as usize, h as usize);
-            c.set_quality(f32::from(quality));
-            c.set_optimize_coding(optimized);
+            let c = jpeg::compressor(w, h, channels, quality, optimized);
             let sink = Counted { buf: Vec::with_capacity(512 * 1024), written: written_in };
             let mut started: CompressStarted<Counted> = c.start_compress(sink)?;
             if let Some(icc) = icc {
