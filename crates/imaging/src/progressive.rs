@@ -478,7 +478,7 @@ struct Cursor<'a> {
 
 /// Coefficients of one component on the padded block grid. Only the top-left K×K of each
 /// block are kept — all the scaled IDCT reads — plus a mask of which AC coefficients are
-/// nonzero, all a refinement scan needs of the others: a third of the memory (and of the page
+/// nonzero (bit k for zigzag position k), all a refinement scan needs of the others: a third of the memory (and of the page
 /// faults) of whole blocks at 1/2 scale. Atomics so the two threads may work on the same plane
 /// without `unsafe`; which thread may write what is decided by the progress counters
 /// (Release/Acquire), and scans that may touch one block at once own disjoint mask bits.
@@ -873,9 +873,8 @@ fn ac_first(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) {
             if k > 63 {
                 break;
             }
-            let z = ZIGZAG[k];
-            block.store(z, v.wrapping_shl(s.al));
-            nonzero |= 1 << z;
+            block.store(ZIGZAG[k], v.wrapping_shl(s.al));
+            nonzero |= 1 << k;
             k += 1;
         } else if r < 15 {
             cur.eobrun = (1u32 << r) - 1 + cur.bits.bits(r as u32);
@@ -902,55 +901,68 @@ fn refine(bits: &mut Bits<'_>, block: &Block<'_>, z: usize, p1: i32, m1: i32) {
     }
 }
 
-/// An AC successive-approximation refinement (libjpeg's `decode_mcu_AC_refine`).
+/// Zigzag positions `k..` as mask bits (none when `k` ≥ 64).
+#[inline(always)]
+fn from(k: usize) -> u64 {
+    if k >= 64 {
+        0
+    } else {
+        !0u64 << k
+    }
+}
+
+/// Correction bits for every nonzero coefficient among the zigzag positions in `set`, in order.
+#[inline(always)]
+fn refine_all(bits: &mut Bits<'_>, block: &Block<'_>, mut set: u64, p1: i32, m1: i32) {
+    while set != 0 {
+        let k = set.trailing_zeros() as usize;
+        refine(bits, block, ZIGZAG[k], p1, m1);
+        set &= set - 1;
+    }
+}
+
+/// An AC successive-approximation refinement (libjpeg's `decode_mcu_AC_refine`). The mask is in
+/// zigzag order, so runs of zero-history coefficients are found with bit operations instead of
+/// a walk over the band (in the late scans most blocks are inside an end-of-band run).
 #[inline(always)]
 fn ac_refine(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) {
     let p1 = 1i32 << s.al;
     let m1 = -1i32 << s.al;
+    let band = from(s.ss) & !from(s.se + 1);
     let mut k = s.ss;
-    let mut mask = block.mask.load(Ordering::Relaxed);
+    let mut mask = block.mask.load(Ordering::Relaxed) & band;
     let mut newly = 0u64;
     if cur.eobrun == 0 {
         while k <= s.se {
             let rs = cur.bits.decode(h);
-            let (mut r, size) = (i32::from(rs >> 4), rs & 15);
+            let (r, size) = (u32::from(rs >> 4), rs & 15);
             let mut value = 0;
             if size != 0 {
                 // Only magnitude 1 is legal here; anything else is corrupt and read as 1.
                 value = if cur.bits.bit() { p1 } else { m1 };
             } else if r != 15 {
-                cur.eobrun = (1u32 << r) + cur.bits.bits(r as u32);
+                cur.eobrun = (1u32 << r) + cur.bits.bits(r);
                 break;
             }
-            while k <= s.se {
-                let z = ZIGZAG[k];
-                if mask & (1 << z) != 0 {
-                    refine(&mut cur.bits, &block, z, p1, m1);
-                } else {
-                    if r == 0 {
-                        break;
-                    }
-                    r -= 1;
-                }
-                k += 1;
+            // Pass `r` zero-history coefficients (refining the nonzero ones on the way) and stop
+            // at the next zero-history one, or at the end of the band.
+            let mut zeros = !mask & band & from(k);
+            for _ in 0..r {
+                zeros &= zeros.wrapping_sub(1);
             }
+            let target = if zeros == 0 { s.se + 1 } else { zeros.trailing_zeros() as usize };
+            refine_all(&mut cur.bits, &block, mask & from(k) & !from(target), p1, m1);
+            k = target;
             if value != 0 && k <= 63 {
-                let z = ZIGZAG[k];
-                block.store(z, value);
-                mask |= 1 << z;
-                newly |= 1 << z;
+                block.store(ZIGZAG[k], value);
+                mask |= 1 << k;
+                newly |= 1 << k;
             }
             k += 1;
         }
     }
     if cur.eobrun > 0 {
-        while k <= s.se {
-            let z = ZIGZAG[k];
-            if mask & (1 << z) != 0 {
-                refine(&mut cur.bits, &block, z, p1, m1);
-            }
-            k += 1;
-        }
+        refine_all(&mut cur.bits, &block, mask & from(k), p1, m1);
         cur.eobrun -= 1;
     }
     if newly != 0 {
