@@ -106,6 +106,23 @@ impl<'a> Bits<'a> {
 
     #[inline(always)]
     fn fill(&mut self) {
+        // Fast path: the next 8 bytes hold no 0xFF (no stuffing, no marker) — take as many
+        // whole bytes as fit at once.
+        if !self.at_marker && self.n <= 56 {
+            if let Some(chunk) = self.data.get(self.pos..self.pos + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+                let word = u64::from_be_bytes(chunk);
+                let inv = !word;
+                if inv.wrapping_sub(0x0101_0101_0101_0101) & !inv & 0x8080_8080_8080_8080 == 0 {
+                    let take = (64 - self.n) / 8;
+                    let n = self.n + 8 * take;
+                    let keep = if n >= 64 { !0u64 } else { !(!0u64 >> n) };
+                    self.buf |= (word >> self.n) & keep;
+                    self.n = n;
+                    self.pos += take as usize;
+                    return;
+                }
+            }
+        }
         while self.n <= 56 {
             let mut byte = 0u8;
             if !self.at_marker {
