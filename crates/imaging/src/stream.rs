@@ -2,16 +2,19 @@
 //! threads, the way libvips streams. The decoding thread hands over rows in chunks; the other
 //! resamples each chunk horizontally at once (fast_image_resize), runs the vertical Lanczos3 pass
 //! as soon as the rows an output row needs have arrived, and feeds finished rows straight into
-//! the JPEG encoder. If the encoder's output is on course to exceed the size limit, a second
-//! encoder at a predicted lower quality starts from the buffered rows and runs alongside, so an
-//! oversized photo usually costs no extra pass after decoding.
+//! the JPEG encoder. That first encoder (the probe) is read at a third and at two thirds of the
+//! rows: if its output is on course to exceed the size limit, an encoder at a predicted lower
+//! quality starts from the buffered rows and runs alongside, and a probe far over the limit is
+//! stopped — so an oversized photo costs about one encode, not a pass per quality step. The
+//! readings are taken where libjpeg flushed its output buffer on a fixed row band, so the same
+//! input always gets the same encoders and the same bytes.
 
 use std::{
     io::Write,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
 };
 
@@ -54,16 +57,24 @@ pub struct Streamed {
     pub orientation: u16,
 }
 
-/// A `Write` that counts what the encoder has emitted so far.
+/// Where an encoder's output stood each time libjpeg emptied its 64 KiB output buffer: (row,
+/// bytes so far), `row` the middle of the 16-row band being compressed at that moment. A pure
+/// function of the image (the encoder is fed on 16-row boundaries), so decisions taken from it
+/// do not depend on thread timing.
+type Flushes = Arc<Mutex<Vec<(usize, usize)>>>;
+
+/// A `Write` that records where the encoder was when it flushed.
 struct Counted {
     buf: Vec<u8>,
-    written: Arc<AtomicUsize>,
+    at_row: Arc<AtomicUsize>,
+    flushes: Flushes,
 }
 
 impl Write for Counted {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        self.written.store(self.buf.len(), Ordering::Relaxed);
+        let at = (self.at_row.load(Ordering::Relaxed), self.buf.len());
+        self.flushes.lock().unwrap_or_else(|e| e.into_inner()).push(at);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -71,16 +82,19 @@ impl Write for Counted {
     }
 }
 
+/// Rows libjpeg compresses at once (one MCU row at 4:2:0; two for gray).
+const BAND: usize = 16;
+
 /// One JPEG encoder running on its own thread, fed batches of finished rows.
 struct Encoder<'scope> {
     quality: u8,
     /// Optimized Huffman tables: a few percent smaller, but nothing is written before the end,
-    /// so its size cannot be projected; the standard-table probe encoder's projection is used.
+    /// so only a standard-table encoder's flushes project the final size.
     optimized: bool,
     tx: Option<mpsc::Sender<Arc<Vec<u8>>>>,
-    written: Arc<AtomicUsize>,
-    rows_done: Arc<AtomicUsize>,
-    join: std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>, ImageError>>,
+    flushes: Flushes,
+    /// `None`: retired before the last row (its sender dropped early).
+    join: std::thread::ScopedJoinHandle<'scope, Result<Option<Vec<u8>>, ImageError>>,
 }
 
 struct Shape<'a> {
@@ -97,30 +111,47 @@ fn spawn_encoder<'scope>(
     optimized: bool,
 ) -> Encoder<'scope> {
     let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>();
-    let written = Arc::new(AtomicUsize::new(0));
-    let rows_done = Arc::new(AtomicUsize::new(0));
+    let flushes = Flushes::default();
     let (w, h, channels, icc) = (shape.width, shape.height, shape.channels, shape.icc);
-    let (written_in, rows_in) = (written.clone(), rows_done.clone());
+    let flushes_in = flushes.clone();
     let join = scope.spawn(move || {
-        let run = || -> std::io::Result<Vec<u8>> {
+        let run = || -> std::io::Result<Option<Vec<u8>>> {
             let c = jpeg::compressor(w, h, channels, quality, optimized);
-            let sink = Counted { buf: Vec::with_capacity(512 * 1024), written: written_in };
+            let at_row = Arc::new(AtomicUsize::new(0));
+            let sink = Counted { buf: Vec::with_capacity(512 * 1024), at_row: at_row.clone(), flushes: flushes_in };
             let mut started: CompressStarted<Counted> = c.start_compress(sink)?;
             if let Some(icc) = icc {
                 started.write_icc_profile(icc);
             }
             let stride = w as usize * usize::from(channels);
+            let mut fed = 0usize;
             for batch in rx {
-                started.write_scanlines(&batch)?;
-                rows_in.fetch_add(batch.len() / stride, Ordering::Relaxed);
+                // Cut on band boundaries: any flush inside a call is then known to come from
+                // the band that call completes.
+                let mut rest: &[u8] = &batch;
+                while !rest.is_empty() {
+                    let take = (BAND - fed % BAND).min(rest.len() / stride).max(1);
+                    let (slice, tail) = rest.split_at((take * stride).min(rest.len()));
+                    let end = fed + take;
+                    let band_start = if end % BAND == 0 { end - BAND } else { end - end % BAND };
+                    at_row.store((band_start + end) / 2, Ordering::Relaxed);
+                    started.write_scanlines(slice)?;
+                    fed = end;
+                    rest = tail;
+                }
             }
-            Ok(started.finish()?.buf)
+            if fed < h as usize {
+                started.abort();
+                return Ok(None);
+            }
+            at_row.store(h as usize, Ordering::Relaxed);
+            Ok(Some(started.finish()?.buf))
         };
         catch_unwind(AssertUnwindSafe(run))
             .map_err(unwound)?
             .map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")))
     });
-    Encoder { quality, optimized, tx: Some(tx), written, rows_done, join }
+    Encoder { quality, optimized, tx: Some(tx), flushes, join }
 }
 
 impl Encoder<'_> {
@@ -345,6 +376,7 @@ fn resample_and_encode<'scope>(
 
     let trace = std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some();
     let (mut t_h, mut t_v) = (0.0, 0.0);
+    let mut checkpoints = Checkpoints { taken: 0, probe_retired: false, trace };
     for chunk in rx {
         let t0 = std::time::Instant::now();
         let rows = chunk.len() / (sw * c);
@@ -387,18 +419,7 @@ fn resample_and_encode<'scope>(
             }
         }
         t_v += t1.elapsed().as_secs_f64();
-        if let Some(q) = encoders.first().and_then(|probe| another_quality(probe, &encoders, th_us, limits)) {
-            if trace {
-                let p = &encoders[0];
-                let (w, d) = (p.written.load(Ordering::Relaxed), p.rows_done.load(Ordering::Relaxed));
-                eprintln!("stream: at row {d}/{th_us} the probe projects {} B: start q{q}", w * th_us / d.max(1));
-            }
-            let e = spawn_encoder(scope, &shape, q, true);
-            for b in &batches {
-                e.feed(b.clone());
-            }
-            encoders.push(e);
-        }
+        checkpoints.take(scope, &shape, &mut encoders, &batches, th_us, limits, false);
     }
     if trace {
         eprintln!("stream: horizontal {:.1} ms, vertical {:.1} ms, {} encoders", t_h * 1e3, t_v * 1e3, encoders.len());
@@ -406,14 +427,23 @@ fn resample_and_encode<'scope>(
     if next < th_us {
         return Err(ImageError::Corrupt("JPEG ended before all rows were decoded".into()));
     }
-    // The best quality that fits wins; otherwise the smallest, and the caller shrinks further.
+    // Every row is fed: the encoders may finish. Checkpoints the probe had not reached are
+    // taken now, so what is encoded never depends on how fast the threads ran.
     for e in encoders.iter_mut() {
         e.tx = None;
     }
+    checkpoints.take(scope, &shape, &mut encoders, &batches, th_us, limits, true);
+    for e in encoders.iter_mut() {
+        e.tx = None;
+    }
+    // The best quality that fits wins; otherwise the smallest, and the caller shrinks further.
     let mut results = Vec::with_capacity(encoders.len());
-    for e in encoders {
+    for (i, e) in encoders.into_iter().enumerate() {
         let bytes = e.join.join().map_err(unwound)??;
-        results.push((e.quality, e.optimized, bytes));
+        // A retired probe counts as not encoded even if it got to the end first.
+        if let Some(bytes) = bytes.filter(|_| !(i == 0 && checkpoints.probe_retired)) {
+            results.push((e.quality, e.optimized, bytes));
+        }
     }
     if trace {
         let sizes: Vec<String> =
@@ -441,30 +471,152 @@ fn resample_and_encode<'scope>(
     })
 }
 
-/// When the probe projects a size over the limit and no running encoder is predicted to fit,
-/// the highest quality below them that is (never below the floor; at most 4 encoders).
-fn another_quality(probe: &Encoder<'_>, encoders: &[Encoder<'_>], rows: usize, limits: &Limits) -> Option<u8> {
-    let (written, done) = (probe.written.load(Ordering::Relaxed), probe.rows_done.load(Ordering::Relaxed));
-    if encoders.len() >= 4 || done < rows / 3 || written == 0 {
-        return None;
+/// Checkpoints at which the probe's projection is read, evenly spaced over the rows.
+const CHECKPOINTS: usize = 2;
+
+/// The probe (the first encoder: standard tables, the start quality) is read at a third and at
+/// two thirds of the rows: its projection decides whether a lower quality must be encoded too,
+/// and whether the probe is worth finishing.
+struct Checkpoints {
+    taken: usize,
+    probe_retired: bool,
+    trace: bool,
+}
+
+impl Checkpoints {
+    /// Take the checkpoints the probe has passed; with `wait`, all that remain (the probe's
+    /// final flush answers any it never reached).
+    #[allow(clippy::too_many_arguments)]
+    fn take<'scope>(
+        &mut self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        shape: &Shape<'scope>,
+        encoders: &mut Vec<Encoder<'scope>>,
+        batches: &[Arc<Vec<u8>>],
+        rows: usize,
+        limits: &Limits,
+        wait: bool,
+    ) {
+        while self.taken < CHECKPOINTS && !self.probe_retired {
+            let Some(probe) = encoders.first() else { return };
+            let at = rows * (self.taken + 1) / (CHECKPOINTS + 1);
+            let Some(projected) = projection(&probe.flushes.lock().unwrap_or_else(|e| e.into_inner()), at, rows) else {
+                if !wait || probe.join.is_finished() {
+                    return; // not there yet, or failed (its error comes at the join)
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            };
+            self.taken += 1;
+            let lowest = encoders[1..].iter().map(|e| e.quality).min();
+            let step = step(projected, probe.quality, lowest, self.taken, limits);
+            if self.trace {
+                eprintln!("stream: checkpoint at row {at}/{rows}: the probe projects {projected:.0} B: {step:?}");
+            }
+            if step.retire_probe {
+                encoders[0].tx = None;
+                self.probe_retired = true;
+            }
+            if let Some(q) = step.start {
+                let e = spawn_encoder(scope, shape, q, true);
+                for b in batches {
+                    e.feed(b.clone());
+                }
+                encoders.push(e);
+            }
+        }
     }
-    let projected = (written * rows / done) as f64;
+}
+
+/// The final size the probe's flushes point to once it has passed `row` (its first flush at or
+/// after that row), if it has got that far.
+fn projection(flushes: &[(usize, usize)], row: usize, rows: usize) -> Option<f64> {
+    flushes.iter().find(|(r, _)| *r >= row.max(1)).map(|&(r, b)| b as f64 * rows as f64 / r as f64)
+}
+
+/// What a checkpoint decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Step {
+    /// Start an encoder (optimized tables) at this quality.
+    start: Option<u8>,
+    /// Stop the probe: it cannot fit.
+    retire_probe: bool,
+}
+
+/// At checkpoint `n` (1-based), from the probe's projection: when neither the probe nor the
+/// lowest running candidate is predicted to fit, a candidate at the highest quality below them
+/// predicted to fit (never below the floor). The first checkpoint picks with 3 % headroom; a
+/// later one adds a candidate only when the running one is clearly over — a near miss costs a
+/// re-encode after the stream, a needless candidate a whole encode on every such photo. The
+/// probe is retired once it is far over (by a third at the first checkpoint, whose projection
+/// was seen 20 % off; by 15 % at the second).
+fn step(projected: f64, probe_q: u8, lowest: Option<u8>, n: usize, limits: &Limits) -> Step {
     let max = limits.max_output_bytes as f64;
-    let predicted = |q: u8| projected * crate::relative_size(q) / crate::relative_size(probe.quality) * OPTIMIZED;
-    let lowest = encoders.iter().map(|e| e.quality).min()?;
-    if projected <= max * 0.97 || predicted(lowest) <= max * 0.98 || lowest <= limits.min_quality {
-        return None;
+    if projected <= max * 0.97 {
+        return Step::default();
     }
-    let mut q = lowest.saturating_sub(5).max(limits.min_quality);
-    while q > limits.min_quality && predicted(q) > max * 0.97 {
-        q = q.saturating_sub(5).max(limits.min_quality);
-    }
-    Some(q)
+    let predicted = |q: u8| projected * crate::relative_size(q) / crate::relative_size(probe_q) * OPTIMIZED;
+    let from = lowest.unwrap_or(probe_q);
+    let enough = match lowest {
+        Some(q) => predicted(q) <= max * if n == 1 { 0.98 } else { 1.02 },
+        None => false,
+    };
+    let start = (!enough && from > limits.min_quality).then(|| {
+        let mut q = from.saturating_sub(5).max(limits.min_quality);
+        while q > limits.min_quality && predicted(q) > max * 0.97 {
+            q = q.saturating_sub(5).max(limits.min_quality);
+        }
+        q
+    });
+    let retire_probe = projected > max * if n == 1 { 1.3 } else { 1.15 };
+    Step { start, retire_probe }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe's flushes on the `life` photo (1278 rows, 686,798 bytes at q80).
+    const LIFE: [(usize, usize); 10] = [
+        (120, 65536),
+        (264, 131072),
+        (376, 196608),
+        (488, 262144),
+        (600, 327680),
+        (712, 393216),
+        (824, 458752),
+        (936, 524288),
+        (1080, 589824),
+        (1208, 655360),
+    ];
+
+    #[test]
+    fn the_projection_reads_the_first_flush_past_the_row() {
+        assert_eq!(projection(&LIFE, 426, 1278), Some(262144.0 * 1278.0 / 488.0));
+        assert_eq!(projection(&LIFE, 488, 1278), Some(262144.0 * 1278.0 / 488.0));
+        assert_eq!(projection(&LIFE[..3], 426, 1278), None, "not there yet");
+        assert_eq!(projection(&[(1278, 181014)], 852, 1278), Some(181014.0), "the final flush answers");
+        assert_eq!(projection(&[], 0, 1278), None);
+    }
+
+    #[test]
+    fn checkpoints_pick_one_candidate_and_retire_a_far_over_probe() {
+        let limits = Limits::default();
+        let p = |at| projection(&LIFE, at, 1278).expect("flush");
+        // On course to fit: nothing to do.
+        assert_eq!(step(470_000.0, 80, None, 1, &limits), Step::default());
+        // `life` at a third: q65 is predicted to fit; q80 is a third over, so the probe stops.
+        assert_eq!(step(p(426), 80, None, 1, &limits), Step { start: Some(65), retire_probe: true });
+        // A little over: the next step down, and the probe runs on (the projection may be high).
+        assert_eq!(step(540_000.0, 80, None, 1, &limits), Step { start: Some(75), retire_probe: false });
+        // Second checkpoint: the running q65 is a near miss at worst — no second candidate.
+        assert_eq!(step(p(852), 80, Some(65), 2, &limits), Step { start: None, retire_probe: true });
+        // ...but clearly over, and a lower one starts.
+        assert_eq!(step(800_000.0, 80, Some(65), 2, &limits), Step { start: Some(60), retire_probe: true });
+        // Never below the floor.
+        assert_eq!(step(2_000_000.0, 80, Some(60), 2, &limits).start, None);
+        assert_eq!(step(2_000_000.0, 80, None, 1, &limits).start, Some(60));
+    }
 
     #[test]
     fn taps_cover_and_sum_to_one() {

@@ -101,6 +101,26 @@ fn it_exif_rotated_photo_comes_out_upright_without_gps() {
     assert!(diff < 4.0, "the same picture, upright (mean difference {diff:.2})");
 }
 
+/// The photo that needs a lower quality takes the same bytes every time: what is encoded is
+/// decided from the probe's output at fixed rows, never from how far the threads got.
+#[test]
+fn it_an_oversized_photo_compresses_the_same_every_time() {
+    let Some(dir) = fixtures() else { return };
+    let input = std::fs::read(dir.join("life-3088x2056.jpg")).expect("read");
+    let first = compress(&input, &Limits::default()).expect("compress");
+    assert!(
+        first.bytes.len() <= 500_000 && first.quality < Some(80),
+        "{} B at q{:?}",
+        first.bytes.len(),
+        first.quality
+    );
+    for run in 1..8 {
+        let again = compress(&input, &Limits::default()).expect("compress");
+        assert_eq!(again.quality, first.quality, "run {run}");
+        assert!(again.bytes == first.bytes, "run {run}: {} B vs {} B", again.bytes.len(), first.bytes.len());
+    }
+}
+
 /// The two-thread progressive decoder against libjpeg on the real progressive photos, at the
 /// scale the pipeline uses and at full size.
 #[test]
