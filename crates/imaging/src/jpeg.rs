@@ -150,48 +150,80 @@ pub(crate) fn compressor(width: u32, height: u32, channels: u8, quality: u8, opt
     c
 }
 
-fn encode_with(r: &Raster, quality: u8, icc: Option<&[u8]>, optimize: bool) -> Result<Vec<u8>, ImageError> {
+/// Encode the upright rows `y0..y0 + rows` of `r` (turned by EXIF `orientation` band by band,
+/// so a turned image never exists whole).
+#[allow(clippy::too_many_arguments)]
+fn encode_rows(
+    r: &Raster,
+    orientation: u16,
+    y0: usize,
+    rows: usize,
+    quality: u8,
+    icc: Option<&[u8]>,
+    optimize: bool,
+) -> Result<Vec<u8>, ImageError> {
+    let (uw, _) = r.upright_size(orientation);
+    let stride = uw as usize * usize::from(r.channels);
+    // Upright already: the rows are fed as they lie.
+    let direct = match orientation {
+        2..=8 => None,
+        _ => Some(
+            r.data
+                .get(y0 * stride..(y0 + rows) * stride)
+                .ok_or_else(|| ImageError::Internal(format!("JPEG encode: rows {y0}+{rows} outside the image")))?,
+        ),
+    };
     guarded(|| {
-        let c = compressor(r.width, r.height, r.channels, quality, optimize);
-        let mut s = c.start_compress(Vec::with_capacity(r.data.len() / 8))?;
+        let c = compressor(uw, rows as u32, r.channels, quality, optimize);
+        let mut s = c.start_compress(Vec::with_capacity(stride * rows / 8))?;
         if let Some(icc) = icc {
             s.write_icc_profile(icc);
         }
-        s.write_scanlines(&r.data)?;
+        if let Some(data) = direct {
+            s.write_scanlines(data)?;
+        } else {
+            // One MCU row at a time (16 rows at 4:2:0), turned into a band buffer.
+            let mut band = vec![0u8; stride * 16];
+            let mut y = y0;
+            while y < y0 + rows {
+                let n = 16.min(y0 + rows - y);
+                r.upright_rows(orientation, y, &mut band[..n * stride]);
+                s.write_scanlines(&band[..n * stride])?;
+                y += n;
+            }
+        }
         s.finish()
     })
     .map_err(|e| ImageError::Internal(format!("JPEG encode: {e}")))
 }
 
-/// Encode RGB or gray pixels at `quality`, embedding `icc` when given. No other metadata.
+/// Encode RGB or gray pixels, turned upright by EXIF `orientation` (1 = as they are), at
+/// `quality`, embedding `icc` when given. No other metadata.
 ///
 /// Large images are encoded as two halves on two threads and joined with a restart marker:
 /// a JPEG decoder resets its DC predictions at a restart marker, which is exactly the state a
 /// second encoder starts from, so the joined file is the one a single encoder would write with
 /// a restart interval of half the image (decoded pixel for pixel the same). Both halves use
 /// the standard Huffman tables (they must share them), a few percent larger than optimized.
-pub fn encode(r: &Raster, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, ImageError> {
+pub fn encode(r: &Raster, orientation: u16, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, ImageError> {
+    let (uw, uh) = r.upright_size(orientation);
+    let (uw, uh) = (uw as usize, uh as usize);
     // fastest defaults: 4:2:0 for colour, so MCUs are 16x16 (8x8 for gray).
     let mcu = if r.channels == 1 { 8 } else { 16 };
-    let top = (r.height as usize / 2).div_ceil(mcu) * mcu;
-    let interval = (r.width as usize).div_ceil(mcu) * (top / mcu);
-    if u64::from(r.width) * u64::from(r.height) < 1_000_000 || top >= r.height as usize || interval > 65535 {
-        return encode_with(r, quality, icc, true);
-    }
-    let stride = r.width as usize * usize::from(r.channels);
-    let (upper, lower) = r.data.split_at(top * stride);
-    let half = |data: &[u8], rows: usize| Raster {
-        width: r.width,
-        height: rows as u32,
-        channels: r.channels,
-        data: data.to_vec(),
+    let top = (uh / 2).div_ceil(mcu) * mcu;
+    let interval = uw.div_ceil(mcu) * (top / mcu);
+    let (Ok(height), Ok(interval)) = (u16::try_from(uh), u16::try_from(interval)) else {
+        return encode_rows(r, orientation, 0, uh, quality, icc, true);
     };
+    if uw * uh < 1_000_000 || top >= uh {
+        return encode_rows(r, orientation, 0, uh, quality, icc, true);
+    }
     let (a, b) = std::thread::scope(|scope| {
-        let bottom = scope.spawn(|| encode_with(&half(lower, r.height as usize - top), quality, None, false));
-        let a = encode_with(&half(upper, top), quality, icc, false);
+        let bottom = scope.spawn(|| encode_rows(r, orientation, top, uh - top, quality, None, false));
+        let a = encode_rows(r, orientation, 0, top, quality, icc, false);
         (a, bottom.join().unwrap_or_else(|_| Err(ImageError::Internal("JPEG encode thread panicked".into()))))
     });
-    join_halves(&a?, &b?, r.height as u16, interval as u16)
+    join_halves(&a?, &b?, height, interval)
         .ok_or_else(|| ImageError::Internal("JPEG encode: could not join the halves".into()))
 }
 
@@ -283,9 +315,9 @@ mod tests {
                 .map(|i| ((i * 31 / 7 + i / (w as usize * 3) * 5) % 251) as u8)
                 .collect();
             let r = Raster { width: w, height: h, channels, data };
-            let split = encode(&r, 80, None).expect("encode");
+            let split = encode(&r, 1, 80, None).expect("encode");
             assert!(split.windows(2).any(|p| p == [0xFF, 0xD0]), "{w}x{h}: encoded in two halves");
-            let single = encode_with(&r, 80, None, false).expect("encode");
+            let single = encode_rows(&r, 1, 0, h as usize, 80, None, false).expect("encode");
             // An independent decoder (the image crate's) reads both the same.
             let a = image::load_from_memory(&split).expect("decodes").to_rgb8();
             let b = image::load_from_memory(&single).expect("decodes").to_rgb8();
@@ -295,9 +327,23 @@ mod tests {
     }
 
     #[test]
+    fn encodes_a_turned_image_band_by_band_as_the_turned_copy() {
+        let (w, h) = (1500u32, 900u32);
+        let data: Vec<u8> = (0..(w * h * 3) as usize).map(|i| ((i * 13 / 5 + i / 4500 * 7) % 253) as u8).collect();
+        let r = Raster { width: w, height: h, channels: 3, data };
+        for orientation in [3u16, 6, 8] {
+            let banded = encode(&r, orientation, 80, None).expect("encode");
+            let copied = encode(&r.clone().oriented(orientation), 1, 80, None).expect("encode");
+            assert!(banded == copied, "orientation {orientation}: the same file either way");
+            let img = image::load_from_memory(&banded).expect("decodes");
+            assert_eq!((img.width(), img.height()), r.upright_size(orientation));
+        }
+    }
+
+    #[test]
     fn round_trips_and_rejects_garbage() {
         let r = Raster { width: 40, height: 24, channels: 3, data: [200u8, 120, 40].repeat(40 * 24) };
-        let jpeg = encode(&r, 80, None).expect("encode");
+        let jpeg = encode(&r, 1, 80, None).expect("encode");
         let (back, meta) = decode(&jpeg, 40).expect("decode");
         assert_eq!((back.width, back.height, meta.orientation), (40, 24, 1));
         assert!(decode(&jpeg[..jpeg.len() / 2], 40).is_err(), "truncated");

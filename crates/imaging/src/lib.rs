@@ -22,7 +22,7 @@ mod progressive;
 mod raster;
 mod stream;
 
-use std::io::Cursor;
+use std::{borrow::Cow, io::Cursor};
 
 use image::{DynamicImage, ImageDecoder};
 use serde::{Deserialize, Serialize};
@@ -153,11 +153,11 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
                     kept_original: false,
                 });
             }
-            // Rotated (encode now, upright), or nothing fitted at the qualities tried (go on from
-            // the resampled image).
-            let upright = done.raster.oriented(done.orientation);
-            let pu = Probe { width: upright.width, height: upright.height, ..p };
-            let mut out = fit_loop(upright, 1, done.icc, None, &pu, input.len(), limits, done.quality, trace)?;
+            // Rotated (encode now, turned upright band by band), or nothing fitted at the
+            // qualities tried (go on from the resampled image, already at the target size).
+            let pr = Probe { width: done.raster.width, height: done.raster.height, ..p };
+            let mut out =
+                fit_loop(done.raster, done.orientation, done.icc, None, &pr, input.len(), limits, done.quality, trace)?;
             (out.original_width, out.original_height) = (p.width, p.height);
             return Ok(out);
         }
@@ -220,21 +220,27 @@ fn fit_loop(
     loop {
         let (rw, rh) = fit(dw, dh, long);
         let t1 = std::time::Instant::now();
-        let resized = decoded.resize(rw, rh)?;
-        let t_r = t1.elapsed();
-        let out = resized.oriented(orientation);
+        let resized = if (rw, rh) == (decoded.width, decoded.height) {
+            Cow::Borrowed(&decoded)
+        } else {
+            Cow::Owned(decoded.resize(rw, rh)?)
+        };
         if trace {
-            eprintln!(
-                "resize → {rw}x{rh}: {:.1} ms, orient {orientation}: {:.1} ms",
-                t_r.as_secs_f64() * 1e3,
-                (t1.elapsed() - t_r).as_secs_f64() * 1e3
-            );
+            eprintln!("resize → {rw}x{rh}: {:.1} ms", t1.elapsed().as_secs_f64() * 1e3);
         }
         let t2 = std::time::Instant::now();
-        let bytes =
-            if transparent { encode_webp(&out, quality)? } else { jpeg::encode(&out, quality, icc.as_deref())? };
+        let (ow, oh) = resized.upright_size(orientation);
+        let bytes = if transparent {
+            encode_webp(&resized.into_owned().oriented(orientation), quality)?
+        } else {
+            jpeg::encode(&resized, orientation, quality, icc.as_deref())?
+        };
         if trace {
-            eprintln!("encode q{quality}: {:.1} ms, {} B", t2.elapsed().as_secs_f64() * 1e3, bytes.len());
+            eprintln!(
+                "encode q{quality}, orientation {orientation}: {:.1} ms, {} B",
+                t2.elapsed().as_secs_f64() * 1e3,
+                bytes.len()
+            );
         }
         if bytes.len() <= limits.max_output_bytes || long <= 64 {
             let within = long == tw.max(th) && (p.width, p.height) == (dw, dh);
@@ -261,8 +267,8 @@ fn fit_loop(
             }
             let (content_type, extension) = if transparent { ("image/webp", "webp") } else { ("image/jpeg", "jpg") };
             return Ok(Compressed {
-                width: out.width,
-                height: out.height,
+                width: ow,
+                height: oh,
                 content_type,
                 extension,
                 bytes,

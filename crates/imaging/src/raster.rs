@@ -40,80 +40,126 @@ impl Raster {
         Raster { channels: 3, data, ..self }
     }
 
-    /// Resample to exactly `width`×`height` with Lanczos3 (alpha-aware for RGBA).
+    /// Resample to exactly `width`×`height` with Lanczos3 (alpha-aware for RGBA). A large
+    /// output is made in two halves on two threads: each half is the same resize of a source
+    /// crop at the same scale (the filter still reads the rows around the crop), so the result
+    /// is one pass's.
     pub fn resize(&self, width: u32, height: u32) -> Result<Raster, ImageError> {
         if (width, height) == (self.width, self.height) {
             return Ok(self.clone());
         }
         let internal = |e: &dyn std::fmt::Display| ImageError::Internal(format!("resize: {e}"));
-        let src = ImageRef::new(self.width, self.height, &self.data, self.pixel_type()).map_err(|e| internal(&e))?;
-        let mut dst = Image::new(width, height, self.pixel_type());
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
-        Resizer::new().resize(&src, &mut dst, &options).map_err(|e| internal(&e))?;
-        Ok(Raster { width, height, channels: self.channels, data: dst.into_vec() })
+        let pixel_type = self.pixel_type();
+        let src = ImageRef::new(self.width, self.height, &self.data, pixel_type).map_err(|e| internal(&e))?;
+        let stride = width as usize * usize::from(self.channels);
+        let mut data = vec![0u8; stride * height as usize];
+        let scale = f64::from(self.height) / f64::from(height);
+        let part = |rows: &mut [u8], y0: u32, n: u32| -> Result<(), ImageError> {
+            let mut dst = Image::from_slice_u8(width, n, rows, pixel_type).map_err(|e| internal(&e))?;
+            let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)).crop(
+                0.0,
+                f64::from(y0) * scale,
+                f64::from(self.width),
+                f64::from(n) * scale,
+            );
+            Resizer::new().resize(&src, &mut dst, &options).map_err(|e| internal(&e))
+        };
+        let half = height / 2;
+        if u64::from(width) * u64::from(height) < 1 << 20 {
+            part(&mut data, 0, height)?;
+        } else {
+            let (top, bottom) = data.split_at_mut(half as usize * stride);
+            std::thread::scope(|s| {
+                let other = s.spawn(|| part(bottom, half, height - half));
+                let mine = part(top, 0, half);
+                mine.and(other.join().map_err(|_| ImageError::Internal("resize thread panicked".into()))?)
+            })?;
+        }
+        Ok(Raster { width, height, channels: self.channels, data })
     }
 
-    /// Apply an EXIF orientation (1-8) so the pixels are upright.
+    /// Apply an EXIF orientation (1-8) so the pixels are upright (the two halves of the output
+    /// on two threads).
     pub fn oriented(self, orientation: u16) -> Raster {
+        if !(2..=8).contains(&orientation) {
+            return self;
+        }
+        let (ow, oh) = self.upright_size(orientation);
+        let stride = ow as usize * usize::from(self.channels);
+        let mut out = vec![0u8; self.data.len()];
+        let half = oh as usize / 2;
+        let (top, bottom) = out.split_at_mut(half * stride);
+        std::thread::scope(|s| {
+            s.spawn(|| self.upright_rows(orientation, half, bottom));
+            self.upright_rows(orientation, 0, top);
+        });
+        Raster { width: ow, height: oh, channels: self.channels, data: out }
+    }
+
+    /// Width and height once turned upright by `orientation`.
+    pub fn upright_size(&self, orientation: u16) -> (u32, u32) {
+        if (5..=8).contains(&orientation) {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        }
+    }
+
+    /// Rows `y0..` of the upright image (as many as `out` holds), so an encoder can take an
+    /// oriented image band by band without the whole turned copy.
+    pub fn upright_rows(&self, orientation: u16, y0: usize, out: &mut [u8]) {
         let (w, h) = (self.width as usize, self.height as usize);
         match orientation {
-            2 => self.remap(w, h, move |ox, oy| (w - 1 - ox, oy)),
-            3 => self.remap(w, h, move |ox, oy| (w - 1 - ox, h - 1 - oy)),
-            4 => self.remap(w, h, move |ox, oy| (ox, h - 1 - oy)),
-            5 => self.remap(h, w, move |ox, oy| (oy, ox)),
-            6 => self.remap(h, w, move |ox, oy| (oy, h - 1 - ox)),
-            7 => self.remap(h, w, move |ox, oy| (w - 1 - oy, h - 1 - ox)),
-            8 => self.remap(h, w, move |ox, oy| (w - 1 - oy, ox)),
-            _ => self,
+            2 => self.remap(w, y0, out, move |ox, oy| (w - 1 - ox, oy)),
+            3 => self.remap(w, y0, out, move |ox, oy| (w - 1 - ox, h - 1 - oy)),
+            4 => self.remap(w, y0, out, move |ox, oy| (ox, h - 1 - oy)),
+            5 => self.remap(h, y0, out, move |ox, oy| (oy, ox)),
+            6 => self.remap(h, y0, out, move |ox, oy| (oy, h - 1 - ox)),
+            7 => self.remap(h, y0, out, move |ox, oy| (w - 1 - oy, h - 1 - ox)),
+            8 => self.remap(h, y0, out, move |ox, oy| (w - 1 - oy, ox)),
+            _ => {
+                let from = (y0 * w * usize::from(self.channels)).min(self.data.len());
+                let n = out.len().min(self.data.len() - from);
+                out[..n].copy_from_slice(&self.data[from..from + n]);
+            }
         }
     }
 
-    /// Build an `ow`×`oh` image whose pixel (x, y) is the source pixel `src(x, y)`. Generic over
-    /// the mapping so each orientation compiles to its own tight loop; walked in tiles so reads
-    /// and writes both stay in cache.
-    fn remap(self, ow: usize, oh: usize, src: impl Fn(usize, usize) -> (usize, usize) + Sync) -> Raster {
+    /// Fill `rows` (output rows from `y0`, `ow` pixels wide) with the source pixels `src(x, y)`.
+    /// Generic over the mapping so each orientation compiles to its own tight loop.
+    fn remap(&self, ow: usize, y0: usize, rows: &mut [u8], src: impl Fn(usize, usize) -> (usize, usize)) {
         match self.channels {
-            1 => self.remap_c::<1>(ow, oh, src),
-            3 => self.remap_c::<3>(ow, oh, src),
-            _ => self.remap_c::<4>(ow, oh, src),
+            1 => remap_c::<1>(&self.data, self.width as usize, ow, y0, rows, src),
+            3 => remap_c::<3>(&self.data, self.width as usize, ow, y0, rows, src),
+            _ => remap_c::<4>(&self.data, self.width as usize, ow, y0, rows, src),
         }
     }
+}
 
-    /// `remap` for `C` channels: fixed-size pixel copies, and the two halves of the output on
-    /// two threads.
-    fn remap_c<const C: usize>(
-        self,
-        ow: usize,
-        oh: usize,
-        src: impl Fn(usize, usize) -> (usize, usize) + Sync,
-    ) -> Raster {
-        let w = self.width as usize;
-        let mut out = vec![0u8; self.data.len()];
-        let data = &self.data;
-        let fill = |rows: &mut [u8], y0: usize| {
-            const T: usize = 32;
-            let oh_part = rows.len() / (ow * C);
-            for ty in (0..oh_part).step_by(T) {
-                for tx in (0..ow).step_by(T) {
-                    for ly in ty..(ty + T).min(oh_part) {
-                        let row = &mut rows[ly * ow * C..(ly + 1) * ow * C];
-                        for ox in tx..(tx + T).min(ow) {
-                            let (sx, sy) = src(ox, y0 + ly);
-                            let s = (sy * w + sx) * C;
-                            let px: [u8; C] = data[s..s + C].try_into().unwrap_or([0; C]);
-                            row[ox * C..ox * C + C].copy_from_slice(&px);
-                        }
-                    }
+/// `remap` for `C` channels: fixed-size pixel copies, walked in tiles so reads and writes both
+/// stay in cache.
+fn remap_c<const C: usize>(
+    data: &[u8],
+    w: usize,
+    ow: usize,
+    y0: usize,
+    rows: &mut [u8],
+    src: impl Fn(usize, usize) -> (usize, usize),
+) {
+    const T: usize = 32;
+    let oh_part = rows.len() / (ow * C);
+    for ty in (0..oh_part).step_by(T) {
+        for tx in (0..ow).step_by(T) {
+            for ly in ty..(ty + T).min(oh_part) {
+                let row = &mut rows[ly * ow * C..(ly + 1) * ow * C];
+                for ox in tx..(tx + T).min(ow) {
+                    let (sx, sy) = src(ox, y0 + ly);
+                    let s = (sy * w + sx) * C;
+                    let px: [u8; C] = data.get(s..s + C).and_then(|p| p.try_into().ok()).unwrap_or([0; C]);
+                    row[ox * C..ox * C + C].copy_from_slice(&px);
                 }
             }
-        };
-        let half = oh / 2;
-        let (top, bottom) = out.split_at_mut(half * ow * C);
-        std::thread::scope(|s| {
-            s.spawn(|| fill(bottom, half));
-            fill(top, 0);
-        });
-        Raster { width: ow as u32, height: oh as u32, channels: self.channels, data: out }
+        }
     }
 }
 
@@ -168,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn upright_rows_by_band_match_the_turned_image() {
+        let r =
+            Raster { width: 37, height: 23, channels: 3, data: (0..37 * 23 * 3).map(|i| (i % 251) as u8).collect() };
+        for orientation in 1..=8u16 {
+            let whole = r.clone().oriented(orientation);
+            assert_eq!((whole.width, whole.height), r.upright_size(orientation));
+            let stride = whole.width as usize * 3;
+            let mut banded = Vec::new();
+            for y0 in (0..whole.height as usize).step_by(5) {
+                let mut band = vec![0u8; stride * 5.min(whole.height as usize - y0)];
+                r.upright_rows(orientation, y0, &mut band);
+                banded.extend_from_slice(&band);
+            }
+            assert!(banded == whole.data, "orientation {orientation}");
+        }
+    }
+
+    #[test]
     fn fits_without_upscaling() {
         assert_eq!(fit(4000, 3000, 1920), (1920, 1440));
         assert_eq!(fit(1350, 2400, 1920), (1080, 1920));
@@ -176,12 +240,13 @@ mod tests {
 
     #[test]
     fn split_resize_matches_a_single_pass() {
-        let (w, h) = (300u32, 200u32);
+        let (w, h) = (1700u32, 1301u32); // over 1 MP out: two halves
         let data: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7919) % 251) as u8).collect();
         let r = Raster { width: w, height: h, channels: 3, data };
-        let split = r.resize(120, 80).expect("split");
+        let (ow, oh) = (1234u32, 943u32);
+        let split = r.resize(ow, oh).expect("split");
         let src = ImageRef::new(w, h, &r.data, PixelType::U8x3).expect("src");
-        let mut one = Image::new(120, 80, PixelType::U8x3);
+        let mut one = Image::new(ow, oh, PixelType::U8x3);
         Resizer::new()
             .resize(&src, &mut one, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)))
             .expect("one pass");
