@@ -46,8 +46,8 @@ fn guarded<T>(f: impl FnOnce() -> std::io::Result<T>) -> Result<T, ImageError> {
 /// after its last scan.
 pub(crate) fn is_complete(b: &[u8]) -> bool {
     let tail = &b[b.len().saturating_sub(64 * 1024)..];
-    let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let eoi = tail.windows(2).rposition(|w| w == [0xFF, 0xD9]).map(|p| p + b.len() - tail.len());
+    let last_sos = memchr::memmem::rfind(b, &[0xFF, 0xDA]);
+    let eoi = memchr::memmem::rfind(tail, &[0xFF, 0xD9]).map(|p| p + b.len() - tail.len());
     matches!((last_sos, eoi), (Some(s), Some(e)) if e > s)
 }
 

@@ -282,11 +282,13 @@ fn be16(b: &[u8], i: usize) -> Result<usize, Corrupt> {
 /// stuffed byte or a restart marker).
 fn entropy_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
-    while i + 1 < b.len() {
-        if b[i] == 0xFF && b[i + 1] != 0 && !(0xD0..=0xD7).contains(&b[i + 1]) {
-            return i;
+    while let Some(at) = b.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) {
+        i += at;
+        match b.get(i + 1) {
+            Some(&m) if m != 0 && !(0xD0..=0xD7).contains(&m) => return i,
+            Some(_) => i += 1,
+            None => break,
         }
-        i += 1;
     }
     b.len()
 }
