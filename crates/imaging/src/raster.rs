@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn split_resize_matches_a_single_pass() {
         let (w, h) = (1700u32, 1301u32); // over 1 MP out: two halves
-        let data: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7919) % 251) as u8).collect();
+        let data: Vec<u8> = (0..u64::from(w * h * 3)).map(|i| ((i * 7919) % 251) as u8).collect();
         let r = Raster { width: w, height: h, channels: 3, data };
         let (ow, oh) = (1234u32, 943u32);
         let split = r.resize(ow, oh).expect("split");
