@@ -133,8 +133,7 @@ fn spawn_encoder<'scope>(
                     let take = (BAND - fed % BAND).min(rest.len() / stride).max(1);
                     let (slice, tail) = rest.split_at((take * stride).min(rest.len()));
                     let end = fed + take;
-                    let band_start = if end % BAND == 0 { end - BAND } else { end - end % BAND };
-                    at_row.store((band_start + end) / 2, Ordering::Relaxed);
+                    at_row.store(((end - 1) / BAND * BAND + end) / 2, Ordering::Relaxed);
                     started.write_scanlines(slice)?;
                     fed = end;
                     rest = tail;
