@@ -6,7 +6,7 @@ use serde::Deserialize;
 use url::Url;
 use utoipa::ToSchema;
 
-use crate::job::Priority;
+use crate::{error_code, job::Priority};
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 2_000;
@@ -73,28 +73,36 @@ impl NewEdit {
     pub fn parse(raw: EditRequest, policy: WebhookPolicy, now: DateTime<Utc>) -> Result<Self, ValidationError> {
         let prompt = raw.prompt.map(|p| p.trim().to_owned()).unwrap_or_default();
         if prompt.is_empty() {
-            return Err(ValidationError::new("prompt", "invalid-prompt", "`prompt` is required and must not be empty"));
+            return Err(ValidationError::new(
+                "prompt",
+                error_code::INVALID_PROMPT,
+                "`prompt` is required and must not be empty",
+            ));
         }
         let chars = prompt.chars().count();
         if chars > MAX_PROMPT_CHARS {
             return Err(ValidationError::new(
                 "prompt",
-                "invalid-prompt",
+                error_code::INVALID_PROMPT,
                 format!("`prompt` is {chars} characters; at most {MAX_PROMPT_CHARS} are allowed"),
             ));
         }
         if prompt.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            return Err(ValidationError::new("prompt", "invalid-prompt", "`prompt` contains control characters"));
+            return Err(ValidationError::new(
+                "prompt",
+                error_code::INVALID_PROMPT,
+                "`prompt` contains control characters",
+            ));
         }
 
-        let image_url = parse_http_url(raw.image_url.as_deref(), "image_url", "invalid-image-url", true)?;
+        let image_url = parse_http_url(raw.image_url.as_deref(), "image_url", error_code::INVALID_IMAGE_URL, true)?;
 
         let priority = match raw.priority.as_deref() {
             None => Priority::Normal,
             Some(p) => p.parse().map_err(|_| {
                 ValidationError::new(
                     "priority",
-                    "invalid-priority",
+                    error_code::INVALID_PRIORITY,
                     format!("`priority` must be `normal` or `high`, not `{p}`"),
                 )
             })?,
@@ -106,7 +114,7 @@ impl NewEdit {
                 let url = parse_http_url(
                     raw.webhook_url.as_deref(),
                     "webhook_url",
-                    "invalid-webhook-url",
+                    error_code::INVALID_WEBHOOK_URL,
                     policy.allow_insecure,
                 )?;
                 check_webhook_host(&url, policy)?;
@@ -118,7 +126,7 @@ impl NewEdit {
             (Some(_), Some(_)) => {
                 return Err(ValidationError::new(
                     "run_at",
-                    "invalid-schedule",
+                    error_code::INVALID_SCHEDULE,
                     "give `delay_seconds` or `run_at`, not both",
                 ))
             }
@@ -126,7 +134,7 @@ impl NewEdit {
                 if !(0..=MAX_DELAY_SECONDS).contains(&d) {
                     return Err(ValidationError::new(
                         "delay_seconds",
-                        "invalid-schedule",
+                        error_code::INVALID_SCHEDULE,
                         format!("`delay_seconds` must be between 0 and {MAX_DELAY_SECONDS}"),
                     ));
                 }
@@ -135,13 +143,17 @@ impl NewEdit {
             (None, Some(t)) => {
                 let at = DateTime::parse_from_rfc3339(t)
                     .map_err(|_| {
-                        ValidationError::new("run_at", "invalid-schedule", "`run_at` must be an RFC 3339 timestamp")
+                        ValidationError::new(
+                            "run_at",
+                            error_code::INVALID_SCHEDULE,
+                            "`run_at` must be an RFC 3339 timestamp",
+                        )
                     })?
                     .with_timezone(&Utc);
                 if at > now + chrono::Duration::seconds(MAX_DELAY_SECONDS) {
                     return Err(ValidationError::new(
                         "run_at",
-                        "invalid-schedule",
+                        error_code::INVALID_SCHEDULE,
                         "`run_at` is more than 30 days away",
                     ));
                 }
@@ -212,7 +224,7 @@ pub fn webhook_ip_allowed(ip: std::net::IpAddr, policy: WebhookPolicy) -> bool {
 pub fn forbidden_webhook() -> ValidationError {
     ValidationError::new(
         "webhook_url",
-        "invalid-webhook-url",
+        error_code::INVALID_WEBHOOK_URL,
         "`webhook_url` must not point at a loopback, private, link-local or metadata address",
     )
 }

@@ -91,25 +91,8 @@ string_enum!(
     }
 );
 
-/// Stable codes a failed job reports in `error.code`.
-pub mod error_code {
-    /// fal refused the input (422): retrying cannot help.
-    pub const UPSTREAM_INVALID_INPUT: &str = "upstream-invalid-input";
-    /// Every fal key was refused (401/403).
-    pub const UPSTREAM_UNAUTHORIZED: &str = "upstream-unauthorized";
-    /// fal kept failing (5xx, timeouts, 429) until attempts ran out.
-    pub const UPSTREAM_UNAVAILABLE: &str = "upstream-unavailable";
-    /// fal answered something we could not use.
-    pub const UPSTREAM_BAD_RESPONSE: &str = "upstream-bad-response";
-    /// The generated image could not be fetched or stored.
-    pub const STORAGE_FAILED: &str = "storage-failed";
-    /// The job's worker died on every attempt.
-    pub const POISON_JOB: &str = "poison-job";
-    /// Redis (the queue or the upstream limiter) did not answer.
-    pub const QUEUE_UNAVAILABLE: &str = "queue-unavailable";
-    /// Something of ours failed repeatedly (database, queue).
-    pub const INTERNAL: &str = "internal-error";
-}
+/// The codes a failed job reports in `error.code` live with every other code.
+pub use crate::error_code;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! validation errors). 5xx bodies never carry internals; the cause is logged instead.
 
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
-use jewelshot_domain::ValidationError;
+use jewelshot_domain::{error_code as codes, ValidationError};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum ApiError {
     #[error("{message}")]
     TooManyRequests { code: &'static str, message: String, retry_after_secs: u64, rate: Option<RateHeaders> },
     #[error("{what} is unavailable; try again shortly")]
-    Unavailable { what: &'static str, retry_after_secs: u32, cause: String },
+    Unavailable { code: &'static str, what: &'static str, retry_after_secs: u32, cause: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -57,24 +57,21 @@ impl RateHeaders {
 }
 
 impl ApiError {
+    /// The stable code; its HTTP status comes from the one table of codes
+    /// ([`jewelshot_domain::error_code`]).
     pub fn code(&self) -> &'static str {
         match self {
             Self::TooManyRequests { code, .. } => code,
             Self::Invalid(v) => v.code,
-            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => code,
-            Self::Unauthorized => "unauthorized",
-            Self::JobNotFound => "job-not-found",
-            Self::NotFound => "not-found",
-            Self::TooLarge(_) => "payload-too-large",
-            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::BadRequest { code, .. } | Self::Conflict { code, .. } | Self::Forbidden { code, .. } => code,
+            Self::Unavailable { code, .. } => code,
+            Self::Unauthorized => codes::UNAUTHORIZED,
+            Self::JobNotFound => codes::JOB_NOT_FOUND,
+            Self::NotFound => codes::NOT_FOUND,
+            Self::TooLarge(_) => codes::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => codes::UNSUPPORTED_MEDIA_TYPE,
             Self::Image(e) => e.code(),
-            Self::Forbidden { code, .. } => code,
-            Self::Unavailable { what, .. } => match *what {
-                "the database" => "database-unavailable",
-                "the queue" => "queue-unavailable",
-                _ => "service-unavailable",
-            },
-            Self::Internal(_) => "internal-error",
+            Self::Internal(_) => codes::INTERNAL,
         }
     }
 }
@@ -83,14 +80,19 @@ impl From<jewelshot_db::DbError> for ApiError {
     fn from(e: jewelshot_db::DbError) -> Self {
         if let jewelshot_db::DbError::QueuedCapReached { cap } = e {
             return Self::TooManyRequests {
-                code: "too-many-queued-jobs",
+                code: codes::TOO_MANY_QUEUED_JOBS,
                 message: format!("you already have {cap} jobs waiting; submit more as they finish"),
                 retry_after_secs: 30,
                 rate: None,
             };
         }
         if e.is_unavailable() {
-            Self::Unavailable { what: "the database", retry_after_secs: 2, cause: e.to_string() }
+            Self::Unavailable {
+                code: codes::DATABASE_UNAVAILABLE,
+                what: "the database",
+                retry_after_secs: 2,
+                cause: e.to_string(),
+            }
         } else {
             Self::Internal(e.to_string())
         }
@@ -99,31 +101,29 @@ impl From<jewelshot_db::DbError> for ApiError {
 
 impl From<jewelshot_queue::QueueError> for ApiError {
     fn from(e: jewelshot_queue::QueueError) -> Self {
-        Self::Unavailable { what: "the queue", retry_after_secs: 2, cause: e.to_string() }
+        Self::Unavailable {
+            code: codes::QUEUE_UNAVAILABLE,
+            what: "the queue",
+            retry_after_secs: 2,
+            cause: e.to_string(),
+        }
     }
 }
 
 impl From<jewelshot_storage::StorageError> for ApiError {
     fn from(e: jewelshot_storage::StorageError) -> Self {
-        Self::Unavailable { what: "storage", retry_after_secs: 2, cause: e.to_string() }
+        Self::Unavailable {
+            code: codes::SERVICE_UNAVAILABLE,
+            what: "storage",
+            retry_after_secs: 2,
+            cause: e.to_string(),
+        }
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::Invalid(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::JobNotFound | Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Image(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(codes::status(self.code())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -164,12 +164,49 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> acti
         J::ContentType => ApiError::UnsupportedMediaType("Content-Type must be application/json".into()),
         J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::TooLarge(limit),
         J::Deserialize(e) => ApiError::BadRequest {
-            code: "invalid-json",
+            code: codes::INVALID_JSON,
             message: format!("request body is not valid JSON for this route: {e}"),
         },
-        other => {
-            ApiError::BadRequest { code: "invalid-json", message: format!("could not read the request body: {other}") }
-        }
+        other => ApiError::BadRequest {
+            code: codes::INVALID_JSON,
+            message: format!("could not read the request body: {other}"),
+        },
     };
     api.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jewelshot_imaging::ImageError;
+
+    #[test]
+    fn every_code_the_gateway_answers_is_in_the_table_with_its_status() {
+        let image = [
+            ImageError::Empty,
+            ImageError::Corrupt("x".into()),
+            ImageError::TooManyBytes { len: 2, limit: 1 },
+            ImageError::TooManyPixels { width: 2, height: 2, limit: 1 },
+            ImageError::NotAnImage,
+            ImageError::UnsupportedFormat("heic".into()),
+            ImageError::Internal("x".into()),
+        ];
+        for e in image {
+            let entry = codes::lookup(e.code()).unwrap_or_else(|| panic!("{} is not in the table", e.code()));
+            assert_eq!(entry.status, e.http_status(), "{}", e.code());
+        }
+        let fixed = [
+            ApiError::Unauthorized,
+            ApiError::JobNotFound,
+            ApiError::NotFound,
+            ApiError::TooLarge(1),
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        let statuses: Vec<u16> = fixed.iter().map(|e| e.status_code().as_u16()).collect();
+        assert_eq!(statuses, [401, 404, 404, 413, 415, 500]);
+        for e in &fixed {
+            assert!(codes::lookup(e.code()).is_some(), "{}", e.code());
+        }
+    }
 }

@@ -5,12 +5,16 @@
 //! replicas as traffic needs.
 //!
 //! ## Layout
-//! - [`config`] — `JEWELSHOT_*` settings.
-//! - [`auth`] — the bearer-key extractor.
-//! - [`routes`] — handlers (short: extract → service → DTO).
+//! - [`config`] — `JEWELSHOT_*` settings: [`Config`] (re-exported at the root) and
+//!   [`Config::load`].
+//! - [`state`] — [`state::AppState`], what every handler shares (database, queue, store, limiters,
+//!   the cached upstream capacity and generation time behind ETAs).
+//! - [`auth`] — the bearer-key middleware ([`auth::authenticate`]) and the [`auth::AuthUser`]
+//!   extractor.
+//! - [`routes`] — handlers (short: extract → service → DTO); [`routes::configure`] registers them.
 //! - [`service`] — submit/view/list/cancel logic.
 //! - [`uploads`] — uploads (capped read, bounded compression, quota), gallery, storage use.
-//! - [`error`] — the one error shape.
+//! - [`error`] — the one error shape, [`error::ApiError`] (and the `RateLimit` headers).
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`telemetry`] — Prometheus metrics and `/metrics`.
 //! - [`Application`] — build (bind) then run until shutdown.
@@ -25,6 +29,7 @@ pub mod state;
 pub mod telemetry;
 pub mod uploads;
 
+use jewelshot_domain::error_code as codes;
 use std::{future::Future, net::TcpListener};
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
@@ -67,7 +72,7 @@ impl Application {
                     web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)),
                 )
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                    error::ApiError::BadRequest { code: "invalid-query", message: e.to_string() }.into()
+                    error::ApiError::BadRequest { code: codes::INVALID_QUERY, message: e.to_string() }.into()
                 }))
                 .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
                 .wrap(middleware::from_fn(auth::authenticate))

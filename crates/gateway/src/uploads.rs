@@ -1,6 +1,7 @@
 //! Uploads and the gallery: read a body with a hard cap (raw or multipart), compress it on the
 //! bounded image pool, account it against the user's quota, store it.
 
+use jewelshot_domain::error_code as codes;
 use std::time::Duration;
 
 use actix_web::{http::header, web, HttpRequest};
@@ -74,7 +75,7 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
         while let Some(field) = form.next().await {
             let mut field =
-                field.map_err(|e| ApiError::BadRequest { code: "invalid-multipart", message: e.to_string() })?;
+                field.map_err(|e| ApiError::BadRequest { code: codes::INVALID_MULTIPART, message: e.to_string() })?;
             let is_file =
                 field.content_disposition().and_then(|d| d.get_filename()).is_some() || field.name() == Some("file");
             if !is_file {
@@ -82,8 +83,8 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
             }
             let mut buf = BytesMut::new();
             while let Some(chunk) = field.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::BadRequest { code: "invalid-multipart", message: e.to_string() })?;
+                let chunk = chunk
+                    .map_err(|e| ApiError::BadRequest { code: codes::INVALID_MULTIPART, message: e.to_string() })?;
                 if buf.len() + chunk.len() > max {
                     return Err(ApiError::TooLarge(max));
                 }
@@ -92,7 +93,7 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
             return Ok(buf.freeze());
         }
         return Err(ApiError::BadRequest {
-            code: "missing-file",
+            code: codes::MISSING_FILE,
             message: "the form has no file part (name it `file`)".into(),
         });
     }
@@ -103,7 +104,7 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest { code: "invalid-body", message: e.to_string() })?;
+        let chunk = chunk.map_err(|e| ApiError::BadRequest { code: codes::INVALID_BODY, message: e.to_string() })?;
         if buf.len() + chunk.len() > max {
             return Err(ApiError::TooLarge(max));
         }
@@ -119,6 +120,7 @@ pub async fn upload(state: &AppState, user: &User, body: Bytes) -> Result<Upload
     let permit = tokio::time::timeout(wait, state.image_slots.acquire())
         .await
         .map_err(|_| ApiError::Unavailable {
+            code: codes::SERVICE_UNAVAILABLE,
             what: "image processing",
             retry_after_secs: 5,
             cause: "all image slots busy".into(),
@@ -132,7 +134,7 @@ pub async fn upload(state: &AppState, user: &User, body: Bytes) -> Result<Upload
     let size = image.bytes.len() as i64;
     if !state.db.reserve_storage(user.id, size, state.cfg.uploads.quota()).await? {
         return Err(ApiError::Forbidden {
-            code: "storage-quota-exceeded",
+            code: codes::STORAGE_QUOTA_EXCEEDED,
             message: format!(
                 "storing this image ({size} bytes) would exceed your storage quota of {} bytes",
                 state.cfg.uploads.quota_bytes_per_user
@@ -188,14 +190,14 @@ pub async fn gallery(
     let limit = limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest {
-            code: "invalid-limit",
+            code: codes::INVALID_LIMIT,
             message: "`limit` must be between 1 and 100".into(),
         });
     }
     let cursor = cursor.filter(|c| !c.is_empty());
     if cursor.is_some_and(|c| c.parse::<ulid::Ulid>().is_err()) {
         return Err(ApiError::BadRequest {
-            code: "invalid-cursor",
+            code: codes::INVALID_CURSOR,
             message: "`cursor` is not a cursor this API returned".into(),
         });
     }

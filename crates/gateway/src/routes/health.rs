@@ -45,7 +45,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "5")).json(json!({
-        "error": { "code": "not-ready", "message": format!("unavailable: {}", failing.join(", ")) },
+        "error": { "code": jewelshot_domain::error_code::NOT_READY, "message": format!("unavailable: {}", failing.join(", ")) },
         "checks": detail,
     }))
 }
