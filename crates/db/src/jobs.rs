@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, JobStatus, NewEdit, Priority, UserId};
 
-use crate::{Db, DbError, Result};
+use crate::{steps::generate_started, Db, DbError, Result};
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
@@ -346,21 +346,6 @@ impl Db {
         }
     }
 
-    /// Whether the job's `generate-image` has started: finished, or holding a fal request (its
-    /// checkpoint). Such a job must not wait for a new upstream slot.
-    pub async fn generate_started(&self, id: JobId) -> Result<bool> {
-        let row = self
-            .conn()
-            .await?
-            .query_opt(
-                "SELECT status = 'complete' OR coalesce(output ? 'request', false) FROM job_steps
-                  WHERE job_id = $1 AND step = 'generate-image'",
-                &[&id.to_string()],
-            )
-            .await?;
-        Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
-    }
-
     /// Refresh the heartbeat of the jobs `worker` is running.
     pub async fn heartbeat(&self, worker: &str, jobs: &[JobId]) -> Result<u64> {
         if jobs.is_empty() {
@@ -386,14 +371,18 @@ impl Db {
             .conn()
             .await?
             .query(
-                "SELECT j.*, (s.status = 'complete' OR coalesce(s.output ? 'request', false)) AS generate_started,
+                concat!(
+                    "SELECT j.*, ",
+                    generate_started!(),
+                    " AS generate_started,
                         (j.status = 'processing' AND (j.heartbeat_at IS NULL
                           OR j.heartbeat_at < now() - make_interval(secs => $3))) AS stale,
                         j.updated_at < now() - interval '5 seconds' AS settled
                    FROM jobs j
                    LEFT JOIN job_steps s ON s.job_id = j.id AND s.step = 'generate-image'
                   WHERE j.status IN ('queued', 'processing') AND j.seq > $1
-                  ORDER BY j.seq LIMIT $2",
+                  ORDER BY j.seq LIMIT $2"
+                ),
                 &[&after_seq, &limit, &stale.as_secs_f64()],
             )
             .await?;
@@ -481,26 +470,37 @@ impl Db {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// Cancel `user`'s job if it is still waiting.
-    /// Cancel a waiting or running job. A running one ends `canceled` here at once; its worker
-    /// sees that, cancels the request at fal and writes nothing more (every later write of the
-    /// worker is conditional on the job not being final).
-    pub async fn cancel_job(&self, id: JobId, user: UserId) -> Result<CancelOutcome> {
+    /// Cancel a waiting or running job: `owner`'s (another user's job is indistinguishable from
+    /// none), or any job for an operator (`None`). A running one ends `canceled` here at once;
+    /// its worker sees that, cancels the request at fal and writes nothing more (every later
+    /// write of the worker is conditional on the job not being final). The dispatch line is the
+    /// caller's: `jewelshot_queue::cancel` does both.
+    pub async fn cancel_job(&self, id: JobId, owner: Option<UserId>) -> Result<CancelOutcome> {
+        let owner = owner.map(|u| u.to_string());
         let row = self
             .conn()
             .await?
             .query_opt(
                 "UPDATE jobs SET status = 'canceled', finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND user_id = $2 AND status IN ('queued', 'processing') RETURNING *",
-                &[&id.to_string(), &user.to_string()],
+                  WHERE id = $1 AND ($2::text IS NULL OR user_id = $2) AND status IN ('queued', 'processing')
+                  RETURNING *",
+                &[&id.to_string(), &owner],
             )
             .await?;
         if let Some(row) = row {
             return Ok(CancelOutcome::Canceled(Box::new(job_from_row(&row)?)));
         }
-        Ok(match self.job_for_user(id, user).await? {
+        let found = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+                &[&id.to_string(), &owner],
+            )
+            .await?;
+        Ok(match found {
             None => CancelOutcome::NotFound,
-            Some(job) => CancelOutcome::NotCancelable(job.status),
+            Some(r) => CancelOutcome::NotCancelable(parse(&r, "status")?),
         })
     }
 

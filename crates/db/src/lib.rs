@@ -4,14 +4,20 @@
 //! system runs. Nothing outside this crate writes SQL.
 //!
 //! ## Layout
-//! - [`DbConfig`] / [`Db::connect`]: the pool (bounded by `max_connections`, every wait timed out).
-//! - [`Db::migrate`] — applies `migrations/` (refinery, embedded at build time).
+//! - [`DbConfig`] — URL, pool size, timeouts (`JEWELSHOT_DATABASE__*`).
+//! - [`Db`] — the pool handle: [`Db::connect`] (bounded by `max_connections`, every wait timed
+//!   out), [`Db::migrate`] (applies `migrations/`, embedded at build time by refinery),
+//!   [`Db::ping`], [`Db::pool_status`]; the modules below add the queries as `Db` methods.
+//! - [`DbError`] — typed failures with `code()`, `is_retryable()` and `is_unavailable()`;
+//!   [`Result`] defaults its error to it.
 //! - [`users`] — users and API keys (keys stored as SHA-256 only).
-//! - [`jobs`] — job rows, queue position, status transitions.
+//! - [`jobs`] — job rows ([`jobs::JobRow`]), idempotent insert, queue position, attempts,
+//!   heartbeats and status transitions.
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`gallery`] — saved images.
 //! - [`storage`] — uploads and per-user storage accounting (quota reservations).
+//! - `views` (private) — [`jobs::JobRow::to_view`]: rows → the client-facing `JobView`.
 
 pub mod gallery;
 pub mod jobs;

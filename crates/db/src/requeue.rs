@@ -76,18 +76,4 @@ impl Db {
         tx.commit().await?;
         Ok(Some(job_from_row(&row)?))
     }
-
-    /// Cancel a waiting or running job (operator action: any user's job); see `cancel_job`.
-    pub async fn cancel_any(&self, id: JobId) -> Result<Option<JobRow>> {
-        let row = self
-            .conn()
-            .await?
-            .query_opt(
-                "UPDATE jobs SET status = 'canceled', finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND status IN ('queued', 'processing') RETURNING *",
-                &[&id.to_string()],
-            )
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
-    }
 }

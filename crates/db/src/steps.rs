@@ -7,6 +7,22 @@ use serde_json::Value;
 
 use crate::{Db, DbError, Result};
 
+/// The checkpoint field that says `generate-image` holds a fal request: the worker's checkpoint
+/// stores the request under this name (its tests hold it to that), and [`generate_started!`]
+/// looks for it.
+pub const FAL_REQUEST_FIELD: &str = "request";
+
+/// "`generate-image` has started" — the step finished, or it holds a fal request — over that
+/// step's `job_steps` row aliased `s`. The one definition: such a job must never wait for a new
+/// upstream slot nor go back in the dispatch line ([`Db::generate_started`], the reconciler's
+/// [`Db::open_jobs`]).
+macro_rules! generate_started {
+    () => {
+        "(s.status = 'complete' OR coalesce(s.output ? 'request', false))"
+    };
+}
+pub(crate) use generate_started;
+
 #[derive(Debug, Clone)]
 pub struct StepRow {
     pub name: StepName,
@@ -41,6 +57,22 @@ impl Db {
         Ok(steps)
     }
 
+    /// The recorded steps of several jobs in one query, each job's in run order.
+    pub async fn steps_of(&self, jobs: &[JobId]) -> Result<std::collections::HashMap<JobId, Vec<StepRow>>> {
+        let ids: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        let rows = self.conn().await?.query("SELECT * FROM job_steps WHERE job_id = ANY($1)", &[&ids]).await?;
+        let mut out: std::collections::HashMap<JobId, Vec<StepRow>> = std::collections::HashMap::new();
+        for row in &rows {
+            let job: String = row.get("job_id");
+            let job = job.parse().map_err(|_| DbError::Corrupt(format!("job id {job}")))?;
+            out.entry(job).or_default().push(step_from_row(row)?);
+        }
+        for steps in out.values_mut() {
+            steps.sort_by_key(|s| StepName::ALL.iter().position(|n| *n == s.name));
+        }
+        Ok(out)
+    }
+
     /// Mark a step running (one more attempt) and return its record, checkpoint included.
     pub async fn start_step(&self, job: JobId, step: StepName) -> Result<StepRow> {
         let row = self
@@ -71,6 +103,36 @@ impl Db {
             .query_opt("SELECT * FROM job_steps WHERE job_id = $1 AND step = $2", &[&job.to_string(), &step.as_str()])
             .await?;
         row.as_ref().map(step_from_row).transpose()
+    }
+
+    /// Whether the job's `generate-image` has started (see [`generate_started!`]).
+    pub async fn generate_started(&self, id: JobId) -> Result<bool> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                concat!(
+                    "SELECT ",
+                    generate_started!(),
+                    " FROM job_steps s WHERE s.job_id = $1 AND s.step = 'generate-image'"
+                ),
+                &[&id.to_string()],
+            )
+            .await?;
+        Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
+    }
+
+    /// Drop a running step's checkpoint: what it pointed at is spent (e.g. fal lost the
+    /// request), so the next attempt starts the step afresh.
+    pub async fn clear_checkpoint(&self, job: JobId, step: StepName) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "UPDATE job_steps SET output = NULL WHERE job_id = $1 AND step = $2 AND status <> 'complete'",
+                &[&job.to_string(), &step.as_str()],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Save resume information for a running step.
@@ -109,5 +171,13 @@ impl Db {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_started_rule_looks_for_the_fal_request_field() {
+        assert!(generate_started!().contains(&format!("output ? '{}'", super::FAL_REQUEST_FIELD)));
     }
 }

@@ -5,8 +5,13 @@
 //! whether a retry can help.
 //!
 //! ## Layout
-//! - [`FalConfig`] — base URL, model, key, timeouts (`JEWELSHOT_FAL__*`, key from `FAL_KEY`).
-//! - [`FalClient`] — the four queue calls.
+//! - [`FalConfig`] — base URL, model, key, timeouts, and the account pool's limits
+//!   (`JEWELSHOT_FAL__*`, key from `FAL_KEY`); [`PoolKeyConfig`] is one pool account,
+//!   [`Secret`] a key that never prints; defaults [`DEFAULT_QUEUE_URL`], [`DEFAULT_MODEL`].
+//! - [`FalClient`] — the four queue calls (`submit`, `status`, `result`, `cancel`), and
+//!   `with_key` for another account on the same connection pool.
+//! - Wire types — [`EditInput`] in; [`QueuedRequest`], [`StatusResponse`] / [`RequestState`],
+//!   [`EditOutput`] / [`FalImage`] and [`CancelState`] out.
 //! - [`FalError`] — typed failures with `code()`, `is_retryable()` and `retry_after()`.
 
 use std::{fmt, time::Duration};
@@ -58,12 +63,6 @@ pub struct FalConfig {
     pub slot_lease_ms: u64,
     /// A key fal refused (401/403) rests this long before one request tries it again, in seconds.
     pub disabled_recheck_secs: u64,
-    /// Prefix of the limiter's Redis keys; empty = `<queue name>:upstream`. Every process that
-    /// shares fal accounts must share it.
-    pub limiter_prefix: String,
-    /// `high` jobs dispatched in a row while `normal` work waits, before one `normal` (4: normal
-    /// jobs get at least 1 in 5 dispatches). Gateways read it too, to report positions.
-    pub high_burst: u32,
 }
 
 /// One account of the pool. Limits left out take the pool-wide defaults.
@@ -92,8 +91,6 @@ impl Default for FalConfig {
             rate_window_ms: 60_000,
             slot_lease_ms: 120_000,
             disabled_recheck_secs: 600,
-            limiter_prefix: String::new(),
-            high_burst: 4,
         }
     }
 }

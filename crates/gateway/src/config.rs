@@ -21,8 +21,9 @@ pub struct Config {
     pub uploads: UploadSettings,
     /// `JEWELSHOT_IMAGES__*`: how uploads are shrunk (same settings as the worker's).
     pub images: jewelshot_imaging::Limits,
-    /// `JEWELSHOT_FAL__LIMITER_PREFIX`, shared with the workers: where to read upstream capacity.
-    pub fal: FalSettings,
+    /// `JEWELSHOT_FAL__LIMITER_PREFIX` / `__HIGH_BURST`, shared with the workers: where the line
+    /// and the upstream capacity live, and how positions interleave classes.
+    pub fal: jewelshot_ratelimit::LineSettings,
     pub limits: UserLimits,
 }
 
@@ -44,32 +45,6 @@ impl Default for UserLimits {
             submits_per_minute: 30,
             max_queued_per_user: 100,
             high_priority_plans: vec!["pro".into(), "business".into()],
-        }
-    }
-}
-
-/// What the gateway reads of `JEWELSHOT_FAL__*` (it never holds fal keys).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FalSettings {
-    /// The workers' limiter prefix; empty = `<queue name>:upstream`.
-    pub limiter_prefix: String,
-    /// The workers' `high_burst` (highs in a row before one normal), to report positions.
-    pub high_burst: u32,
-}
-
-impl Default for FalSettings {
-    fn default() -> Self {
-        Self { limiter_prefix: String::new(), high_burst: 4 }
-    }
-}
-
-impl FalSettings {
-    pub fn prefix(&self, queue_name: &str) -> String {
-        if self.limiter_prefix.is_empty() {
-            jewelshot_ratelimit::default_prefix(queue_name)
-        } else {
-            self.limiter_prefix.clone()
         }
     }
 }

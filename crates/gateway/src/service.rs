@@ -1,5 +1,6 @@
 //! What the routes do, apart from HTTP: submit, view, list, cancel.
 
+use jewelshot_domain::error_code as codes;
 use std::{net::IpAddr, time::Duration};
 
 use chrono::Utc;
@@ -25,7 +26,7 @@ pub fn parse_idempotency_key(raw: Option<&str>) -> Result<Option<String>, ApiErr
     let ok = !raw.is_empty() && raw.len() <= 255 && raw.bytes().all(|b| b.is_ascii_graphic());
     if !ok {
         return Err(ApiError::BadRequest {
-            code: "invalid-idempotency-key",
+            code: codes::INVALID_IDEMPOTENCY_KEY,
             message: "`Idempotency-Key` must be 1-255 visible ASCII characters".into(),
         });
     }
@@ -65,7 +66,7 @@ async fn submit_rate(state: &AppState, user: &User) -> Result<Option<RateHeaders
         Ok(Some(rate))
     } else {
         Err(ApiError::TooManyRequests {
-            code: "rate-limited",
+            code: codes::RATE_LIMITED,
             message: format!("at most {limit} submissions a minute; try again in {} s", rate.reset_secs.max(1)),
             retry_after_secs: rate.reset_secs,
             rate: Some(rate),
@@ -81,14 +82,16 @@ pub async fn submit(
     idempotency_key: Option<String>,
 ) -> Result<Submitted, ApiError> {
     use sha2::Digest;
-    // The request as parsed (aliases folded), so `imageUrl` and `image_url` hash alike.
-    let request_hash = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&raw).unwrap_or_default()));
+    // The request as parsed (aliases folded), so `imageUrl` and `image_url` hash alike. One that
+    // cannot be written back is an error, never the hash of nothing (every such request's).
+    let canonical = serde_json::to_vec(&raw).map_err(|e| ApiError::Internal(format!("hashing the request: {e}")))?;
+    let request_hash = hex::encode(sha2::Sha256::digest(canonical));
     let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
     let edit = NewEdit::parse(raw, policy, Utc::now())?;
     let limits = &state.cfg.limits;
     if edit.priority == Priority::High && !limits.high_priority_plans.contains(&user.plan) {
         return Err(ApiError::Forbidden {
-            code: "priority-not-allowed",
+            code: codes::PRIORITY_NOT_ALLOWED,
             message: format!("the {} plan does not include priority \"high\"", user.plan),
         });
     }
@@ -119,7 +122,7 @@ pub async fn submit(
                 }
                 jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
                     return Err(ApiError::Conflict {
-                        code: "idempotency-key-reused",
+                        code: codes::IDEMPOTENCY_KEY_REUSED,
                         message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
                     });
                 }
@@ -163,7 +166,7 @@ async fn check_webhook_resolution(url: &url::Url, policy: WebhookPolicy) -> Resu
         _ => {
             return Err(ValidationError {
                 field: "webhook_url",
-                code: "invalid-webhook-url",
+                code: codes::INVALID_WEBHOOK_URL,
                 message: format!("`webhook_url` host `{host}` does not resolve"),
             })
         }
@@ -217,7 +220,7 @@ pub async fn list(
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<JobStatus>().map_err(|_| ApiError::BadRequest {
-                code: "invalid-status",
+                code: codes::INVALID_STATUS,
                 message: format!("`status` must be one of queued, processing, complete, failed, canceled; not `{s}`"),
             })
         })
@@ -225,7 +228,7 @@ pub async fn list(
     let limit = limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest {
-            code: "invalid-limit",
+            code: codes::INVALID_LIMIT,
             message: "`limit` must be between 1 and 100".into(),
         });
     }
@@ -233,7 +236,7 @@ pub async fn list(
         .filter(|c| !c.is_empty())
         .map(|c| {
             c.parse::<JobId>().map_err(|_| ApiError::BadRequest {
-                code: "invalid-cursor",
+                code: codes::INVALID_CURSOR,
                 message: "`cursor` is not a cursor this API returned".into(),
             })
         })
@@ -248,19 +251,11 @@ pub async fn list(
 }
 
 pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
-    match state.db.cancel_job(id, user.id).await? {
-        CancelOutcome::Canceled(job) => {
-            tracing::info!(job_id = %id, "job canceled");
-            // Out of line now, so positions behind it move up at once (a dispatcher that still
-            // hands it out finds it canceled and gives its slot back).
-            if let Err(e) = state.limiter.remove(&line_entry(&job)).await {
-                tracing::warn!(job_id = %id, error = %e, "could not take a canceled job out of line");
-            }
-            view(state, &job).await
-        }
+    match jewelshot_queue::cancel(Some(&state.limiter), &state.db, id, Some(user.id)).await? {
+        CancelOutcome::Canceled(job) => view(state, &job).await,
         CancelOutcome::NotFound => Err(ApiError::JobNotFound),
         CancelOutcome::NotCancelable(status) => Err(ApiError::Conflict {
-            code: "job-not-cancelable",
+            code: codes::JOB_NOT_CANCELABLE,
             message: format!("the job is {status}; only queued or processing jobs can be canceled"),
         }),
     }

@@ -5,12 +5,20 @@
 //! holds the job's truth.
 //!
 //! ## Layout
-//! - [`QueueConfig`] — Redis URL and queue name (`JEWELSHOT_QUEUE__*`); the name prefixes every
-//!   Redis key, which is how tests isolate themselves.
+//! - [`QueueConfig`] — Redis URL, queue name and command timeout (`JEWELSHOT_QUEUE__*`); the name
+//!   prefixes every Redis key, which is how tests isolate themselves.
+//! - [`connect`] — a self-reconnecting Redis connection with command timeouts;
+//!   [`apalis_config`] — the apalis-redis key layout both sides share.
 //! - [`EditTask`] — the task payload.
-//! - [`Queue`] — push a job (now or at `run_at`) and read queue depths.
+//! - [`Queue`] — push a job (now or at `run_at`), push a requeued job afresh, ping, and read
+//!   queue depths ([`QueueDepths`]).
+//! - [`QueueError`] — Redis, push and timeout failures (all `queue-unavailable`, all retryable).
+//! - [`vacuum_finished`] — forget the Redis records of acknowledged (done or dead) tasks.
+//! - [`position`] — a job's place in the dispatch order (Postgres when the line cannot say).
+//! - [`cancel`] — cancel a job and take it out of the line (the gateway and the CLI).
 //! - [`line_entry`], [`put_back`] — where a waiting job belongs: the dispatch line (it has not
-//!   reached fal) or a task of its own (it has); used by the gateway, the reconciler and requeue.
+//!   reached fal) or a task of its own (it has), as [`Placed`] reports; used by the gateway, the
+//!   reconciler and requeue.
 
 use std::time::Duration;
 
@@ -184,6 +192,33 @@ pub async fn position(
         Err(e) => tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; position from Postgres"),
     }
     db.queue_position(job).await
+}
+
+/// Cancel a waiting or running job — `owner`'s, or any job for an operator (`None`) — and take
+/// it out of the dispatch line at once, so the positions behind it move up now rather than when
+/// a dispatcher reaches it (one that still hands it out finds it canceled and returns its slot).
+/// The gateway's `DELETE /api/jobs/{id}` and `jewelshot jobs cancel` both come here (the CLI
+/// without a line when Redis does not answer: the job is still canceled, and skipped when a
+/// dispatcher reaches it).
+pub async fn cancel(
+    line: Option<&jewelshot_ratelimit::Limiter>,
+    db: &jewelshot_db::Db,
+    job: JobId,
+    owner: Option<jewelshot_domain::UserId>,
+) -> Result<jewelshot_db::jobs::CancelOutcome, jewelshot_db::DbError> {
+    let outcome = db.cancel_job(job, owner).await?;
+    if let jewelshot_db::jobs::CancelOutcome::Canceled(row) = &outcome {
+        tracing::info!(job_id = %job, "job canceled");
+        let removed = match line {
+            Some(line) => line.remove(&line_entry(row)).await.map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(e) = removed {
+            // Still safe: the dispatcher skips a canceled job; only positions lag until then.
+            tracing::warn!(job_id = %job, error = %e, "could not take a canceled job out of line");
+        }
+    }
+    Ok(outcome)
 }
 
 /// Where [`put_back`] put a job.

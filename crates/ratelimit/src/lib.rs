@@ -22,11 +22,23 @@
 //! `high` first at a share, and a dispatcher takes the head together with a slot in one script.
 //!
 //! ## Layout
-//! - `line` — the dispatch line: [`Limiter::enqueue`], [`Limiter::dispatch`], [`Limiter::claim`],
-//!   [`Limiter::position`].
-//! - [`WindowLimiter`] — a per-subject sliding-window counter (the gateway's per-user submit rate).
-//! - [`PoolKey`] — one account's id and limits; [`Limiter`] — acquire, confirm, renew, release,
-//!   cool down (429), disable (401/403), and [`Limiter::snapshot`] for `GET /api/queue`.
+//! - [`PoolKey`] — one account's id and limits; [`key_id_for`] derives a loggable id from a secret.
+//! - [`Limiter`] — acquire ([`Grant`]; one look: [`Limiter::try_acquire`] → [`Decision`]),
+//!   confirm, hold (renew a lease), release, cool down (429), disable (401/403), and
+//!   [`Limiter::snapshot`] for `GET /api/queue`; [`LimiterConfig`] its prefix, window, lease and
+//!   timeouts; [`LimitError`] its failures.
+//! - `line` (private) — the dispatch line as more [`Limiter`] methods: [`Limiter::enqueue`]
+//!   ([`Enqueued`]), [`Limiter::dispatch`] ([`DispatchOptions`] → [`Dispatched`]),
+//!   [`Limiter::claim`], [`Limiter::position`] ([`LinePlace`]), `remove`, `undispatch`,
+//!   `line_lengths`, and [`Limiter::absent`] (over the work queue's [`QueueKeys`]);
+//!   [`LineEntry`] is a job in line.
+//! - [`LineSettings`] — the line's prefix and high burst, loaded the same way by every binary,
+//!   and [`LineSettings::reader`] for processes without keys; [`default_prefix`] is the prefix
+//!   when none is set.
+//! - `capacity` (private) — [`Capacity`] (what the healthy accounts allow: rate, lanes, the
+//!   [`RateWindow`], and ETAs), from each key's [`KeyStatus`].
+//! - [`WindowLimiter`] — a per-subject sliding-window counter (the gateway's per-user submit
+//!   rate); [`WindowHit`] is one event's outcome.
 
 use std::{
     sync::Arc,
@@ -39,7 +51,10 @@ use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod capacity;
 mod line;
+
+pub use capacity::{Capacity, KeyStatus, RateWindow};
 
 pub use line::{DispatchOptions, Dispatched, Enqueued, LineEntry, LinePlace, QueueKeys};
 
@@ -63,6 +78,52 @@ pub fn key_id_for(secret: &str) -> String {
 /// The limiter's Redis prefix when none is configured: beside the queue it serves.
 pub fn default_prefix(queue_name: &str) -> String {
     format!("{queue_name}:upstream")
+}
+
+/// The dispatch line's settings, which every process must agree on: where the fleet's limiter
+/// and line live in Redis, and how many `high` jobs go in a row while `normal` work waits (the
+/// workers dispatch by it; gateways and the CLI compute positions by it). Every binary reads
+/// them from `JEWELSHOT_FAL__LIMITER_PREFIX` and `JEWELSHOT_FAL__HIGH_BURST` through this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LineSettings {
+    /// Redis prefix of the limiter and the line; empty = `<queue name>:upstream`.
+    pub limiter_prefix: String,
+    /// `high` dispatches in a row before one `normal` (4: normal keeps ≥ 1 in 5).
+    pub high_burst: u32,
+}
+
+impl Default for LineSettings {
+    fn default() -> Self {
+        Self { limiter_prefix: String::new(), high_burst: 4 }
+    }
+}
+
+impl LineSettings {
+    /// The limiter's Redis prefix for the queue `queue_name`.
+    pub fn prefix(&self, queue_name: &str) -> String {
+        if self.limiter_prefix.is_empty() {
+            default_prefix(queue_name)
+        } else {
+            self.limiter_prefix.clone()
+        }
+    }
+
+    /// Refuse settings no dispatcher can work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.high_burst == 0 {
+            return Err("JEWELSHOT_FAL__HIGH_BURST must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A limiter that reads the line and the pool but holds no keys of its own (gateways, the
+    /// CLI): positions, capacity, enqueue and remove.
+    pub fn reader(&self, conn: ConnectionManager, queue_name: &str, timeout: Duration) -> Limiter {
+        let mut cfg = LimiterConfig::new(self.prefix(queue_name));
+        cfg.timeout = timeout;
+        Limiter::new(conn, cfg, Vec::new())
+    }
 }
 
 /// Limiter settings.
@@ -145,27 +206,6 @@ pub enum Decision {
     NoHealthyKeys {
         retry_in: Option<Duration>,
     },
-}
-
-/// One key's state, for `GET /api/queue` and the CLI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyStatus {
-    pub id: String,
-    pub max_per_minute: u32,
-    pub max_concurrent: u32,
-    /// The rate window the limits apply to.
-    pub window_ms: u64,
-    /// Starts inside the current window.
-    pub started_in_window: u64,
-    pub in_flight: u64,
-    pub healthy: bool,
-    pub cooling_down: bool,
-    /// How long ago each start in the window began, oldest first, in milliseconds (for ETAs:
-    /// each ages out of the window, and frees its start, at `window_ms` − age). Rate-limited
-    /// keys only.
-    #[serde(skip)]
-    pub window_ages_ms: Vec<u64>,
 }
 
 /// The fleet-wide limiter. Cheap to clone.
@@ -338,12 +378,20 @@ impl Limiter {
         Ok(match get(0) {
             1 => {
                 let idx = get(1).max(1) as usize - 1;
-                let key_id = self.keys.get(idx).map(|k| k.id.clone()).unwrap_or_default();
-                Decision::Granted { key_id, dispatch: get(6).max(0) as u64 }
+                Decision::Granted { key_id: self.key_at(idx)?, dispatch: get(6).max(0) as u64 }
             }
             0 => Decision::Wait { retry_in, rank: get(3).max(0) as u64, free: get(4).max(0) as u64 },
             _ => Decision::NoHealthyKeys { retry_in },
         })
+    }
+
+    /// The id of the pool's key at `idx`, as the scripts number them (an index the pool does not
+    /// have means the scripts and this process disagree about the pool: an error, never "").
+    fn key_at(&self, idx: usize) -> Result<String, LimitError> {
+        self.keys
+            .get(idx)
+            .map(|k| k.id.clone())
+            .ok_or_else(|| LimitError::Corrupt(format!("the limiter granted key #{idx} of {}", self.keys.len())))
     }
 
     /// Wait for a slot, in `ticket` order across the fleet. `lease` names the in-flight slot (one

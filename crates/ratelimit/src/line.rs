@@ -253,9 +253,8 @@ impl Limiter {
                 let entry =
                     LineEntry::parse(&member).ok_or_else(|| LimitError::Corrupt(format!("line member {member:?}")))?;
                 let idx = int(1).max(1) as usize - 1;
-                let key_id = self.keys.get(idx).map(|k| k.id.clone()).unwrap_or_default();
                 let grant = Grant {
-                    key_id,
+                    key_id: self.key_at(idx)?,
                     grant_id,
                     lease: entry.job.clone(),
                     waited: Duration::ZERO,

@@ -7,6 +7,7 @@ use figment::{
 use jewelshot_db::DbConfig;
 use jewelshot_fal::{FalConfig, Secret};
 use jewelshot_queue::QueueConfig;
+use jewelshot_ratelimit::LineSettings;
 use jewelshot_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +17,22 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub database: DbConfig,
     pub queue: QueueConfig,
-    pub fal: FalConfig,
+    pub fal: FalSettings,
     pub storage: StorageConfig,
     pub worker: WorkerSettings,
     pub webhook: WebhookConfig,
     /// `JEWELSHOT_IMAGES__*`: how results are shrunk before they are stored.
     pub images: jewelshot_imaging::Limits,
+}
+
+/// `JEWELSHOT_FAL__*`: the client and account pool, and the dispatch line's settings (which
+/// gateways and the CLI read too, through the same [`LineSettings`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FalSettings {
+    #[serde(flatten)]
+    pub client: FalConfig,
+    #[serde(flatten)]
+    pub line: LineSettings,
 }
 
 /// `JEWELSHOT_WORKER__*`.
@@ -114,9 +125,9 @@ impl Config {
         let mut cfg: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Env::prefixed("JEWELSHOT_").split("__"))
             .extract()?;
-        if cfg.fal.key.0.is_empty() && cfg.fal.keys.is_empty() {
+        if cfg.fal.client.key.0.is_empty() && cfg.fal.client.keys.is_empty() {
             if let Ok(k) = std::env::var("FAL_KEY") {
-                cfg.fal.key = Secret(k);
+                cfg.fal.client.key = Secret(k);
             }
         }
         cfg.validate()?;
@@ -127,12 +138,12 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.worker.concurrency > 0, "JEWELSHOT_WORKER__CONCURRENCY must be at least 1");
         anyhow::ensure!(self.worker.heartbeat_secs > 0, "JEWELSHOT_WORKER__HEARTBEAT_SECS must be at least 1");
-        crate::upstream::resolve_pool(&self.fal)?;
+        crate::upstream::resolve_pool(&self.fal.client)?;
         anyhow::ensure!(
             self.worker.job_heartbeat_secs > 0 && self.worker.orphan_after_secs > 2 * self.worker.job_heartbeat_secs,
             "JEWELSHOT_WORKER__ORPHAN_AFTER_SECS must exceed twice JEWELSHOT_WORKER__JOB_HEARTBEAT_SECS (≥ 1)"
         );
-        anyhow::ensure!(self.fal.high_burst > 0, "JEWELSHOT_FAL__HIGH_BURST must be at least 1");
+        self.fal.line.validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
         Ok(())
     }

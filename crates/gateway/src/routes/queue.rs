@@ -2,6 +2,7 @@
 
 use actix_web::{get, web, HttpResponse};
 use jewelshot_domain::view::{QueueView, UpstreamKeyView, UpstreamView};
+use jewelshot_ratelimit::Capacity;
 
 use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState};
 
@@ -18,25 +19,17 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState
 #[get("/api/queue")]
 pub async fn queue(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
     let counts = state.db.queue_counts().await?;
-    let mean = state.db.mean_generation_seconds().await?;
+    let mean = state.observed_generation_secs().await;
     let keys = state.upstream_keys().await;
-    let healthy = keys.iter().filter(|k| k.healthy);
-    let sum = |f: fn(&jewelshot_ratelimit::KeyStatus) -> u32| -> u32 {
-        // One unlimited account makes the pool unlimited (reported as 0).
-        let v: Vec<u32> = healthy.clone().map(f).collect();
-        if v.contains(&0) {
-            0
-        } else {
-            v.iter().sum()
-        }
-    };
+    // No healthy account, or one unlimited one: reported as 0 (unlimited / unknown).
+    let cap = Capacity::of(&keys);
     let upstream = UpstreamView {
         model: state.cfg.jobs.model.clone(),
         mean_generation_seconds: mean,
         keys_total: keys.len() as u32,
-        keys_healthy: healthy.clone().count() as u32,
-        per_minute_limit: sum(|k| k.max_per_minute),
-        concurrent_limit: sum(|k| k.max_concurrent),
+        keys_healthy: keys.iter().filter(|k| k.healthy).count() as u32,
+        per_minute_limit: cap.as_ref().and_then(|c| c.per_minute).unwrap_or(0),
+        concurrent_limit: cap.as_ref().and_then(|c| c.concurrent).unwrap_or(0),
         slots_in_use: keys.iter().map(|k| k.in_flight).sum(),
         keys: keys
             .iter()
