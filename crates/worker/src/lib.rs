@@ -4,14 +4,26 @@
 //! within a process, `concurrency` jobs run at once.
 //!
 //! ## Layout
-//! - [`config`] — `JEWELSHOT_*` settings for the worker, fal, storage, webhooks.
-//! - [`pipeline`] — one job as three recorded, resumable steps.
-//! - [`upstream`] — the fal account pool and the fleet-wide limiter in front of it.
-//! - [`dispatcher`] — moves jobs from the dispatch line to the work queue as slots free up.
-//! - [`reconciler`] — puts back what Redis lost, from Postgres (one worker at a time).
-//! - [`webhook`] — signed, SSRF-guarded webhook delivery.
-//! - [`backoff`] — retry delays.
-//! - [`poll`] — a polling strategy that keeps idle workers awake (works around apalis-core).
+//! - [`config`] — `JEWELSHOT_*` settings: [`Config`] (re-exported at the root; [`Config::load`])
+//!   with its database, queue, fal (client and dispatch line), storage, worker, webhook and
+//!   image sections.
+//! - [`pipeline`] — one job's life: its upstream slot, attempts, retries, how it ends
+//!   ([`pipeline::run_job`]); [`pipeline::Ctx`] is what every job of the process shares.
+//! - [`steps`] — the three recorded, resumable steps as typed phases (`generate`, `save`,
+//!   `notify`) and the one helper that starts, skips, completes or fails a step
+//!   ([`steps::run_step`]).
+//! - [`upstream`] — the fal account pool, the fleet-wide limiter in front of it, and one
+//!   request's life there (slots, submit with rerouting on 429/401, polling);
+//!   [`upstream::Upstream`], [`upstream::resolve_pool`].
+//! - [`dispatcher`] — moves jobs from the dispatch line to the work queue as slots free up
+//!   ([`dispatcher::spawn`]).
+//! - [`reconciler`] — puts back what Redis lost, from Postgres (one worker at a time);
+//!   [`reconciler::Reconciler`].
+//! - [`webhook`] — signed, SSRF-guarded webhook delivery ([`webhook::WebhookSender`],
+//!   [`webhook::sign`]).
+//! - [`backoff`] — retry delays ([`backoff::backoff`]).
+//! - [`poll`] — [`poll::SteadyInterval`], a polling strategy that keeps idle workers awake
+//!   (works around apalis-core).
 //! - [`run`] — wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
 
 pub mod backoff;
@@ -20,6 +32,7 @@ pub mod dispatcher;
 pub mod pipeline;
 pub mod poll;
 pub mod reconciler;
+pub mod steps;
 pub mod upstream;
 pub mod webhook;
 
@@ -170,65 +183,138 @@ fn spawn_vacuum(
 
 /// Run until `shutdown` resolves, then stop taking jobs and give in-flight ones the grace period.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if !cfg.worker.metrics_listen.is_empty() {
-        let addr: std::net::SocketAddr = cfg.worker.metrics_listen.parse()?;
-        metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
-        describe_metrics();
-        tracing::info!(%addr, "serving metrics");
+    serve_metrics(&cfg.worker)?;
+    let token = CancellationToken::new();
+    let conn = until_ok("connect to Redis", || jewelshot_queue::connect(&cfg.queue)).await;
+    let ctx = Arc::new(context(&cfg, conn.clone(), token.clone()).await?);
+    let name = ctx.worker_id.clone();
+    let background = Background::spawn(&cfg, &ctx, conn.clone(), token.clone())?;
+    tracing::info!(worker = %name, concurrency = cfg.worker.concurrency, queue = %cfg.queue.name, "worker starting");
+    let monitor = monitor(&cfg, ctx, conn, background.current_name.clone());
+    monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: finishing in-flight jobs");
+            token.cancel();
+            Ok(())
+        })
+        .await?;
+    drop(background);
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The Prometheus exporter, when `metrics_listen` is set.
+fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
+    if s.metrics_listen.is_empty() {
+        return Ok(());
     }
+    let addr: std::net::SocketAddr = s.metrics_listen.parse()?;
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
+    describe_metrics();
+    tracing::info!(%addr, "serving metrics");
+    Ok(())
+}
+
+/// What every job of this process shares: Postgres, storage, the fal pool behind the fleet's
+/// limiter (its accounts registered in Redis), webhooks.
+async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: CancellationToken) -> anyhow::Result<Ctx> {
     let db = Db::connect(&cfg.database)?;
     db.ping().await?;
     let store = jewelshot_storage::open(&cfg.storage).await?;
     let s = &cfg.worker;
-    let name = worker_name(&s.id);
-    let token = CancellationToken::new();
-    let conn = until_ok("connect to Redis", || jewelshot_queue::connect(&cfg.queue)).await;
-    let limiter_cfg = upstream::limiter_config(&cfg.fal, &cfg.queue.name, Duration::from_millis(cfg.queue.timeout_ms));
-    let upstream = upstream::Upstream::new(
-        &FalClient::new(cfg.fal.clone())?,
-        upstream::resolve_pool(&cfg.fal)?,
-        limiter_cfg,
-        conn.clone(),
-    );
+    let timeout = Duration::from_millis(cfg.queue.timeout_ms);
+    let limiter_cfg = upstream::limiter_config(&cfg.fal.client, &cfg.fal.line, &cfg.queue.name, timeout);
+    let client = FalClient::new(cfg.fal.client.clone())?;
+    let upstream = upstream::Upstream::new(&client, upstream::resolve_pool(&cfg.fal.client)?, limiter_cfg, conn);
     until_ok("register the fal accounts", || upstream.limiter.register()).await;
-    let waker = upstream.limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone());
     for k in upstream.limiter.keys() {
         tracing::info!(key = %k.id, max_per_minute = k.max_per_minute, max_concurrent = k.max_concurrent, "fal account in the pool");
     }
-    let ctx = Arc::new(Ctx {
+    Ok(Ctx {
         db,
         upstream,
         store,
         webhooks: webhook::WebhookSender::new(cfg.webhook.clone())?,
         settings: s.clone(),
         images: cfg.images,
-        worker_id: name.clone(),
+        worker_id: worker_name(&s.id),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(s.download_timeout_secs))
             .connect_timeout(Duration::from_secs(10))
             .build()?,
-        shutdown: token.clone(),
+        shutdown: token,
         running: pipeline::Running::default(),
-    });
-    // lock_tasks off: per-task leases scan the active list (slow with a backlog); the worker's
-    // in-flight set plus heartbeats already recover a dead worker's tasks.
-    let backend_cfg = jewelshot_queue::apalis_config(&cfg.queue)
+    })
+}
+
+/// The apalis backend as the workers use it. lock_tasks off: per-task leases scan the active
+/// list (slow with a backlog); the worker's in-flight set plus heartbeats already recover a dead
+/// worker's tasks.
+fn backend_config(cfg: &Config) -> apalis_redis::Config {
+    let s = &cfg.worker;
+    jewelshot_queue::apalis_config(&cfg.queue)
         .batch_size(s.concurrency)
         .heartbeat_interval(Duration::from_secs(s.heartbeat_secs))
         .missed_heartbeats(s.missed_heartbeats)
         .lock_tasks(false)
-        .emit_events(false);
-    let queue = jewelshot_queue::Queue::with_connection(conn.clone(), &cfg.queue);
-    let dispatch = jewelshot_ratelimit::DispatchOptions {
-        high_burst: cfg.fal.high_burst,
-        ahead: if s.dispatch_ahead == 0 { s.concurrency as u32 } else { s.dispatch_ahead },
-        ready_list: queue.ready_list(),
-        scheduled_set: queue.scheduled_set(),
-    };
-    let dispatcher = dispatcher::spawn(ctx.upstream.limiter.clone(), queue.clone(), dispatch, token.clone());
-    let heartbeats = spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs));
+        .emit_events(false)
+}
+
+/// The process's background tasks beside the apalis worker; aborted when dropped.
+struct Background {
+    /// The apalis worker's current name (it changes when the Monitor restarts the worker).
+    current_name: Arc<std::sync::Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// The limiter's wake-ups, the dispatcher, job heartbeats, the reconciler, the apalis
+    /// keep-alive and the vacuum.
+    fn spawn(
+        cfg: &Config,
+        ctx: &Arc<Ctx>,
+        conn: redis::aio::ConnectionManager,
+        token: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let s = &cfg.worker;
+        let limiter = &ctx.upstream.limiter;
+        let queue = jewelshot_queue::Queue::with_connection(conn.clone(), &cfg.queue);
+        let dispatch = jewelshot_ratelimit::DispatchOptions {
+            high_burst: cfg.fal.line.high_burst,
+            ahead: if s.dispatch_ahead == 0 { s.concurrency as u32 } else { s.dispatch_ahead },
+            ready_list: queue.ready_list(),
+            scheduled_set: queue.scheduled_set(),
+        };
+        let current_name = Arc::new(std::sync::Mutex::new(ctx.worker_id.clone()));
+        let tasks = vec![
+            limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone()),
+            dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
+            spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
+            reconciler(cfg, ctx, queue, conn.clone()).spawn(token),
+            spawn_keep_alive(conn.clone(), backend_config(cfg).workers_set(), current_name.clone(), s.heartbeat_secs),
+            spawn_vacuum(conn, cfg.queue.clone(), s.vacuum_interval_secs),
+        ];
+        Ok(Self { current_name, tasks })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn reconciler(
+    cfg: &Config,
+    ctx: &Ctx,
+    queue: jewelshot_queue::Queue,
+    conn: redis::aio::ConnectionManager,
+) -> reconciler::Reconciler {
     let apalis = jewelshot_queue::apalis_config(&cfg.queue);
-    let reconciler = reconciler::Reconciler {
+    reconciler::Reconciler {
         db: ctx.db.clone(),
         limiter: ctx.upstream.limiter.clone(),
         queue,
@@ -238,26 +324,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             workers: apalis.workers_set(),
             inflight_prefix: apalis.inflight_jobs_set(),
         },
-        conn: conn.clone(),
+        conn,
         lease_key: format!("{}:reconciler", cfg.queue.name),
-        worker: name.clone(),
-        interval: Duration::from_secs(s.reconcile_interval_secs),
-        stale: Duration::from_secs(s.orphan_after_secs),
+        worker: ctx.worker_id.clone(),
+        interval: Duration::from_secs(cfg.worker.reconcile_interval_secs),
+        stale: Duration::from_secs(cfg.worker.orphan_after_secs),
     }
-    .spawn(token.clone());
-    let current_name = Arc::new(std::sync::Mutex::new(name.clone()));
-    let keep_alive = spawn_keep_alive(conn.clone(), backend_cfg.workers_set(), current_name.clone(), s.heartbeat_secs);
-    let vacuum = spawn_vacuum(conn.clone(), cfg.queue.clone(), s.vacuum_interval_secs);
-    let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_cfg);
-    let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
-    tracing::info!(worker = %name, concurrency, queue = %cfg.queue.name, "worker starting");
+}
 
-    // apalis-redis refuses to register a name whose record is still fresh — and our keep-alive
-    // keeps it fresh — so a restarted apalis worker (after a Redis error) takes a new name. The
-    // old one expires; its in-flight tasks go back to the queue through orphan recovery (the run
-    // lock in `begin_attempt` keeps a job still running here from running twice).
+/// The supervised apalis worker.
+///
+/// apalis-redis refuses to register a name whose record is still fresh — and our keep-alive
+/// keeps it fresh — so a restarted apalis worker (after a Redis error) takes a new name. The old
+/// one expires; its in-flight tasks go back to the queue through orphan recovery (the run lock in
+/// `begin_attempt` keeps a job still running here from running twice).
+fn monitor(
+    cfg: &Config,
+    ctx: Arc<Ctx>,
+    conn: redis::aio::ConnectionManager,
+    current_name: Arc<std::sync::Mutex<String>>,
+) -> Monitor {
+    let s = &cfg.worker;
+    let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_config(cfg));
+    let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
+    let name = ctx.worker_id.clone();
     let restarts = std::sync::atomic::AtomicUsize::new(0);
-    let monitor = Monitor::new()
+    Monitor::new()
         .register(move |_| {
             let n = restarts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let apalis_name = if n == 0 { name.clone() } else { format!("{name}-r{n}") };
@@ -277,21 +369,5 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             std::thread::sleep(Duration::from_millis(250));
             true
         })
-        .shutdown_timeout(Duration::from_secs(s.shutdown_grace_secs));
-    monitor
-        .run_with_signal(async move {
-            shutdown.await;
-            tracing::info!("shutdown requested: finishing in-flight jobs");
-            token.cancel();
-            Ok(())
-        })
-        .await?;
-    waker.abort();
-    dispatcher.abort();
-    heartbeats.abort();
-    reconciler.abort();
-    keep_alive.abort();
-    vacuum.abort();
-    tracing::info!("worker stopped");
-    Ok(())
+        .shutdown_timeout(Duration::from_secs(s.shutdown_grace_secs))
 }

@@ -1,10 +1,15 @@
 //! The fal account pool as the worker sees it: one client per account, and the fleet-wide
 //! limiter that says which account may start the next request.
+//!
+//! - this module — the pool from configuration ([`resolve_pool`]) and [`Upstream`].
+//! - [`request`] — one request's life: slots, submit with rerouting, polling to the result.
+
+pub mod request;
 
 use std::{collections::HashMap, time::Duration};
 
 use jewelshot_fal::{FalClient, FalConfig, Secret};
-use jewelshot_ratelimit::{key_id_for, Limiter, LimiterConfig, PoolKey};
+use jewelshot_ratelimit::{key_id_for, Limiter, LimiterConfig, LineSettings, PoolKey};
 
 /// One resolved pool entry.
 #[derive(Debug, Clone)]
@@ -52,15 +57,6 @@ pub fn resolve_pool(cfg: &FalConfig) -> anyhow::Result<Vec<ResolvedKey>> {
     Ok(out)
 }
 
-/// The limiter's Redis prefix: configured, or derived from the queue's name.
-pub fn limiter_prefix(cfg: &FalConfig, queue_name: &str) -> String {
-    if cfg.limiter_prefix.is_empty() {
-        jewelshot_ratelimit::default_prefix(queue_name)
-    } else {
-        cfg.limiter_prefix.clone()
-    }
-}
-
 /// Clients per account plus the limiter.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -89,6 +85,11 @@ impl Upstream {
         Self { limiter, clients, first, disabled_recheck: Duration::from_secs(cfg.disabled_recheck_secs), renew_every }
     }
 
+    /// The pool's first account (a pool is never empty: [`resolve_pool`] refuses that).
+    pub fn first_key_id(&self) -> &str {
+        self.limiter.keys().first().map(|k| k.id.as_str()).unwrap_or("")
+    }
+
     /// The client for an account; an unknown id (a checkpoint from before a pool change) falls
     /// back to the first account.
     pub fn client(&self, key_id: Option<&str>) -> &FalClient {
@@ -96,9 +97,9 @@ impl Upstream {
     }
 }
 
-/// The limiter settings from the fal configuration.
-pub fn limiter_config(cfg: &FalConfig, queue_name: &str, timeout: Duration) -> LimiterConfig {
-    let mut l = LimiterConfig::new(limiter_prefix(cfg, queue_name));
+/// The limiter settings from the fal configuration and the line's.
+pub fn limiter_config(cfg: &FalConfig, line: &LineSettings, queue_name: &str, timeout: Duration) -> LimiterConfig {
+    let mut l = LimiterConfig::new(line.prefix(queue_name));
     l.window = Duration::from_millis(cfg.rate_window_ms.max(1));
     l.lease = Duration::from_millis(cfg.slot_lease_ms.max(100));
     l.timeout = timeout;
@@ -147,10 +148,17 @@ mod tests {
                 r#"[{id="a", key="k1", max_per_minute=15, max_concurrent=4}, {key="k2"}]"#,
             );
             let cfg = crate::Config::load().map_err(|e| e.to_string())?;
-            let pool = resolve_pool(&cfg.fal).map_err(|e| e.to_string())?;
+            let pool = resolve_pool(&cfg.fal.client).map_err(|e| e.to_string())?;
             assert_eq!(pool.len(), 2);
             assert_eq!(pool[0].limits, PoolKey { id: "a".into(), max_per_minute: 15, max_concurrent: 4 });
             assert_eq!(pool[1].secret.0, "k2");
+            // The line's settings come from the same section, as every binary reads them.
+            jail.set_env("JEWELSHOT_FAL__HIGH_BURST", "7");
+            jail.set_env("JEWELSHOT_FAL__LIMITER_PREFIX", "shared:up");
+            let cfg = crate::Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(cfg.fal.line, LineSettings { limiter_prefix: "shared:up".into(), high_burst: 7 });
+            assert_eq!(cfg.fal.line.prefix("q"), "shared:up");
+            assert_eq!(cfg.fal.client.max_per_minute, 15);
             Ok(())
         });
     }
