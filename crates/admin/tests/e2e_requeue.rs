@@ -27,7 +27,7 @@ async fn e2e_requeue_after_an_outage() {
     // The outage: fal refuses our key.
     let revoke = format!("{}/__keys/test-key-1/revoke", stack.emulator_url());
     stack.http.post(&revoke).send().await.expect("revoke");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let mut ids = Vec::new();
     for i in 0..JOBS {
         let (s, body) =

@@ -34,6 +34,45 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A user as operators list them (no secret).
+#[derive(Debug, Clone)]
+pub struct UserSummary {
+    pub id: UserId,
+    pub email: String,
+    pub plan: String,
+    pub created_at: DateTime<Utc>,
+    /// Keys not revoked.
+    pub active_keys: i64,
+}
+
+/// An API key as operators list it: never the key, only its first characters.
+#[derive(Debug, Clone)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    /// The key's first characters (`jsk_` and six more), to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+fn key_from_row(row: &tokio_postgres::Row) -> Result<ApiKeyInfo> {
+    let user: String = row.get("user_id");
+    Ok(ApiKeyInfo {
+        id: row.get("id"),
+        user_id: user.parse().map_err(|_| DbError::Corrupt(format!("user id {user}")))?,
+        email: row.get("email"),
+        name: row.get("name"),
+        prefix: row.get("prefix"),
+        created_at: row.get("created_at"),
+        last_used_at: row.get("last_used_at"),
+        revoked_at: row.get("revoked_at"),
+    })
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::rng().fill_bytes(&mut b);
@@ -106,5 +145,76 @@ impl Db {
             )
             .await?;
         row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// Users in id (creation) order after `after`, at most `limit`.
+    pub async fn list_users(&self, after: Option<UserId>, limit: i64) -> Result<Vec<UserSummary>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT u.id, u.email, u.plan, u.created_at,
+                        (SELECT count(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL) AS active_keys
+                   FROM users u WHERE ($1::text IS NULL OR u.id > $1) ORDER BY u.id LIMIT $2",
+                &[&after.map(|u| u.to_string()), &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get("id");
+                Ok(UserSummary {
+                    id: id.parse().map_err(|_| DbError::Corrupt(format!("user id {id}")))?,
+                    email: r.get("email"),
+                    plan: r.get("plan"),
+                    created_at: r.get("created_at"),
+                    active_keys: r.get("active_keys"),
+                })
+            })
+            .collect()
+    }
+
+    /// Change a user's plan; `None` if there is no such user.
+    pub async fn set_plan(&self, user: UserId, plan: &str) -> Result<Option<User>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt("UPDATE users SET plan = $2 WHERE id = $1 RETURNING *", &[&user.to_string(), &plan])
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// API keys, newest first, of one user or of all.
+    pub async fn list_api_keys(&self, user: Option<UserId>) -> Result<Vec<ApiKeyInfo>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT k.id, k.user_id, u.email, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+                   FROM api_keys k JOIN users u ON u.id = k.user_id
+                  WHERE ($1::text IS NULL OR k.user_id = $1) ORDER BY k.id DESC",
+                &[&user.map(|u| u.to_string())],
+            )
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revoke a key, named by its id or by the key itself (a leaked key is revoked by pasting
+    /// it). Authentication refuses it from then on. `None` if no such key; an already revoked
+    /// key keeps its first `revoked_at`.
+    pub async fn revoke_api_key(&self, id_or_key: &str) -> Result<Option<ApiKeyInfo>> {
+        let hash = hash_key(id_or_key);
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "WITH k AS (
+                    UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+                     WHERE id = $1 OR key_hash = $2 RETURNING *)
+                 SELECT k.id, k.user_id, u.email, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+                   FROM k JOIN users u ON u.id = k.user_id",
+                &[&id_or_key, &hash],
+            )
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
     }
 }
