@@ -2,7 +2,7 @@
 // every 2 s until it is complete, while the number of users ramps to 10, to 50, and down.
 // Every duration is multiplied by TIME_SCALE (the emulator runs at the same scale).
 //
-// Run by `just loadtest` (crates/testkit/src/bin/jewelshot-loadtest.rs), which starts the system,
+// Run by `just loadtest` (crates/bench/src/bin/jewelshot-loadtest.rs), which starts the system,
 // creates one API key per virtual user (KEYS_FILE) and uploads the input photo (IMAGE_URL).
 import http from 'k6/http';
 import { check, sleep } from 'k6';

@@ -53,8 +53,8 @@ async fn twenty_edits(storage: StorageKind) {
     }
 
     let started = Instant::now();
-    stack.start_worker(&[]).expect("worker 1");
-    stack.start_worker(&[]).expect("worker 2");
+    stack.start_worker().expect("worker 1");
+    stack.start_worker().expect("worker 2");
 
     let mut last: HashMap<String, i64> = jobs.iter().map(|(_, id, _, p)| (id.clone(), *p)).collect();
     let mut done: HashMap<String, Value> = HashMap::new();
@@ -171,7 +171,7 @@ async fn e2e_sigkill_between_steps_never_pays_twice() {
     assert_eq!(status, 202);
     let id: jewelshot_domain::JobId = body["jobId"].as_str().expect("id").parse().expect("ulid");
 
-    let first = stack.start_worker(&[]).expect("worker");
+    let first = stack.start_worker().expect("worker");
     let start = Instant::now();
     loop {
         let steps = stack.db.db.steps(id).await.expect("steps");
@@ -186,7 +186,7 @@ async fn e2e_sigkill_between_steps_never_pays_twice() {
     stack.workers[first].sigkill();
     let killed = Instant::now();
 
-    stack.start_worker(&[]).expect("second worker");
+    stack.start_worker().expect("second worker");
     let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(60)).await.expect("final");
     assert_eq!(job["status"], "complete", "{job}");
     // Here a dead worker is noticed after 2 missed 1 s heartbeats (production: 3 × 10 s, and the
@@ -208,7 +208,7 @@ async fn e2e_upstream_422_fails_after_one_attempt() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, _) = stack.user("bad@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let (_, body) =
         stack.submit(&key, &json!({ "image_url": input, "prompt": "make it [invalid]" })).await.expect("submit");
     let job =
@@ -236,7 +236,7 @@ async fn e2e_injected_5xx_are_retried_to_completion() {
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("flaky@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let mut ids = Vec::new();
     for i in 0..6 {
         let (_, body) =
@@ -264,7 +264,7 @@ async fn e2e_attempts_never_exceed_the_maximum() {
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("doomed@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let (_, body) =
         stack.submit(&key, &json!({ "image_url": input, "prompt": "always [fail]" })).await.expect("submit");
     let job =
@@ -283,7 +283,7 @@ async fn e2e_idle_worker_picks_up_new_jobs_promptly() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, _) = stack.user("idle@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[("JEWELSHOT_WORKER__HEARTBEAT_SECS", "30")]).expect("worker");
+    stack.start_worker_with(|c| c.worker.heartbeat_secs = 30).expect("worker");
     // A first job proves the worker is up; then it goes idle.
     let (_, warm) = stack.submit(&key, &json!({ "image_url": input, "prompt": "warm up" })).await.expect("submit");
     stack.wait_final(&key, warm["jobId"].as_str().expect("id"), Duration::from_secs(60)).await.expect("warm-up job");
@@ -317,8 +317,11 @@ async fn e2e_sigterm_hands_the_job_back_at_once() {
         .expect("stack");
     let (_, key, _) = stack.user("deploy@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    let slow_orphans = [("JEWELSHOT_WORKER__HEARTBEAT_SECS", "10"), ("JEWELSHOT_WORKER__MISSED_HEARTBEATS", "3")];
-    let first = stack.start_worker(&slow_orphans).expect("worker");
+    let slow_orphans = |c: &mut jewelshot_worker::Config| {
+        c.worker.heartbeat_secs = 10;
+        c.worker.missed_heartbeats = 3;
+    };
+    let first = stack.start_worker_with(slow_orphans).expect("worker");
     let (_, body) =
         stack.submit(&key, &json!({ "image_url": input, "prompt": "deploy during a job" })).await.expect("submit");
     let id: jewelshot_domain::JobId = body["jobId"].as_str().expect("id").parse().expect("ulid");
@@ -340,7 +343,7 @@ async fn e2e_sigterm_hands_the_job_back_at_once() {
     assert_eq!(job["status"], "queued", "handed back: {job}");
 
     let t = Instant::now();
-    stack.start_worker(&slow_orphans).expect("second worker");
+    stack.start_worker_with(slow_orphans).expect("second worker");
     let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(20)).await.expect("final");
     println!("resumed and completed {:?} after the second worker started", t.elapsed());
     assert_eq!(job["status"], "complete", "{job}");
@@ -371,8 +374,8 @@ async fn e2e_busy_workers_are_not_declared_dead() {
             stack.submit(&key, &json!({ "image_url": input, "prompt": format!("slow {i}") })).await.expect("submit");
         ids.push(job["jobId"].as_str().expect("id").to_owned());
     }
-    stack.start_worker(&[]).expect("worker 1");
-    stack.start_worker(&[]).expect("worker 2");
+    stack.start_worker().expect("worker 1");
+    stack.start_worker().expect("worker 2");
     for id in &ids {
         let done = stack.wait_final(&key, id, Duration::from_secs(60)).await.expect("final");
         assert_eq!(done["status"], "complete", "{done}");

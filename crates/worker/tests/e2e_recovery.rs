@@ -28,8 +28,8 @@ async fn e2e_redis_flushall_mid_run_every_job_completes() {
         assert_eq!(status, 202, "{r}");
         ids.push(r["jobId"].as_str().expect("jobId").to_owned());
     }
-    stack.start_worker(&[]).expect("worker 1");
-    stack.start_worker(&[]).expect("worker 2");
+    stack.start_worker().expect("worker 1");
+    stack.start_worker().expect("worker 2");
 
     // Let a few finish, then lose everything Redis held.
     let started = Instant::now();
@@ -89,7 +89,7 @@ async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
     let mut stack = Stack::start(opts).await.expect("stack");
     let (_, key, _) = stack.user("outage@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stack.redis.as_mut().expect("own redis").proc.sigkill();
 
@@ -131,7 +131,7 @@ async fn e2e_a_job_that_kills_its_worker_every_time_ends_poison_job() {
     assert_eq!(status, 202, "{r}");
     let id: jewelshot_domain::JobId = r["jobId"].as_str().expect("jobId").parse().expect("id");
     for round in 1..=2 {
-        let w = stack.start_worker(&[]).expect("worker");
+        let w = stack.start_worker().expect("worker");
         let started = Instant::now();
         loop {
             let job = stack.db.db.job(id).await.expect("job").expect("row");
@@ -147,7 +147,7 @@ async fn e2e_a_job_that_kills_its_worker_every_time_ends_poison_job() {
         }
         stack.workers[w].sigkill();
     }
-    stack.start_worker(&[]).expect("last worker");
+    stack.start_worker().expect("last worker");
     let job = stack.wait_final(&key, &id.to_string(), Duration::from_secs(60)).await.expect("final");
     assert_eq!((job["status"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("poison-job")), "{job}");
     assert_eq!(job["attempts"], 3, "two crashes, then the delivery that stopped it: {job}");

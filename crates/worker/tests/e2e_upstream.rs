@@ -6,15 +6,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jewelshot_testkit::{Stack, StackOptions};
+use jewelshot_fal::{PoolKeyConfig, Secret};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 use serde_json::{json, Value};
 
-fn pool(entries: &[(&str, &str, u32)]) -> String {
-    let e: Vec<String> = entries
+fn pool(entries: &[(&str, &str, u32)]) -> Vec<PoolKeyConfig> {
+    entries
         .iter()
-        .map(|(id, key, conc)| format!("{{id=\"{id}\", key=\"{key}\", max_concurrent={conc}}}"))
-        .collect();
-    format!("[{}]", e.join(", "))
+        .map(|(id, key, conc)| PoolKeyConfig {
+            id: (*id).into(),
+            key: Secret((*key).into()),
+            max_per_minute: None,
+            max_concurrent: Some(*conc),
+        })
+        .collect()
 }
 
 async fn submit_all(stack: &Stack, key: &str, input: &str, n: usize, tag: &str) -> Vec<String> {
@@ -61,10 +66,10 @@ async fn queue_view(stack: &Stack, key: &str) -> Value {
 async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
     let opts = StackOptions {
         // kC claims 4 slots; the emulator allows every key 2.
-        worker_env: HashMap::from([
-            ("JEWELSHOT_FAL__KEYS".into(), pool(&[("a", "kA", 2), ("b", "kB", 2), ("c", "kC", 4)])),
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "6".into()),
-        ]),
+        worker: WorkerTweak::new(|c| {
+            c.fal.client.keys = pool(&[("a", "kA", 2), ("b", "kB", 2), ("c", "kC", 4)]);
+            c.worker.concurrency = 6;
+        }),
         ..StackOptions::emulator(&[
             "--mode=reject",
             "--max-concurrent",
@@ -81,8 +86,8 @@ async fn e2e_key_pool_survives_a_revoked_key_and_a_429_burst() {
     let (_, key, _) = stack.user("pool@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let ids = submit_all(&stack, &key, &input, 30, "pool").await;
-    stack.start_worker(&[]).expect("worker 1");
-    stack.start_worker(&[]).expect("worker 2");
+    stack.start_worker().expect("worker 1");
+    stack.start_worker().expect("worker 2");
 
     // Revoke kB once some work has gone through it.
     let started = Instant::now();
@@ -138,7 +143,7 @@ async fn e2e_scheduled_job_starts_on_time_not_before() {
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
     let (_, key, _) = stack.user("later@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let (status, later) = stack
         .submit(&key, &json!({ "image_url": input, "prompt": "later", "delay_seconds": 2 }))
         .await
@@ -178,7 +183,7 @@ async fn e2e_cancel_a_processing_job_at_fal() {
     let (_, key, _) = stack.user("cancel@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let ids = submit_all(&stack, &key, &input, 2, "cancel").await;
-    stack.start_worker(&[("JEWELSHOT_WORKER__CONCURRENCY", "2")]).expect("worker");
+    stack.start_worker_with(|c| c.worker.concurrency = 2).expect("worker");
     let started = Instant::now();
     loop {
         let stats = stack.emulator_stats().await.expect("stats");
@@ -247,8 +252,8 @@ async fn e2e_dispatch_is_fair_with_priorities_and_positions_are_exact() {
         reported.insert((*id).clone(), job["queuePosition"].as_i64().expect("queuePosition"));
     }
 
-    stack.start_worker(&[]).expect("worker 1");
-    stack.start_worker(&[]).expect("worker 2");
+    stack.start_worker().expect("worker 1");
+    stack.start_worker().expect("worker 2");
     for (key, ids) in [(&a, &a_ids), (&b, &b_ids), (&c, &c_ids)] {
         for job in wait_all(&stack, key, ids, Duration::from_secs(120)).await {
             assert_eq!(job["status"], "complete", "{job}");

@@ -100,7 +100,7 @@ async fn e2e_webhook_verifies_with_standard_webhooks_and_keeps_its_id() {
     let (_, key, secret) = stack.user("hooks@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("input");
     let (url, seen) = receiver().await;
-    stack.start_worker(&[]).expect("worker");
+    stack.start_worker().expect("worker");
     let (status, body) = stack
         .submit(&key, &json!({ "image_url": input, "prompt": "webhook me", "webhook_url": url }))
         .await

@@ -8,13 +8,10 @@
 //!
 //! `jewelshot-bench-backlog [jobs] [workers]` — defaults: 20000, 4.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use jewelshot_testkit::{Stack, StackOptions};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 
 const CONCURRENCY: usize = 8;
 
@@ -39,14 +36,14 @@ async fn main() -> anyhow::Result<()> {
     let opts = StackOptions {
         // Its own Redis, so the memory figures are this run's alone.
         own_redis: true,
-        worker_env: HashMap::from([
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), CONCURRENCY.to_string()),
-            ("JEWELSHOT_FAL__POLL_INTERVAL_MS".into(), "5".into()),
-            ("JEWELSHOT_WORKER__POLL_INTERVAL_MS".into(), "20".into()),
-            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "8".into()),
-            ("JEWELSHOT_WORKER__RECONCILE_INTERVAL_SECS".into(), "10".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ]),
+        worker: WorkerTweak::new(|c| {
+            c.worker.concurrency = CONCURRENCY;
+            c.fal.client.poll_interval_ms = 5;
+            c.worker.poll_interval_ms = 20;
+            c.database.max_connections = 8;
+            c.worker.reconcile_interval_secs = 10;
+        }),
+        worker_log: Some("warn".into()),
         ..StackOptions::emulator(&["--latency-ms", "0-0", "--max-per-minute", "0", "--max-concurrent", "0"])
     };
     let mut stack = Stack::start(opts).await?;
@@ -67,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let fill = Instant::now();
-    jewelshot_testkit::fill_queue(&stack, &users, jobs, &input).await?;
+    jewelshot_bench::fill_queue(&stack, &users, jobs, &input).await?;
     let redis = redis::Client::open(stack.redis_url().as_str())?;
     let mut conn = redis.get_connection_manager().await?;
     let mem_queued = redis_memory(&mut conn).await?;
@@ -79,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     for _ in 0..workers {
-        stack.start_worker(&[])?;
+        stack.start_worker()?;
     }
     let apalis = jewelshot_queue::apalis_config(&jewelshot_queue::QueueConfig {
         name: stack.queue_name.clone(),

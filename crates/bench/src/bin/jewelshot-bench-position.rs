@@ -1,6 +1,6 @@
 //! `just bench-position`: what `queuePosition` costs with a deep line. Fills the dispatch line
 //! (and Postgres) with 100,000 queued jobs from 50 users of uneven weight, one in ten `high`
-//! ([`jewelshot_testkit::fill_queue`]), then
+//! ([`jewelshot_bench::fill_queue`]), then
 //! times position lookups: the line script alone (client round trip, and Redis's own time per
 //! call from `INFO commandstats`), the whole `GET /api/jobs/{id}`, and — for comparison — the
 //! submit-order count in Postgres that positions used to come from.
@@ -42,14 +42,14 @@ async fn main() -> anyhow::Result<()> {
 
     let fill = Instant::now();
     let owners: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
-    let entries = jewelshot_testkit::fill_queue(&stack, &owners, jobs, "https://example.com/in.jpg").await?;
+    let entries = jewelshot_bench::fill_queue(&stack, &owners, jobs, "https://example.com/in.jpg").await?;
     let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let redis = redis::Client::open(stack.redis_url().as_str())?;
     let mut rconn = redis.get_connection_manager().await?;
     let limiter = Limiter::new(
         rconn.clone(),
-        LimiterConfig::new(jewelshot_ratelimit::default_prefix(&stack.queue_name)),
+        LimiterConfig::new(jewelshot_ratelimit::LineSettings::default().prefix(&stack.queue_name)),
         Vec::new(),
     );
     let (high, normal, _) = limiter.line_lengths().await?;

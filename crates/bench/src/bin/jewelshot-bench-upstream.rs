@@ -10,8 +10,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context};
+use jewelshot_fal::{PoolKeyConfig, Secret};
 use jewelshot_ratelimit::{Limiter, LimiterConfig, PoolKey};
-use jewelshot_testkit::{Stack, StackOptions};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 use serde_json::{json, Value};
 
 const KEYS: usize = 3;
@@ -32,12 +33,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let window = Duration::from_secs_f64(60.0 * scale);
     let keys: Vec<String> = (1..=KEYS).map(|i| format!("bench-key-{i}")).collect();
-    let pool = keys
+    let pool: Vec<PoolKeyConfig> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("{{id=\"acct{}\", key=\"{k}\"}}", i + 1))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .map(|(i, k)| PoolKeyConfig { id: format!("acct{}", i + 1), key: Secret(k.clone()), ..Default::default() })
+        .collect();
     let opts = StackOptions {
         emulator_args: vec![
             format!("--mode={mode}"),
@@ -52,13 +52,13 @@ async fn main() -> anyhow::Result<()> {
             "--keys".into(),
             keys.join(","),
         ],
-        worker_env: HashMap::from([
-            ("JEWELSHOT_FAL__KEYS".into(), format!("[{pool}]")),
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), CONCURRENCY.to_string()),
-            ("JEWELSHOT_FAL__POLL_INTERVAL_MS".into(), "100".into()),
-            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "8".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ]),
+        worker: WorkerTweak::new(move |c| {
+            c.fal.client.keys = pool.clone();
+            c.worker.concurrency = CONCURRENCY;
+            c.fal.client.poll_interval_ms = 100;
+            c.database.max_connections = 8;
+        }),
+        worker_log: Some("warn".into()),
         // The operator's prior for one generation (the emulator's mean latency, time-scaled):
         // ETAs given before any job has finished use it.
         gateway_env: HashMap::from([(
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     // A fleet that has run before has registered its accounts' limits, which the gateway turns
     // into ETAs; do it here, since the workers start only after the backlog is queued.
     let redis = redis::Client::open(jewelshot_testkit::redis_url().as_str())?;
-    let mut lcfg = LimiterConfig::new(jewelshot_ratelimit::default_prefix(&stack.queue_name));
+    let mut lcfg = LimiterConfig::new(jewelshot_ratelimit::LineSettings::default().prefix(&stack.queue_name));
     lcfg.window = window;
     let registry: Vec<PoolKey> =
         (1..=KEYS).map(|i| PoolKey { id: format!("acct{i}"), max_per_minute: PER_MINUTE, max_concurrent }).collect();
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         ids.push(id);
     }
     for _ in 0..WORKERS {
-        stack.start_worker(&[])?;
+        stack.start_worker()?;
     }
     println!(
         "{jobs} jobs, {WORKERS} workers × {CONCURRENCY}, {KEYS} accounts × {PER_MINUTE}/min{}, emulator in {mode} mode, \
@@ -185,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Retention: the workers' vacuum (every second here) forgets finished tasks.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (redis_bytes, redis_keys) = jewelshot_testkit::redis_footprint(&stack.queue_name).await?;
+    let (redis_bytes, redis_keys) = jewelshot_bench::redis_footprint(&stack.queue_name).await?;
 
     let stats: Value = stack.emulator_stats().await?;
     println!("\nper account (as the emulator saw it):");

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use jewelshot_testkit::{PgServer, Stack, StackOptions};
+use jewelshot_testkit::{PgServer, Stack, StackOptions, WorkerTweak};
 use serde_json::json;
 
 const WORKERS: usize = 4;
@@ -38,14 +38,14 @@ async fn main() -> anyhow::Result<()> {
     let opts = StackOptions {
         own_redis: true,
         admin_database_url: Some(postgres.admin_url.clone()),
-        worker_env: HashMap::from([
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "4".into()),
+        worker: WorkerTweak::new(|c| {
+            c.worker.concurrency = 4;
             // A hung submit is given up after 3 s (and retried); a stuck generation after 20 s.
-            ("JEWELSHOT_FAL__REQUEST_TIMEOUT_MS".into(), "3000".into()),
-            ("JEWELSHOT_FAL__GENERATION_TIMEOUT_SECS".into(), "20".into()),
-            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "6".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ]),
+            c.fal.client.request_timeout_ms = 3000;
+            c.fal.client.generation_timeout_secs = 20;
+            c.database.max_connections = 6;
+        }),
+        worker_log: Some("warn".into()),
         ..StackOptions::emulator(&[
             "--latency-ms",
             "1000-3000",
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{jobs} jobs queued; starting {WORKERS} workers and the faults (logs: {})", logs.display());
 
     let started = Instant::now();
-    let mut alive: Vec<usize> = (0..WORKERS).map(|_| stack.start_worker(&[])).collect::<Result<_, _>>()?;
+    let mut alive: Vec<usize> = (0..WORKERS).map(|_| stack.start_worker()).collect::<Result<_, _>>()?;
     let (mut kills, mut redis_at, mut pg_at, mut pg_down) = (0u32, None, None, Duration::ZERO);
     let mut next_kill = Instant::now() + kill_every;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
             x ^= x << 17;
             let victim = (x as usize) % alive.len();
             stack.workers[alive[victim]].sigkill();
-            alive[victim] = stack.start_worker(&[])?;
+            alive[victim] = stack.start_worker()?;
             kills += 1;
             next_kill = now + kill_every;
         }

@@ -37,8 +37,8 @@ async fn main() -> anyhow::Result<()> {
     println!("▶ submitted job {id}: queued at position {}", body["queuePosition"]);
 
     // One job at a time per worker, so the line moves visibly.
-    stack.start_worker(&[("JEWELSHOT_WORKER__CONCURRENCY", "1")])?;
-    stack.start_worker(&[("JEWELSHOT_WORKER__CONCURRENCY", "1")])?;
+    stack.start_worker_with(|c| c.worker.concurrency = 1)?;
+    stack.start_worker_with(|c| c.worker.concurrency = 1)?;
     println!("▶ two workers started (concurrency 1 each)");
 
     let start = Instant::now();

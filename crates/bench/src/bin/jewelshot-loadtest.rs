@@ -9,7 +9,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
-use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions};
+use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions, WorkerTweak};
 
 const USERS: usize = 50;
 
@@ -27,12 +27,12 @@ async fn main() -> anyhow::Result<()> {
             ("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "100".into()),
             ("RUST_LOG".into(), "warn".into()),
         ]),
-        worker_env: HashMap::from([
-            ("JEWELSHOT_WORKER__CONCURRENCY".into(), "8".into()),
-            ("JEWELSHOT_FAL__POLL_INTERVAL_MS".into(), ((1000.0 * scale).max(50.0) as u64).to_string()),
-            ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "8".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ]),
+        worker: WorkerTweak::new(move |c| {
+            c.worker.concurrency = 8;
+            c.fal.client.poll_interval_ms = (1000.0 * scale).max(50.0) as u64;
+            c.database.max_connections = 8;
+        }),
+        worker_log: Some("warn".into()),
         ..StackOptions::emulator(&[
             "--mode=reject",
             "--max-per-minute",
@@ -51,8 +51,8 @@ async fn main() -> anyhow::Result<()> {
         keys.push(stack.user(&format!("vu{i}@example.com")).await?.1);
     }
     let image_url = stack.input_photo_url(&keys[0]).await?;
-    stack.start_worker(&[])?;
-    stack.start_worker(&[])?;
+    stack.start_worker()?;
+    stack.start_worker()?;
     let keys_file = stack.logs.join("loadtest-keys.txt");
     std::fs::write(&keys_file, keys.join("\n"))?;
 

@@ -1,0 +1,92 @@
+//! # jewelshot-bench
+//!
+//! The demo, the benchmarks, the k6 load test and the chaos run, as binaries that start the whole
+//! system on this machine through [`jewelshot_testkit::Stack`]; and the helpers they share.
+//!
+//! ## Layout
+//! - [`fill_queue`] — queue a large backlog straight into Postgres and the dispatch line.
+//! - [`redis_footprint`] — bytes and keys Redis holds under a prefix.
+//! - `src/bin/` — `jewelshot-demo`, `jewelshot-bench-{uploads,upstream,position,backlog}`,
+//!   `jewelshot-loadtest`, `jewelshot-chaos` (the `just` recipes of the same names run them).
+
+use jewelshot_testkit::{redis_url, Stack};
+
+/// Queue `jobs` jobs at once for benchmarks: rows straight into Postgres (in batches; the
+/// gateway's submit path is measured elsewhere) and each job into the dispatch line, as the
+/// gateway would. Owners are spread over `users` with uneven weight (user i about as often as
+/// 1/(i+1)); one job in ten is `high`. Returns the line entries in submit order.
+pub async fn fill_queue(
+    stack: &Stack,
+    users: &[String],
+    jobs: usize,
+    input_url: &str,
+) -> anyhow::Result<Vec<jewelshot_ratelimit::LineEntry>> {
+    use jewelshot_ratelimit::{Limiter, LimiterConfig, LineEntry};
+    const BATCH: usize = 5_000;
+    let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut entries: Vec<LineEntry> = Vec::with_capacity(jobs);
+    for start in (0..jobs).step_by(BATCH) {
+        let n = BATCH.min(jobs - start);
+        let (mut ids, mut owners, mut prios, mut prompts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = ((x % 1000) as f64 / 1000.0 * (users.len() as f64).ln()).exp() as usize - 1;
+            ids.push(ulid::Ulid::generate().to_string());
+            owners.push(users[u.min(users.len() - 1)].clone());
+            prios.push(if x % 10 == 0 { "high" } else { "normal" });
+            prompts.push(format!("backlog #{}", start + i));
+        }
+        let rows = client
+            .query(
+                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, max_attempts)
+                 SELECT id, user_id, 'queued', priority, prompt, $5, 5
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(id, user_id, priority, prompt)
+                 RETURNING id, seq, user_id, priority",
+                &[&ids, &owners, &prios, &prompts, &input_url],
+            )
+            .await?;
+        for r in rows {
+            entries.push(LineEntry {
+                job: r.get(0),
+                seq: r.get(1),
+                user: r.get(2),
+                high: r.get::<_, String>(3) == "high",
+            });
+        }
+    }
+    let redis = redis::Client::open(stack.redis_url().as_str())?;
+    let limiter = Limiter::new(
+        redis.get_connection_manager().await?,
+        LimiterConfig::new(jewelshot_ratelimit::LineSettings::default().prefix(&stack.queue_name)),
+        Vec::new(),
+    );
+    for chunk in entries.chunks(256) {
+        let mut set = tokio::task::JoinSet::new();
+        for e in chunk {
+            let (l, e) = (limiter.clone(), e.clone());
+            set.spawn(async move { l.enqueue(&e, None).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+    }
+    Ok(entries)
+}
+
+/// Bytes Redis spends on every key whose name starts with `prefix` (`MEMORY USAGE`), and how
+/// many keys there are.
+pub async fn redis_footprint(prefix: &str) -> anyhow::Result<(u64, usize)> {
+    let client = redis::Client::open(redis_url().as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+    let mut bytes = 0u64;
+    for k in &keys {
+        let used: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(k).query_async(&mut conn).await?;
+        bytes += used.unwrap_or(0);
+    }
+    Ok((bytes, keys.len()))
+}

@@ -1,0 +1,49 @@
+//! Isolation: a fresh, migrated Postgres database per test and a Redis key prefix no other test
+//! uses.
+
+use anyhow::Context;
+use jewelshot_db::{Db, DbConfig};
+
+/// Server that hosts the per-test databases (the database name is replaced).
+pub fn admin_database_url() -> String {
+    std::env::var("JEWELSHOT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("JEWELSHOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database made for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub url: String,
+    pub db: Db,
+}
+
+/// Create `jewelshot_test_<ulid>` and apply the migrations.
+pub async fn fresh_database() -> anyhow::Result<TestDb> {
+    fresh_database_on(&admin_database_url()).await
+}
+
+/// The same on the server `admin` points at.
+pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
+    let admin = admin.to_owned();
+    let name = format!("jewelshot_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let (client, conn) =
+        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+    let task = tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    drop(client);
+    let _ = task.await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    let url = format!("{base}/{name}");
+    let db = Db::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })?;
+    db.migrate().await?;
+    Ok(TestDb { url, db })
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue_name() -> String {
+    format!("jewelshot-test:{}", ulid::Ulid::generate())
+}

@@ -1,0 +1,233 @@
+//! Servers of a test's own, for tests that must stop or restart them: S3 (s3s-fs), Redis and
+//! PostgreSQL, each on a free loopback port.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::processes::Proc;
+
+/// A real S3-compatible server (s3s-fs) on port 0 over a temporary directory.
+pub struct S3Server {
+    pub proc: Proc,
+    pub endpoint: String,
+    _root: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "jewelshot-test-access";
+pub const S3_SECRET_KEY: &str = "jewelshot-test-secret-key";
+
+/// Where `s3s-fs` is: `JEWELSHOT_S3S_BIN`, then `PATH`, then `~/.cargo/bin`.
+pub fn s3s_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("JEWELSHOT_S3S_BIN") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).find(|c| c.exists()))
+        .unwrap_or_default();
+    on_path.unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs"))
+}
+
+impl S3Server {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        let root = tempfile::tempdir()?;
+        let bin = s3s_bin();
+        if !bin.exists() {
+            bail!("s3s-fs is not installed: `just s3s` (cargo install s3s-fs --version 0.14.1 --features binary)");
+        }
+        let args: Vec<String> =
+            ["--host", "127.0.0.1", "--port", "0", "--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([root.path().display().to_string()])
+                .collect();
+        let env = HashMap::from([("RUST_LOG".to_owned(), "info".to_owned())]);
+        let mut proc = Proc::spawn_path("s3s", &bin, &args, &env, logs, Some("server is running at "))?;
+        let endpoint = proc.url.take().unwrap_or_default();
+        // NO_COLOR is set for every spawned process; keep only the URL's own characters anyway.
+        let endpoint: String = endpoint.chars().take_while(|c| c.is_ascii_graphic() && *c != '\u{1b}').collect();
+        Ok(Self { proc, endpoint, _root: root })
+    }
+
+    /// Point a service's storage settings at this server, in a bucket of its own (created on
+    /// first use), with presigned URLs.
+    pub fn configure(&self, storage: &mut jewelshot_storage::StorageConfig, bucket: &str) {
+        storage.backend = "s3".into();
+        let s3 = &mut storage.s3;
+        s3.endpoint = self.endpoint.clone();
+        s3.bucket = bucket.into();
+        s3.region = "us-east-1".into();
+        s3.path_style = true;
+        s3.create_bucket = true;
+        s3.access_key_id = S3_ACCESS_KEY.into();
+        s3.secret_access_key = S3_SECRET_KEY.into();
+    }
+}
+
+/// A Redis server of the test's own (so a test may `FLUSHALL` or restart it without touching
+/// anyone else's keys): `redis-server` on a free loopback port, nothing kept on disk.
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+    pub url: String,
+    logs: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        // Redis's own `--port 0` turns TCP off; take a free port from the OS instead.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let proc = Self::spawn(port, logs)?;
+        Ok(Self { proc, port, url: format!("redis://127.0.0.1:{port}"), logs: logs.to_path_buf() })
+    }
+
+    fn spawn(port: u16, logs: &Path) -> anyhow::Result<Proc> {
+        let args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        Proc::spawn_path("redis", Path::new("redis-server"), &args, &HashMap::new(), logs, Some("Ready to accept"))
+    }
+
+    /// Stop and start again on the same port, empty (it keeps nothing on disk): a restart.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.sigkill();
+        self.proc = Self::spawn(self.port, &self.logs)?;
+        Ok(())
+    }
+}
+
+/// A PostgreSQL server of the run's own (so a fault-injection run may restart it): `initdb` into
+/// a temporary directory, `postgres` on a free loopback port, trust auth, no fsync. As root it
+/// runs as the `postgres` user (PostgreSQL refuses root).
+pub struct PgServer {
+    child: Option<Child>,
+    pub port: u16,
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub admin_url: String,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl PgServer {
+    fn bindir() -> PathBuf {
+        Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.join("postgres").exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    }
+
+    fn as_owner(program: &Path) -> Command {
+        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub async fn start(logs: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("jewelshot-pg-").tempdir()?;
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        let data = dir.path().join("data");
+        let out = Self::as_owner(&Self::bindir().join("initdb"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut pg = Self {
+            child: None,
+            port,
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            log: logs.join("postgres.log"),
+        };
+        pg.spawn().await?;
+        Ok(pg)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Self::as_owner(&Self::bindir().join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "max_connections=200", "-c"])
+            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await.is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("postgres did not start; see {}", self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Kill the server (as a crash or a failover would) and start it again on the same data and
+    /// port; returns how long it was gone.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let down = Instant::now();
+        self.stop();
+        self.spawn().await?;
+        Ok(down.elapsed())
+    }
+
+    /// Crash the server and leave it down (see [`PgServer::start_again`]).
+    pub fn crash(&mut self) {
+        self.stop();
+    }
+
+    /// Start a crashed server again on the same data and port.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_none() {
+            self.spawn().await?;
+        }
+        Ok(())
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster: every backend dies at once, no checkpoint,
+    /// crash recovery at the next start) — what clients see in a crash or failover.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.lines().next().map(str::to_owned));
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-QUIT", &pid]).stderr(Stdio::null()).status();
+            let started = Instant::now();
+            while Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+                && started.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
