@@ -24,7 +24,7 @@ build-deps:
 s3s:
     bash deploy/scripts/s3s.sh
 
-# Build every binary (gateway, worker, CLI, emulator, demo).
+# Build every binary (gateway, worker, CLI, emulator, demo and benchmarks).
 build: build-deps
     cargo build --workspace --bins
 
@@ -32,16 +32,19 @@ build: build-deps
 test: services tools s3s build
     @# Per-test databases from earlier runs (tests create jewelshot_test_<ulid>).
     -psql postgres://postgres@127.0.0.1:5432/postgres -qAt -c "select 'DROP DATABASE IF EXISTS ' || datname || ';' from pg_database where datname like 'jewelshot_test_%'" 2>/dev/null | psql postgres://postgres@127.0.0.1:5432/postgres -q >/dev/null 2>&1
-    cargo test --workspace --all-targets -- --test-threads 2
+    cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
 
 # The whole system on this machine: emulator, gateway, two workers; a real edit of a shipped photo.
-demo: services build
+demo: services build-deps
+    cargo build --bin jewelshot-gateway --bin jewelshot-worker --bin fal-emulator --bin jewelshot-demo
     RUST_BACKTRACE=0 ./target/debug/jewelshot-demo
 
 # Formatting and lints, as CI checks them.
 lint: build-deps
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    @# The worker's flows stay readable in one sitting: no function over 60 lines.
+    python3 deploy/scripts/fn_lengths.py 60 crates/worker/src
 
 # Apply database migrations to JEWELSHOT_DATABASE__URL.
 migrate: build

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Make sure Postgres and Redis answer on loopback; start them if installed, install them when
-# allowed (root + apt, and JEWELSHOT_AUTO_INSTALL=1 or CI=true), otherwise say exactly what to do.
+# Make sure Postgres and Redis answer on loopback; start them if installed, install them as root
+# with apt (unless JEWELSHOT_AUTO_INSTALL=0), otherwise say exactly what to do.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
 auto_install=false
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && { [ "${JEWELSHOT_AUTO_INSTALL:-}" = 1 ] || [ "${CI:-}" = true ]; }; then
+if can_apt_install; then
   auto_install=true
 fi
 
@@ -38,8 +39,7 @@ if ! pg_ready; then
     echo "starting PostgreSQL…"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   elif $auto_install; then
-    echo "installing PostgreSQL (apt)…"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    apt_install postgresql
     ver=$(ls /etc/postgresql | head -1)
     # Local development only: trust loopback connections, as the project's defaults expect.
     sed -i 's/^\(host\s\+all\s\+all\s\+\(127.0.0.1\/32\|::1\/128\)\s\+\)\S\+/\1trust/' "/etc/postgresql/$ver/main/pg_hba.conf"
@@ -50,7 +50,7 @@ error: PostgreSQL is not answering on 127.0.0.1:5432.
   Debian/Ubuntu: sudo apt-get install postgresql, then allow local trust auth for user postgres
                  (or set JEWELSHOT_TEST_DATABASE_URL / JEWELSHOT_DATABASE__URL with a password).
   macOS:         brew install postgresql@16 && brew services start postgresql@16 && createuser -s postgres
-  Or rerun as root with JEWELSHOT_AUTO_INSTALL=1 to let this script install and start it.
+  (As root, `just` installs and starts it itself unless JEWELSHOT_AUTO_INSTALL=0.)
 MSG
     exit 1
   fi
@@ -59,8 +59,7 @@ fi
 
 if ! redis_ready; then
   if ! command -v redis-server >/dev/null 2>&1 && $auto_install; then
-    echo "installing Redis (apt)…"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    apt_install redis-server
   fi
   if command -v redis-server >/dev/null 2>&1; then
     echo "starting Redis…"
@@ -70,7 +69,7 @@ if ! redis_ready; then
 error: Redis is not answering on 127.0.0.1:6379.
   Debian/Ubuntu: sudo apt-get install redis-server
   macOS:         brew install redis && brew services start redis
-  Or rerun as root with JEWELSHOT_AUTO_INSTALL=1 to let this script install and start it.
+  (As root, `just` installs and starts it itself unless JEWELSHOT_AUTO_INSTALL=0.)
 MSG
     exit 1
   fi

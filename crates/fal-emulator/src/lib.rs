@@ -7,10 +7,13 @@
 //! image that it serves itself.
 //!
 //! ## Layout
-//! - [`EmulatorConfig`] — the command-line flags.
-//! - `state`: requests, per-key limits and counters (`GET /__stats`).
-//! - `edit`: the deterministic "edit" (auto-levels and a warm tint).
-//! - `http`: the routes; [`run`] serves them on a bound listener until shutdown.
+//! - [`EmulatorConfig`] — the command-line flags (also `FAL_EMULATOR_*` variables); [`Mode`]
+//!   says whether a request over a key's limits is refused (429) or held `IN_QUEUE`.
+//! - `state` (private) — requests, per-key limits and counters (`GET /__stats`).
+//! - [`run`] (from private `http`) — serves the routes on a bound listener until shutdown: fal's
+//!   queue protocol on any model path, `/__stats`, `/__files/…`, `/__keys/{key}/revoke|restore`.
+//! - [`edit_image`] (from private `edit`) — the deterministic "edit" (auto-levels and a warm
+//!   tint, JPEG out).
 
 mod edit;
 mod http;

@@ -5,10 +5,15 @@
 //! AWS S3, Cloudflare R2, MinIO, Supabase Storage and other S3-compatible services.
 //!
 //! ## Layout
-//! - [`ObjectKey`] — a validated relative key (`results/<user>/<job>.jpg`); no `..`, no absolute paths.
-//! - [`ObjectStore`] — put/get/delete/exists/url/health.
-//! - [`local::LocalFs`] — files under a root directory, written atomically (temp file + rename).
-//! - [`s3::S3Store`] — any S3-compatible service; CDN base URLs or presigned GETs.
+//! - [`ObjectKey`] — a validated relative key (`results/<user>/<job>.jpg`); no `..`, no absolute
+//!   paths. [`upload_key`] and [`job_result_key`] build the two kinds the system writes.
+//! - [`ObjectStore`] — put/get/delete/exists/url/health; a put answers a [`StoredObject`], a get
+//!   an [`Object`]; [`content_type_for`] guesses a type from the key's extension.
+//! - [`StorageError`] — typed failures with `code()` and `is_retryable()`.
+//! - [`local`] — [`local::LocalFs`]: files under a root directory, written atomically (temp
+//!   file + rename); [`local::LocalConfig`], [`local::DEFAULT_BASE_URL`].
+//! - [`s3`] — [`s3::S3Store`]: any S3-compatible service; CDN base URLs or presigned GETs;
+//!   [`s3::S3Config`], [`s3::IMMUTABLE`] (the `Cache-Control` of what we write).
 //! - [`StorageConfig`] / [`open`] — builds the configured backend.
 
 pub mod local;
