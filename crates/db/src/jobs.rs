@@ -315,8 +315,8 @@ impl Db {
         Ok(c)
     }
 
-    /// Start an attempt: `queued`/`processing` → `processing`, attempts + 1. `None` when the job
-    /// is gone or final (canceled while waiting, finished by another worker).
+    /// Start an attempt: `queued`/`processing` → `processing`, attempts + 1. [`Begun::Final`]
+    /// when the job is gone or final (canceled while waiting, finished by another worker).
     ///
     /// It is also the job's run lock: a `processing` job whose worker's heartbeat is younger than
     /// `stale` belongs to that worker, and another worker gets `Busy` (two deliveries of one

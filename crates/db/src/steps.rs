@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::{Db, DbError, Result};
 
 /// The checkpoint field that says `generate-image` holds a fal request: the worker's checkpoint
-/// stores the request under this name (its tests hold it to that), and [`generate_started!`]
-/// looks for it.
+/// stores the request under this name (its tests hold it to that), and the "generate started"
+/// rule ([`Db::generate_started`]) looks for it.
 pub const FAL_REQUEST_FIELD: &str = "request";
 
 /// "`generate-image` has started" — the step finished, or it holds a fal request — over that

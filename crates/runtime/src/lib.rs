@@ -16,8 +16,12 @@ pub fn init_tracing(default: &str) {
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
+    // A handler that cannot be installed waits forever rather than stopping the process at once.
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "Ctrl-C cannot be caught; stop with SIGTERM");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {

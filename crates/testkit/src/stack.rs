@@ -32,7 +32,9 @@ pub enum StorageKind {
 /// A change to the workers' [`jewelshot_worker::Config`]: tests and benchmarks set fields, and
 /// the stack turns the config into the `JEWELSHOT_*` environment the binary reads.
 #[derive(Clone, Default)]
-pub struct WorkerTweak(Option<Arc<dyn Fn(&mut WorkerConfig) + Send + Sync>>);
+pub struct WorkerTweak(Option<Arc<TweakFn>>);
+
+type TweakFn = dyn Fn(&mut WorkerConfig) + Send + Sync;
 
 impl WorkerTweak {
     pub fn new(f: impl Fn(&mut WorkerConfig) + Send + Sync + 'static) -> Self {
