@@ -29,6 +29,22 @@ pub struct IssuedKey {
     pub key: String,
 }
 
+/// Random bytes in a key: 32, written as 43 base64url characters after [`KEY_PREFIX`].
+const KEY_BYTES: usize = 32;
+const KEY_CHARS: usize = (KEY_BYTES * 4).div_ceil(3);
+
+fn new_key() -> String {
+    format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<KEY_BYTES>()))
+}
+
+/// Whether `token` has the shape of a key this system issues (prefix, length, alphabet). A
+/// token that does not is refused before any lookup: strangers cost no database work.
+pub fn is_key_shaped(token: &str) -> bool {
+    token.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == KEY_CHARS && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 /// Hex SHA-256 of an API key, as stored.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -119,8 +135,7 @@ impl Db {
     /// Issue an API key for `user`. The returned key is not recoverable later.
     pub async fn create_api_key(&self, user: UserId, name: &str) -> Result<IssuedKey> {
         let id = ulid::Ulid::generate().to_string();
-        let key =
-            format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let key = new_key();
         let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
         self.conn()
             .await?
@@ -216,5 +231,31 @@ impl Db {
             )
             .await?;
         row.as_ref().map(key_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_keys_are_key_shaped_and_near_misses_are_not() {
+        let key = new_key();
+        assert!(is_key_shaped(&key), "{key}");
+        assert_eq!(key.len(), KEY_PREFIX.len() + 43);
+        let body = &key[KEY_PREFIX.len()..];
+        for bad in [
+            String::new(),
+            body.to_owned(),                        // no prefix
+            format!("jsk-{body}"),                  // wrong prefix
+            key[..key.len() - 1].to_owned(),        // short
+            format!("{key}A"),                      // long
+            format!("{KEY_PREFIX}{}+", &body[1..]), // outside base64url
+            format!("{KEY_PREFIX}{}=", &body[1..]), // padding
+            "Bearer".into(),
+            "eyJhbGciOiJSUzI1NiJ9.e30.sig".into(), // a JWT is not a key
+        ] {
+            assert!(!is_key_shaped(&bad), "{bad}");
+        }
     }
 }

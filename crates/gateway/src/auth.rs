@@ -11,7 +11,7 @@ use actix_web::{
     web::Data,
     FromRequest, HttpMessage, HttpRequest,
 };
-use jewelshot_db::users::User;
+use jewelshot_db::users::{is_key_shaped, User};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -37,7 +37,8 @@ pub async fn authenticate(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if needs_auth(req.path()) {
-        let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
+        // A token that cannot be a key is refused here, before any I/O.
+        let token = bearer(&req).filter(|t| is_key_shaped(t)).ok_or(ApiError::Unauthorized)?;
         let state =
             req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
         let user = state.db.user_by_api_key(&token).await.map_err(ApiError::from)?.ok_or(ApiError::Unauthorized)?;
