@@ -225,6 +225,8 @@ impl FalClient {
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
             .user_agent(concat!("jewelshot/", env!("CARGO_PKG_VERSION")))
+            // fal's queue API does not redirect; a redirect is never followed with our key.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| FalError::Network(e.to_string()))?;
         Ok(Self { http, cfg })
@@ -239,21 +241,46 @@ impl FalClient {
         Self { http: self.http.clone(), cfg: FalConfig { key, keys: Vec::new(), ..self.cfg.clone() } }
     }
 
-    /// `POST {queue_url}/{model}`: enqueue a generation. This is the call fal bills.
+    /// `POST {queue_url}/{model}`: enqueue a generation. This is the call fal bills. The URLs
+    /// fal answers with must be on the queue's own origin (see [`FalClient::on_queue_origin`]).
     pub async fn submit(&self, input: &EditInput) -> Result<QueuedRequest, FalError> {
         let url = format!("{}/{}", self.cfg.queue_url.trim_end_matches('/'), self.cfg.model);
         let resp = self.http.post(url).header("Authorization", self.auth()).json(input).send().await;
-        decode(resp).await
+        let queued: QueuedRequest = decode(resp).await?;
+        for u in [&queued.status_url, &queued.response_url, &queued.cancel_url] {
+            self.on_queue_origin(u)?;
+        }
+        Ok(queued)
     }
 
     /// `GET {status_url}`.
     pub async fn status(&self, req: &QueuedRequest) -> Result<StatusResponse, FalError> {
-        decode(self.http.get(&req.status_url).header("Authorization", self.auth()).send().await).await
+        let url = self.on_queue_origin(&req.status_url)?;
+        decode(self.http.get(url).header("Authorization", self.auth()).send().await).await
     }
 
     /// `GET {response_url}`: the output of a completed request (or its failure).
     pub async fn result(&self, req: &QueuedRequest) -> Result<EditOutput, FalError> {
-        decode(self.http.get(&req.response_url).header("Authorization", self.auth()).send().await).await
+        let url = self.on_queue_origin(&req.response_url)?;
+        decode(self.http.get(url).header("Authorization", self.auth()).send().await).await
+    }
+
+    /// `url` if it is on the configured queue's origin (scheme, host and port): the key goes
+    /// nowhere else, whatever a response (or a stored checkpoint) says.
+    pub fn on_queue_origin(&self, url: &str) -> Result<url::Url, FalError> {
+        let foreign = || FalError::BadResponse(format!("fal named a URL off its queue's host: {url}"));
+        let ours = url::Url::parse(&self.cfg.queue_url).map_err(|e| FalError::BadResponse(e.to_string()))?;
+        let theirs = url::Url::parse(url).map_err(|_| foreign())?;
+        let same = theirs.scheme() == ours.scheme()
+            && theirs.host_str() == ours.host_str()
+            && theirs.port_or_known_default() == ours.port_or_known_default()
+            && theirs.username().is_empty()
+            && theirs.password().is_none();
+        if same {
+            Ok(theirs)
+        } else {
+            Err(foreign())
+        }
     }
 
     /// `PUT {cancel_url}`. fal answers 202/400/404 with a `status` body; all three are answers.
@@ -262,8 +289,8 @@ impl FalClient {
         struct Answer {
             status: CancelState,
         }
-        let resp =
-            self.http.put(&req.cancel_url).header("Authorization", self.auth()).send().await.map_err(map_transport)?;
+        let url = self.on_queue_origin(&req.cancel_url)?;
+        let resp = self.http.put(url).header("Authorization", self.auth()).send().await.map_err(map_transport)?;
         let status = resp.status().as_u16();
         let wait = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(map_transport)?;
@@ -349,6 +376,25 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_static("2.5"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn the_key_goes_only_to_the_queue_origin() {
+        let c = FalClient::new(FalConfig { queue_url: "https://queue.fal.run".into(), ..Default::default() })
+            .expect("client");
+        assert!(c.on_queue_origin("https://queue.fal.run/fal-ai/x/requests/r1/status").is_ok());
+        assert!(c.on_queue_origin("https://queue.fal.run:443/fal-ai/x/requests/r1").is_ok());
+        for foreign in [
+            "https://evil.example/fal-ai/x/requests/r1/status",
+            "http://queue.fal.run/fal-ai/x/requests/r1/status",
+            "https://queue.fal.run:8443/r1",
+            "https://queue.fal.run.evil.example/r1",
+            "https://user:pw@queue.fal.run/r1",
+            "https://169.254.169.254/latest/meta-data",
+            "not a url",
+        ] {
+            assert!(matches!(c.on_queue_origin(foreign), Err(FalError::BadResponse(_))), "{foreign}");
+        }
     }
 
     #[test]
