@@ -106,8 +106,8 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
     if job.attempts > job.max_attempts {
         return_slot(ctx, &mut grant).await;
         // Our own retries stop at the maximum, so only re-deliveries after a dead worker get here.
-        let msg = format!("the job's worker stopped during each of {} attempts", job.max_attempts);
-        return end_failed(ctx, &job, error_code::POISON_JOB, &msg).await;
+        let detail = format!("the job's worker stopped during each of {} attempts", job.max_attempts);
+        return end_failed(ctx, &job, error_code::POISON_JOB, &detail, "").await;
     }
     attempts(ctx, job, grant).await
 }
@@ -194,7 +194,7 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
         tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
         let (code, message, retry_after) = match run_steps(ctx, &job, &mut grant).await {
             Ok(()) | Err(StepFailure::Canceled) => return Ok(()),
-            Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message).await,
+            Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message, "").await,
             Err(StepFailure::Shutdown) => {
                 // Back in line without spending the attempt; another worker resumes it at once.
                 ctx.db.release_job(job.id).await?;
@@ -203,11 +203,11 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
             }
             Err(StepFailure::Retry { code, message, retry_after }) => (code, message, retry_after),
         };
-        tracing::warn!(attempt = job.attempts, code, %message, "job attempt failed");
-        ctx.db.note_job_error(job.id, code, &message).await?;
+        tracing::warn!(attempt = job.attempts, code, detail = %message, "job attempt failed");
+        ctx.db.note_job_error(job.id, code, &public_message(code, "")).await?;
         if job.attempts >= job.max_attempts {
-            let msg = format!("gave up after {} attempts: {message}", job.attempts);
-            return end_failed(ctx, &job, code, &msg).await;
+            let note = format!(" (gave up after {} attempts)", job.attempts);
+            return end_failed(ctx, &job, code, &message, &note).await;
         }
         let s = &ctx.settings;
         let delay = backoff(job.attempts.max(1) as u32, s.backoff_base_ms, s.backoff_max_ms, retry_after);
@@ -234,14 +234,25 @@ async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result
     Ok(())
 }
 
-/// End the job as failed (if it is not final already) and announce it.
-async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, message: &str) -> Result<(), HandBack> {
-    tracing::warn!(code, %message, "job failed");
-    if let Some(failed) = ctx.db.fail_job(job.id, code, message).await? {
+/// End the job as failed (if it is not final already) and announce it. Clients (the job's
+/// `error.message`, the webhook) get the code's sentence; the `detail` — raw database, storage
+/// or upstream text — goes to the log, under the job's span.
+async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, detail: &str, note: &str) -> Result<(), HandBack> {
+    tracing::warn!(code, %detail, "job failed");
+    if let Some(failed) = ctx.db.fail_job(job.id, code, &public_message(code, note)).await? {
         metrics::counter!(m::JOBS_FINISHED, "status" => "failed", "code" => code.to_owned()).increment(1);
         announce(ctx, &failed).await?;
     }
     Ok(())
+}
+
+/// What a client reads about a failure: the code's one sentence, and a note of ours.
+fn public_message(code: &str, note: &str) -> String {
+    let sentence = error_code::lookup(code).map_or("The job failed.", |c| c.meaning);
+    match sentence.strip_suffix('.') {
+        Some(s) if !note.is_empty() => format!("{s}{note}."),
+        _ => format!("{sentence}{note}"),
+    }
 }
 
 /// `notify-user` for a job already final: a failure hands the task back, and the next delivery
@@ -252,5 +263,21 @@ async fn announce(ctx: &Ctx, job: &JobRow) -> Result<(), HandBack> {
         Err(StepFailure::Shutdown) => Err(HandBack::Shutdown),
         Err(StepFailure::Canceled) => Ok(()),
         Err(StepFailure::Fatal { message, .. } | StepFailure::Retry { message, .. }) => Err(HandBack::Notify(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_read_the_codes_sentence_never_the_detail() {
+        let m = public_message(error_code::UPSTREAM_UNAVAILABLE, " (gave up after 5 attempts)");
+        assert_eq!(m, "fal kept failing (5xx, timeouts, 429) until the attempts ran out (gave up after 5 attempts).");
+        assert_eq!(
+            public_message(error_code::STORAGE_FAILED, ""),
+            "The generated image could not be fetched or stored."
+        );
+        assert_eq!(public_message("not-a-code", ""), "The job failed.");
     }
 }

@@ -215,6 +215,8 @@ async fn e2e_upstream_422_fails_after_one_attempt() {
         stack.wait_final(&key, body["jobId"].as_str().expect("id"), Duration::from_secs(30)).await.expect("final");
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "upstream-invalid-input", "{job}");
+    // The code's sentence, never fal's own text ("prompt rejected by the content checker").
+    assert_eq!(job["error"]["message"], "fal refused the input (422): retrying cannot help.", "{job}");
     assert_eq!(job["attempts"], 1, "no retry for a 422: {job}");
     assert!(job["imageUrl"].is_null());
 }
