@@ -56,6 +56,8 @@ codes! {
     NOT_FOUND = "not-found", 404, "api", "No such route or file.";
     JOB_NOT_CANCELABLE = "job-not-cancelable", 409, "api", "The job is final; only queued or processing jobs can be canceled.";
     IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused", 409, "api", "The `Idempotency-Key` was used within 24 h for a different request.";
+    TOO_MANY_UPLOADS = "too-many-uploads", 429, "api", "The user already has the most uploads in progress that are allowed at once.";
+    REQUEST_TIMEOUT = "request-timeout", 408, "api", "The request body did not arrive in time.";
     RATE_LIMITED = "rate-limited", 429, "api", "Too many submissions this minute (see `Retry-After`).";
     TOO_MANY_QUEUED_JOBS = "too-many-queued-jobs", 429, "api", "The user already has the most jobs waiting that the plan allows.";
     // Dependencies.

@@ -60,11 +60,25 @@ pub struct UploadSettings {
     pub image_workers: usize,
     /// Longest an upload waits for a compression slot before 503, in milliseconds.
     pub queue_timeout_ms: u64,
+    /// Uploads one user may have in progress on one gateway (0 = unlimited); more → 429
+    /// `too-many-uploads`, answered before the body is read.
+    pub max_concurrent_per_user: usize,
+    /// Longest the whole body may take to arrive, in milliseconds; slower → 408.
+    pub body_timeout_ms: u64,
+    /// Parts a multipart upload may have (the file and a few fields); more → 400.
+    pub max_multipart_parts: usize,
 }
 
 impl Default for UploadSettings {
     fn default() -> Self {
-        Self { quota_bytes_per_user: 1024 * 1024 * 1024, image_workers: 0, queue_timeout_ms: 30_000 }
+        Self {
+            quota_bytes_per_user: 1024 * 1024 * 1024,
+            image_workers: 0,
+            queue_timeout_ms: 30_000,
+            max_concurrent_per_user: 2,
+            body_timeout_ms: 60_000,
+            max_multipart_parts: 8,
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -69,6 +71,7 @@ impl ApiError {
             Self::JobNotFound => codes::JOB_NOT_FOUND,
             Self::NotFound => codes::NOT_FOUND,
             Self::TooLarge(_) => codes::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => codes::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => codes::UNSUPPORTED_MEDIA_TYPE,
             Self::Image(e) => e.code(),
             Self::Internal(_) => codes::INTERNAL,

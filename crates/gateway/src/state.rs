@@ -1,11 +1,13 @@
 //! What every handler shares.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use jewelshot_db::Db;
+use jewelshot_domain::UserId;
 use jewelshot_queue::Queue;
 use jewelshot_ratelimit::{Capacity, KeyStatus, Limiter, WindowLimiter};
 use jewelshot_storage::ObjectStore;
@@ -27,6 +29,27 @@ pub struct AppState {
     upstream: Mutex<Option<(Instant, Vec<KeyStatus>)>>,
     /// Per-user submissions per minute, shared by every gateway through Redis.
     pub submits: WindowLimiter,
+    /// Uploads in progress per user on this gateway.
+    uploading: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One upload in progress for a user; its place frees when dropped.
+pub struct UploadSlot {
+    user: UserId,
+    uploading: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.uploading.lock() {
+            if let Some(n) = map.get_mut(&self.user) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.user);
+                }
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -50,7 +73,21 @@ impl AppState {
             limiter,
             upstream: Mutex::new(None),
             submits,
+            uploading: Arc::default(),
         }
+    }
+
+    /// A place for one more upload of `user`, or `None` when they already have
+    /// `max_concurrent_per_user` in progress here (taken before the body is read).
+    pub fn upload_slot(&self, user: UserId) -> Option<UploadSlot> {
+        let cap = self.cfg.uploads.max_concurrent_per_user;
+        let mut map = self.uploading.lock().ok()?;
+        let n = map.entry(user).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(UploadSlot { user, uploading: self.uploading.clone() })
     }
 
     /// The pool's accounts as the limiter sees them, refreshed at most every 2 s (empty when

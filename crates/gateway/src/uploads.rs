@@ -63,8 +63,14 @@ pub struct StorageView {
 }
 
 /// Read the image bytes of an upload: a raw body (`image/*` or `application/octet-stream`) or
-/// the first file part of `multipart/form-data`. Never buffers more than `max` bytes.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<Bytes, ApiError> {
+/// the first file part of `multipart/form-data`. Never buffers more than `max` bytes, nor reads
+/// more than `max` bytes of other parts or more than `max_parts` parts before the file.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+    max_parts: usize,
+) -> Result<Bytes, ApiError> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max + 64 * 1024) {
@@ -73,12 +79,29 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("multipart/form-data") {
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        let (mut parts, mut skipped) = (0usize, 0usize);
         while let Some(field) = form.next().await {
             let mut field =
                 field.map_err(|e| ApiError::BadRequest { code: codes::INVALID_MULTIPART, message: e.to_string() })?;
+            parts += 1;
+            if parts > max_parts {
+                return Err(ApiError::BadRequest {
+                    code: codes::INVALID_MULTIPART,
+                    message: format!("the form has more than {max_parts} parts"),
+                });
+            }
             let is_file =
                 field.content_disposition().and_then(|d| d.get_filename()).is_some() || field.name() == Some("file");
             if !is_file {
+                // Read and dropped, but counted: other parts cannot stream without end.
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk
+                        .map_err(|e| ApiError::BadRequest { code: codes::INVALID_MULTIPART, message: e.to_string() })?;
+                    skipped += chunk.len();
+                    if skipped > max {
+                        return Err(ApiError::TooLarge(max));
+                    }
+                }
                 continue;
             }
             let mut buf = BytesMut::new();
@@ -111,6 +134,20 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// Refuse an upload from a user already at their quota, before reading or compressing anything
+/// (the exact size is reserved after compression, in [`upload`]).
+pub async fn check_quota(state: &AppState, user: &User) -> Result<(), ApiError> {
+    let Some(quota) = state.cfg.uploads.quota() else { return Ok(()) };
+    let usage = state.db.storage_usage(user.id).await?;
+    if usage.bytes >= quota {
+        return Err(ApiError::Forbidden {
+            code: codes::STORAGE_QUOTA_EXCEEDED,
+            message: format!("your storage quota of {quota} bytes is used up; delete images to upload more"),
+        });
+    }
+    Ok(())
 }
 
 /// Compress on the bounded pool (never on an async thread), reserve quota, store, record.

@@ -24,3 +24,107 @@ async fn it_refuses_tokens_that_cannot_be_keys_without_touching_the_database() {
     }
     assert_eq!(get(shaped).await, 503, "a key-shaped token is looked up (and the database is down)");
 }
+
+/// Open an upload whose body never finishes: headers and a promise of 100 kB, then 16 bytes.
+async fn stalled_upload(base: &str, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/uploads HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: image/jpeg\r\ncontent-length: 100000\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.expect("head");
+    sock.write_all(&[0xff, 0xd8, 0xff, 0xe0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1]).await.expect("some");
+    sock
+}
+
+/// The status line the server answers on a raw connection, within `within`.
+async fn status_of(sock: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(within, sock.read(&mut buf)).await.ok()?.ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn upload(api: &Api, key: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = api
+        .http
+        .post(format!("{}/api/uploads", api.base))
+        .bearer_auth(key)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or_default())
+}
+
+fn photo() -> Vec<u8> {
+    std::fs::read(jewelshot_testkit::fixture_photo()).expect("photo")
+}
+
+/// Slow clients: a body that does not arrive within `body_timeout_ms` gets 408, and while it
+/// trickles it holds one of its user's upload places — the next one is refused at once (429,
+/// before reading) while other users upload as usual; the place frees when the slow one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_slow_uploads_time_out_and_hold_only_their_users_place() {
+    let api = Api::start_with(|c| {
+        c.uploads.body_timeout_ms = 800;
+        c.uploads.max_concurrent_per_user = 1;
+    })
+    .await;
+    let slow_user = api.key("slow@example.com").await;
+    let other = api.key("other@example.com").await;
+    let mut stalled = stalled_upload(&api.base, &slow_user).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let (s, r) = upload(&api, &slow_user, "image/jpeg", photo()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (429, Some("too-many-uploads")), "{r}");
+    let (s, r) = upload(&api, &other, "image/jpeg", photo()).await;
+    assert_eq!(s, 201, "another user is not held up: {r}");
+
+    let started = std::time::Instant::now();
+    assert_eq!(status_of(&mut stalled, std::time::Duration::from_secs(5)).await, Some(408));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    let (s, r) = upload(&api, &slow_user, "image/jpeg", photo()).await;
+    assert_eq!(s, 201, "the place came back: {r}");
+}
+
+/// A multipart flood — a thousand tiny non-file parts before the file — is refused, and
+/// non-file parts cannot stream past the body limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_caps_multipart_parts_and_their_size() {
+    let api = Api::start_with(|c| c.images.max_input_bytes = 64 * 1024).await;
+    let key = api.key("flood@example.com").await;
+    let boundary = "XyZzY";
+    let part = |name: &str, body: &str| {
+        format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{body}\r\n")
+    };
+    let mut many: String = (0..1000).map(|i| part(&format!("f{i}"), "x")).collect();
+    many += &format!("--{boundary}--\r\n");
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let (s, r) = upload(&api, &key, &ct, many.into_bytes()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (400, Some("invalid-multipart")), "{r}");
+
+    let mut big = part("notes", &"y".repeat(100 * 1024));
+    big += &format!("--{boundary}--\r\n");
+    let (s, r) = upload(&api, &key, &ct, big.into_bytes()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (413, Some("payload-too-large")), "{r}");
+}
+
+/// A user at their quota is refused before the body is read or compressed: garbage that would
+/// be `not-an-image` once read is `storage-quota-exceeded` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_checks_the_quota_before_compressing() {
+    let api = Api::start_with(|c| c.uploads.quota_bytes_per_user = 10_000).await;
+    let user = api.db.db.create_user("full@example.com", "free").await.expect("user");
+    let key = api.db.db.create_api_key(user.id, "t").await.expect("key").key;
+    let (s, r) = upload(&api, &key, "image/jpeg", b"not an image at all".to_vec()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (415, Some("not-an-image")), "under quota it is read: {r}");
+    assert!(api.db.db.reserve_storage(user.id, 10_000, Some(10_000)).await.expect("reserve"));
+    let (s, r) = upload(&api, &key, "image/jpeg", b"not an image at all".to_vec()).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (403, Some("storage-quota-exceeded")), "{r}");
+}

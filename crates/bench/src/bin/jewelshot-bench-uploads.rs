@@ -22,8 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(secs);
 
     let mut uploaders = Vec::new();
-    for _ in 0..4 {
-        let (http, base, key, photo) = (stack.http.clone(), base.clone(), key.clone(), photo.clone());
+    for i in 0..4 {
+        // Four clients, four users: one user's uploads at once are capped (`max_concurrent_per_user`).
+        let (_, key, _) = stack.user(&format!("uploader{i}@example.com")).await?;
+        let (http, base, photo) = (stack.http.clone(), base.clone(), photo.clone());
         uploaders.push(tokio::spawn(async move {
             let (mut ok, mut lat) = (0u32, Vec::new());
             while Instant::now() < deadline {

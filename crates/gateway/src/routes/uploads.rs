@@ -1,6 +1,9 @@
 //! `/api/uploads`, `/api/gallery`, `/api/storage`.
 
+use std::time::Duration;
+
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use jewelshot_domain::error_code as codes;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -20,9 +23,11 @@ use crate::{
         (status = 201, description = "Stored", body = UploadView),
         (status = 400, description = "Empty, truncated or corrupt image, or too many pixels", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 403, description = "Storage quota exceeded", body = ErrorBody),
+        (status = 403, description = "Storage quota exceeded (checked before the body is read)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `body_timeout_ms`", body = ErrorBody),
         (status = 413, description = "Body over the limit (25 MB)", body = ErrorBody),
         (status = 415, description = "Not an image, or an unsupported format", body = ErrorBody),
+        (status = 429, description = "Too many uploads in progress for this user", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -33,7 +38,22 @@ pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = uploads::read_body(&req, payload, state.cfg.images.max_input_bytes).await?;
+    // Everything that can refuse the upload does so before a byte of the body is read.
+    let _slot = state.upload_slot(user.0.id).ok_or_else(|| ApiError::TooManyRequests {
+        code: codes::TOO_MANY_UPLOADS,
+        message: format!(
+            "you already have {} uploads in progress; send the next when one finishes",
+            state.cfg.uploads.max_concurrent_per_user
+        ),
+        retry_after_secs: 1,
+        rate: None,
+    })?;
+    uploads::check_quota(&state, &user.0).await?;
+    let limits = &state.cfg.uploads;
+    let read = uploads::read_body(&req, payload, state.cfg.images.max_input_bytes, limits.max_multipart_parts);
+    let body = tokio::time::timeout(Duration::from_millis(limits.body_timeout_ms), read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout_ms))??;
     let stored = uploads::upload(&state, &user.0, body).await?;
     Ok(HttpResponse::Created().insert_header(("Location", stored.url.clone())).json(stored))
 }
