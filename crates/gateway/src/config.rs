@@ -109,6 +109,9 @@ pub struct GatewaySettings {
     pub ready_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests get to finish, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Where `GET /metrics` is served: its own listener, never the public one (port 0 picks a
+    /// free port; empty = no metrics endpoint).
+    pub metrics_listen: String,
 }
 
 impl Default for GatewaySettings {
@@ -119,6 +122,7 @@ impl Default for GatewaySettings {
             max_json_bytes: 64 * 1024,
             ready_timeout_ms: 2_000,
             shutdown_grace_secs: 15,
+            metrics_listen: "127.0.0.1:9464".into(),
         }
     }
 }

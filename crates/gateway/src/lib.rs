@@ -43,6 +43,8 @@ use state::AppState;
 pub struct Application {
     server: Server,
     port: u16,
+    /// `GET /metrics` on its own listener, and its port.
+    metrics: Option<(Server, u16)>,
 }
 
 impl Application {
@@ -64,7 +66,13 @@ impl Application {
         let workers = cfg.gateway.workers;
         let grace = cfg.gateway.shutdown_grace_secs;
         telemetry::prometheus();
+        let metrics_listen = cfg.gateway.metrics_listen.clone();
         let state = web::Data::new(AppState::new(db, queue, store, cfg));
+        let metrics = if metrics_listen.is_empty() {
+            None
+        } else {
+            Some(telemetry::metrics_server(&metrics_listen, state.clone())?)
+        };
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -86,22 +94,38 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
-        Ok(Self { server: server.disable_signals().run(), port })
+        Ok(Self { server: server.disable_signals().run(), port, metrics })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The metrics listener's port, when it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(_, p)| *p)
+    }
+
     /// Serve until `shutdown` resolves, then drain in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let metrics_handle = self.metrics.as_ref().map(|(s, _)| s.handle());
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");
             handle.stop(true).await;
+            if let Some(m) = metrics_handle {
+                m.stop(true).await;
+            }
         });
-        self.server.await?;
+        match self.metrics {
+            Some((metrics, _)) => {
+                let (api, metrics) = futures::join!(self.server, metrics);
+                api?;
+                metrics?;
+            }
+            None => self.server.await?,
+        }
         Ok(())
     }
 }

@@ -41,7 +41,6 @@ impl Modify for BearerAuth {
         crate::routes::uploads::storage,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
-        crate::telemetry::metrics_endpoint,
         openapi_json,
     ),
     components(schemas(ErrorBody)),

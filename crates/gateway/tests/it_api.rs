@@ -162,20 +162,17 @@ async fn it_serves_health_readiness_and_openapi() {
     let (s, doc) = api.call(reqwest::Method::GET, "/api/openapi.json", None).await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
-    for path in [
-        "/api/ai/edit",
-        "/api/jobs/{job_id}",
-        "/api/jobs",
-        "/api/queue",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/openapi.json",
-    ] {
+    for path in
+        ["/api/ai/edit", "/api/jobs/{job_id}", "/api/jobs", "/api/queue", "/healthz", "/readyz", "/api/openapi.json"]
+    {
         assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
     assert!(doc["components"]["schemas"]["JobView"]["properties"]["queuePosition"].is_object(), "camelCase schema");
-    let text = api.http.get(format!("{}/metrics", api.base)).send().await.expect("metrics").text().await.expect("text");
+    // Metrics live on their own listener: the public one answers 404.
+    let (s, _) = api.call(reqwest::Method::GET, "/metrics", None).await;
+    assert_eq!(s, 404, "no /metrics on the public listener");
+    let text =
+        api.http.get(format!("{}/metrics", api.metrics)).send().await.expect("metrics").text().await.expect("text");
     assert!(text.contains("jewelshot_http_requests_total{route=\"/healthz\",status=\"200\"}"), "{text}");
     assert!(text.contains("jewelshot_queue_jobs{state=\"queued\"}"), "{text}");
     let (s, r) = api.call(reqwest::Method::GET, "/nope", None).await;

@@ -212,6 +212,7 @@ impl Stack {
         ]);
         env.extend(config_env("JEWELSHOT_STORAGE", &storage, &StorageConfig::default())?);
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("JEWELSHOT_GATEWAY__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
         env.insert("JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE".into(), "0".into());
         env.insert("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "0".into());

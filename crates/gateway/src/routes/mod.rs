@@ -21,6 +21,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(crate::openapi::openapi_json)
-        .service(crate::telemetry::metrics_endpoint)
         .service(files::file);
 }

@@ -18,7 +18,7 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState
 )]
 #[get("/api/queue")]
 pub async fn queue(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let counts = state.db.queue_counts().await?;
+    let counts = state.db.open_counts().await?;
     let mean = state.observed_generation_secs().await;
     let keys = state.upstream_keys().await;
     // No healthy account, or one unlimited one: reported as 0 (unlimited / unknown).

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 pub struct Api {
     pub base: String,
+    /// The metrics listener's base URL.
+    pub metrics: String,
     pub http: reqwest::Client,
     pub db: TestDb,
     pub queue: Queue,
@@ -35,6 +37,7 @@ impl Api {
         let mut cfg = Config::default();
         cfg.gateway.listen = "127.0.0.1:0".into();
         cfg.gateway.workers = 2;
+        cfg.gateway.metrics_listen = "127.0.0.1:0".into();
         cfg.database.url = db.url.clone();
         cfg.database.max_connections = 4;
         cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
@@ -51,9 +54,10 @@ impl Api {
         );
         let app = Application::build(cfg).await.expect("build");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let metrics = format!("http://127.0.0.1:{}", app.metrics_port().expect("metrics listener"));
         tokio::spawn(app.run_until(std::future::pending()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        Self { base, http, db, queue, line, files }
+        Self { base, metrics, http, db, queue, line, files }
     }
 
     pub async fn key(&self, email: &str) -> String {
