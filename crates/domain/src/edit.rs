@@ -225,7 +225,8 @@ pub fn forbidden_webhook() -> ValidationError {
     ValidationError::new(
         "webhook_url",
         error_code::INVALID_WEBHOOK_URL,
-        "`webhook_url` must not point at a loopback, private, link-local or metadata address",
+        "`webhook_url` must name a host that resolves only to public addresses (never loopback, private, \
+         link-local or metadata)",
     )
 }
 

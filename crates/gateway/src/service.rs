@@ -95,10 +95,11 @@ pub async fn submit(
             message: format!("the {} plan does not include priority \"high\"", user.plan),
         });
     }
+    // The rate limit first: resolving a name is work a stranger could make us do at will.
+    let rate = submit_rate(state, user).await?;
     if let Some(url) = &edit.webhook_url {
         check_webhook_resolution(url, policy).await?;
     }
-    let rate = submit_rate(state, user).await?;
     let id = JobId::generate();
     let max_attempts = state.cfg.jobs.max_attempts;
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
@@ -154,7 +155,9 @@ pub async fn submit(
 }
 
 /// Names are resolved now to refuse obviously internal targets early; the worker checks again
-/// at connect time, which is what defeats DNS rebinding.
+/// at connect time, which is what defeats DNS rebinding. A name that does not resolve gets the
+/// same answer as one that resolves inward, so the answer does not reveal which internal names
+/// exist.
 async fn check_webhook_resolution(url: &url::Url, policy: WebhookPolicy) -> Result<(), ValidationError> {
     let Some(url::Host::Domain(host)) = url.host() else {
         return Ok(()); // literal addresses were checked by NewEdit::parse
@@ -163,13 +166,7 @@ async fn check_webhook_resolution(url: &url::Url, policy: WebhookPolicy) -> Resu
     let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
     let addrs: Vec<IpAddr> = match lookup {
         Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-        _ => {
-            return Err(ValidationError {
-                field: "webhook_url",
-                code: codes::INVALID_WEBHOOK_URL,
-                message: format!("`webhook_url` host `{host}` does not resolve"),
-            })
-        }
+        _ => Vec::new(),
     };
     if addrs.is_empty() || addrs.iter().any(|ip| !webhook_ip_allowed(*ip, policy)) {
         return Err(forbidden_webhook());

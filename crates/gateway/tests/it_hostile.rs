@@ -128,3 +128,20 @@ async fn it_checks_the_quota_before_compressing() {
     let (s, r) = upload(&api, &key, "image/jpeg", b"not an image at all".to_vec()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (403, Some("storage-quota-exceeded")), "{r}");
 }
+
+/// Probing internal names through `webhook_url`: a name that does not resolve and one that
+/// resolves inward get the same answer, and every lookup is counted against the submit rate
+/// first (the third probe a minute is a 429, resolved or not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_webhook_probes_reveal_nothing_and_are_rate_limited_first() {
+    let api = Api::start_with(|c| c.limits.submits_per_minute = 2).await;
+    let key = api.key("probe@example.com").await;
+    let with_hook = |hook: &str| serde_json::json!({ "image_url": "https://cdn.example.com/ring.jpg", "prompt": "p", "webhook_url": hook });
+    let (s1, inward) = api.submit(&key, with_hook("https://localhost/hook")).await;
+    let (s2, missing) = api.submit(&key, with_hook("https://no-such-host.invalid/hook")).await;
+    assert_eq!((s1, s2), (400, 400), "{inward} {missing}");
+    assert_eq!(inward["error"], missing["error"], "the two answers must not differ");
+    let (s3, r) = api.submit(&key, with_hook("https://no-such-host.invalid/hook")).await;
+    assert_eq!((s3, r["error"]["code"].as_str()), (429, Some("rate-limited")), "{r}");
+    api.assert_nothing_written().await;
+}
