@@ -12,7 +12,7 @@ use crate::{Db, DbError, Result};
 /// Every key starts with this, so leaked keys are easy to scan for.
 pub const KEY_PREFIX: &str = "jsk_";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -21,12 +21,34 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// Secrets never reach logs or panics through `{:?}`.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("plan", &self.plan)
+            .field("webhook_secret", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A freshly issued key: `key` is the only copy of the secret.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedKey {
     pub id: String,
     pub user_id: UserId,
     pub key: String,
+}
+
+impl std::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Random bytes in a key: 32, written as 43 base64url characters after [`KEY_PREFIX`].
@@ -237,6 +259,20 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let user = User {
+            id: UserId::generate(),
+            email: "a@example.com".into(),
+            plan: "free".into(),
+            webhook_secret: "whsec_c2VjcmV0".into(),
+            created_at: Utc::now(),
+        };
+        let key = IssuedKey { id: "k".into(), user_id: user.id, key: new_key() };
+        assert!(!format!("{user:?}").contains("whsec_c2VjcmV0"));
+        assert!(!format!("{key:?}").contains(&key.key));
+    }
 
     #[test]
     fn issued_keys_are_key_shaped_and_near_misses_are_not() {
