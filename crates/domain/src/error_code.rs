@@ -58,6 +58,7 @@ codes! {
     IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused", 409, "api", "The `Idempotency-Key` was used within 24 h for a different request.";
     TOO_MANY_UPLOADS = "too-many-uploads", 429, "api", "The user already has the most uploads in progress that are allowed at once.";
     REQUEST_TIMEOUT = "request-timeout", 408, "api", "The request body did not arrive in time.";
+    TOO_MANY_AUTH_FAILURES = "too-many-auth-failures", 429, "api", "Too many unknown keys from this address this minute (see `Retry-After`).";
     RATE_LIMITED = "rate-limited", 429, "api", "Too many submissions this minute (see `Retry-After`).";
     TOO_MANY_QUEUED_JOBS = "too-many-queued-jobs", 429, "api", "The user already has the most jobs waiting that the plan allows.";
     // Dependencies.

@@ -37,6 +37,9 @@ pub struct UserLimits {
     pub max_queued_per_user: i64,
     /// Plans whose users may submit `priority: "high"`; others get 403 `priority-not-allowed`.
     pub high_priority_plans: Vec<String>,
+    /// Failed key lookups one client address may cause a minute, over every gateway (0 =
+    /// unlimited); past it the address gets 429 `too-many-auth-failures` without a lookup.
+    pub failed_auth_per_minute: u32,
 }
 
 impl Default for UserLimits {
@@ -45,6 +48,7 @@ impl Default for UserLimits {
             submits_per_minute: 30,
             max_queued_per_user: 100,
             high_priority_plans: vec!["pro".into(), "business".into()],
+            failed_auth_per_minute: 20,
         }
     }
 }
@@ -95,6 +99,20 @@ impl UploadSettings {
     }
 }
 
+impl GatewaySettings {
+    /// `trusted_proxies` parsed (a bare address is a /32 or /128).
+    pub fn proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("JEWELSHOT_GATEWAY__TRUSTED_PROXIES: {p:?} is not an address or CIDR"))
+            })
+            .collect()
+    }
+}
+
 /// `JEWELSHOT_GATEWAY__*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -109,6 +127,9 @@ pub struct GatewaySettings {
     pub ready_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests get to finish, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Proxies (addresses or CIDRs, e.g. the load balancer's subnet) whose `X-Forwarded-For` is
+    /// believed; from anyone else the header is ignored and the peer address is the client's.
+    pub trusted_proxies: Vec<String>,
     /// Where `GET /metrics` is served: its own listener, never the public one (port 0 picks a
     /// free port; empty = no metrics endpoint).
     pub metrics_listen: String,
@@ -122,6 +143,7 @@ impl Default for GatewaySettings {
             max_json_bytes: 64 * 1024,
             ready_timeout_ms: 2_000,
             shutdown_grace_secs: 15,
+            trusted_proxies: Vec::new(),
             metrics_listen: "127.0.0.1:9464".into(),
         }
     }
@@ -167,6 +189,7 @@ impl Config {
             .extract()?;
         anyhow::ensure!(cfg.jobs.max_attempts >= 1, "JEWELSHOT_JOBS__MAX_ATTEMPTS must be at least 1");
         anyhow::ensure!(cfg.gateway.max_json_bytes >= 1024, "JEWELSHOT_GATEWAY__MAX_JSON_BYTES is too small");
+        cfg.gateway.proxies().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

@@ -31,6 +31,12 @@ pub struct AppState {
     pub submits: WindowLimiter,
     /// Uploads in progress per user on this gateway.
     uploading: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// Failed key lookups per client address (shared through Redis), and the addresses this
+    /// gateway has seen go over, until when.
+    pub auth_failures: WindowLimiter,
+    blocked: Mutex<HashMap<std::net::IpAddr, Instant>>,
+    /// `gateway.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -62,6 +68,12 @@ impl AppState {
             format!("{}:limits:submits", cfg.queue.name),
             Duration::from_millis(cfg.queue.timeout_ms),
         );
+        let auth_failures = WindowLimiter::new(
+            queue.connection(),
+            format!("{}:limits:auth-failures", cfg.queue.name),
+            Duration::from_millis(cfg.queue.timeout_ms),
+        );
+        let trusted_proxies = cfg.gateway.proxies().unwrap_or_default();
         Self {
             db,
             queue,
@@ -74,6 +86,42 @@ impl AppState {
             upstream: Mutex::new(None),
             submits,
             uploading: Arc::default(),
+            auth_failures,
+            blocked: Mutex::new(HashMap::new()),
+            trusted_proxies,
+        }
+    }
+
+    /// Until when `ip` is refused for failing too often, if it is (as this gateway last heard).
+    pub fn auth_blocked(&self, ip: std::net::IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().ok()?;
+        let until = *blocked.get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Count a failed lookup from `ip`; past the limit the address is refused until its window
+    /// frees (Redis says when). Without Redis nothing is counted (auth still works).
+    pub async fn auth_failed(&self, ip: std::net::IpAddr) {
+        let limit = self.cfg.limits.failed_auth_per_minute;
+        if limit == 0 {
+            return;
+        }
+        let hit = match self.auth_failures.hit(&ip.to_string(), limit, Duration::from_secs(60)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "failed-auth counter unavailable");
+                return;
+            }
+        };
+        if hit.remaining == 0 || !hit.allowed {
+            tracing::warn!(%ip, "too many failed authentications; refusing this address for a while");
+            if let Ok(mut blocked) = self.blocked.lock() {
+                let now = Instant::now();
+                if blocked.len() > 10_000 {
+                    blocked.retain(|_, until| *until > now);
+                }
+                blocked.insert(ip, now + hit.reset.max(Duration::from_secs(1)));
+            }
         }
     }
 

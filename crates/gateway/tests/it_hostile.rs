@@ -145,3 +145,46 @@ async fn it_webhook_probes_reveal_nothing_and_are_rate_limited_first() {
     assert_eq!((s3, r["error"]["code"].as_str()), (429, Some("rate-limited")), "{r}");
     api.assert_nothing_written().await;
 }
+
+/// Guessing keys: a client address gets `failed_auth_per_minute` wrong (key-shaped) guesses,
+/// then 429 before any lookup — even with a real key — while other clients behind the same
+/// trusted proxy carry on. `X-Forwarded-For` is believed only from a trusted proxy: rotating it
+/// from anywhere else changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_limits_failed_authentications_per_client_address() {
+    async fn get(api: &Api, token: &str, forwarded_for: &str) -> (u16, Option<String>) {
+        let r = api
+            .http
+            .get(format!("{}/api/jobs", api.base))
+            .bearer_auth(token)
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .expect("send");
+        let s = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        (s, body["error"]["code"].as_str().map(str::to_owned))
+    }
+    let guess = |i: u32| format!("jsk_{i:0>43}");
+    let limited = Some("too-many-auth-failures".to_owned());
+
+    let behind_proxy = Api::start_with(|c| {
+        c.limits.failed_auth_per_minute = 3;
+        c.gateway.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let real = behind_proxy.key("real@example.com").await;
+    for i in 0..3 {
+        assert_eq!(get(&behind_proxy, &guess(i), "198.51.100.1, 203.0.113.7").await.0, 401);
+    }
+    assert_eq!(get(&behind_proxy, &guess(9), "203.0.113.7").await, (429, limited.clone()));
+    assert_eq!(get(&behind_proxy, &real, "203.0.113.7").await, (429, limited.clone()), "no lookup at all");
+    assert_eq!(get(&behind_proxy, &real, "203.0.113.8").await.0, 200, "a neighbour is not punished");
+
+    let direct = Api::start_with(|c| c.limits.failed_auth_per_minute = 3).await;
+    for i in 0..3 {
+        let spoofed = format!("192.0.2.{i}");
+        assert_eq!(get(&direct, &guess(i), &spoofed).await.0, 401);
+    }
+    assert_eq!(get(&direct, &guess(7), "192.0.2.200").await, (429, limited), "the header is not believed");
+}
