@@ -302,6 +302,8 @@ impl Stack {
         w.job_heartbeat_secs = 1;
         w.orphan_after_secs = 3;
         w.reconcile_interval_secs = 1;
+        // The emulator serves results from loopback.
+        w.allow_insecure_downloads = true;
         w.id = format!("test-worker-{}-{}", self.next_worker, ulid::Ulid::generate());
         self.opts.worker.apply(&mut c);
         c

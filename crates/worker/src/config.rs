@@ -57,6 +57,9 @@ pub struct WorkerSettings {
     pub download_timeout_secs: u64,
     /// Largest generated image accepted, in bytes.
     pub max_result_bytes: u64,
+    /// Development only: fetch results from `http://` and loopback addresses (the emulator).
+    /// Off, results come only from public https addresses, like webhooks.
+    pub allow_insecure_downloads: bool,
     /// On SIGTERM, how long in-flight jobs get to finish, in seconds.
     pub shutdown_grace_secs: u64,
     /// Address for Prometheus metrics (`GET /metrics`), e.g. `0.0.0.0:9100`; empty = off.
@@ -88,6 +91,7 @@ impl Default for WorkerSettings {
             backoff_max_ms: 60_000,
             download_timeout_secs: 60,
             max_result_bytes: 50 * 1024 * 1024,
+            allow_insecure_downloads: false,
             shutdown_grace_secs: 30,
             metrics_listen: String::new(),
             vacuum_interval_secs: 30,

@@ -29,6 +29,7 @@
 pub mod backoff;
 pub mod config;
 pub mod dispatcher;
+pub mod egress;
 pub mod pipeline;
 pub mod poll;
 pub mod reconciler;
@@ -41,6 +42,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, ParallelizeExt, WorkerBuilder, WorkerBuilderExt};
 use apalis_redis::RedisStorage;
 use jewelshot_db::Db;
+use jewelshot_domain::edit::WebhookPolicy;
 use jewelshot_fal::FalClient;
 use jewelshot_queue::EditTask;
 use tokio_util::sync::CancellationToken;
@@ -239,10 +241,11 @@ async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: Cance
         settings: s.clone(),
         images: cfg.images,
         worker_id: worker_name(&s.id),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(s.download_timeout_secs))
-            .connect_timeout(Duration::from_secs(10))
-            .build()?,
+        downloads: egress::Egress::new(
+            WebhookPolicy { allow_insecure: s.allow_insecure_downloads },
+            Duration::from_secs(s.download_timeout_secs),
+            concat!("jewelshot/", env!("CARGO_PKG_VERSION")),
+        )?,
         shutdown: token,
         running: pipeline::Running::default(),
     })

@@ -33,8 +33,8 @@ pub struct Ctx {
     pub settings: WorkerSettings,
     pub images: jewelshot_imaging::Limits,
     pub worker_id: String,
-    /// Downloads generated images.
-    pub http: reqwest::Client,
+    /// Downloads generated images (SSRF-guarded, like webhooks).
+    pub downloads: crate::egress::Egress,
     /// Cancelled on SIGTERM: waiting retries hand their job back at once.
     pub shutdown: CancellationToken,
     /// Jobs this process is running, whose heartbeats it keeps.

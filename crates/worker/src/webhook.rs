@@ -1,17 +1,19 @@
-//! Webhook delivery, signed per Standard Webhooks, and guarded against SSRF: every address the
-//! target resolves to is checked at connect time (so DNS rebinding cannot slip past a check made
-//! at submit), literal IPs are checked before sending, and redirects are never followed.
+//! Webhook delivery, signed per Standard Webhooks, through the SSRF-guarded [`Egress`] client
+//! (every address checked at connect time, literal IPs before sending, no redirects).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use hmac::{Hmac, Mac};
-use jewelshot_domain::edit::{webhook_ip_allowed, WebhookPolicy};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use jewelshot_domain::edit::WebhookPolicy;
 use sha2::Sha256;
 use url::Url;
 
-use crate::{backoff::backoff, config::WebhookConfig};
+use crate::{
+    backoff::backoff,
+    config::WebhookConfig,
+    egress::{error_chain, Egress},
+};
 
 /// Why a delivery did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -47,48 +49,19 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Signe
     Ok(Signed { id: id.to_owned(), timestamp, signature })
 }
 
-/// Resolves names and drops every address the policy forbids; none left → connect refused.
-#[derive(Debug, Clone, Copy)]
-struct GuardedResolver {
-    policy: WebhookPolicy,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| webhook_ip_allowed(a.ip(), policy)).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(WebhookError::Forbidden(format!("{host} resolves only to forbidden addresses")))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
-    }
-}
-
 /// Sends webhooks; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
-    http: reqwest::Client,
+    egress: Egress,
     cfg: WebhookConfig,
-    policy: WebhookPolicy,
 }
 
 impl WebhookSender {
     pub fn new(cfg: WebhookConfig) -> anyhow::Result<Self> {
         let policy = WebhookPolicy { allow_insecure: cfg.allow_insecure };
-        let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy }))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
-            .user_agent(concat!("jewelshot-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, cfg, policy })
+        let ua = concat!("jewelshot-webhooks/", env!("CARGO_PKG_VERSION"));
+        let egress = Egress::new(policy, Duration::from_millis(cfg.timeout_ms), ua)?;
+        Ok(Self { egress, cfg })
     }
 
     /// Deliver `body` to `url`, retrying non-2xx answers with backoff. The message id stays the
@@ -101,8 +74,7 @@ impl WebhookSender {
         msg_id: &str,
         body: &[u8],
     ) -> Result<u32, (u32, WebhookError)> {
-        let target = Url::parse(url).map_err(|e| (0, WebhookError::Forbidden(e.to_string())))?;
-        self.check_literal(&target).map_err(|e| (0, e))?;
+        let target = self.egress.target(url).map_err(|e| (0, WebhookError::Forbidden(e)))?;
         let mut last = WebhookError::Transport("not attempted".into());
         for attempt in 1..=self.cfg.max_attempts.max(1) {
             match self.send_once(&target, secret, msg_id, body).await {
@@ -121,26 +93,11 @@ impl WebhookSender {
         Err((self.cfg.max_attempts, last))
     }
 
-    fn check_literal(&self, url: &Url) -> Result<(), WebhookError> {
-        let scheme_ok = url.scheme() == "https" || (self.policy.allow_insecure && url.scheme() == "http");
-        if !scheme_ok {
-            return Err(WebhookError::Forbidden(format!("scheme {}", url.scheme())));
-        }
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(v4)) => Some(v4.into()),
-            Some(url::Host::Ipv6(v6)) => Some(v6.into()),
-            _ => None,
-        };
-        match ip {
-            Some(ip) if !webhook_ip_allowed(ip, self.policy) => Err(WebhookError::Forbidden(ip.to_string())),
-            _ => Ok(()),
-        }
-    }
-
     async fn send_once(&self, url: &Url, secret: &str, msg_id: &str, body: &[u8]) -> Result<(), WebhookError> {
         let signed = sign(secret, msg_id, chrono::Utc::now().timestamp(), body)?;
         let resp = self
-            .http
+            .egress
+            .http()
             .post(url.clone())
             .header("content-type", "application/json")
             .header("webhook-id", &signed.id)
@@ -149,18 +106,9 @@ impl WebhookSender {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| {
-                // The guarded resolver's refusal surfaces as a connect error; keep it distinct.
-                let text = format!("{e:#}");
-                let chain = std::iter::successors(std::error::Error::source(&e), |s| s.source())
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ");
-                if chain.contains("forbidden addresses") {
-                    WebhookError::Forbidden(chain)
-                } else {
-                    WebhookError::Transport(format!("{text}: {chain}"))
-                }
+            .map_err(|e| match Egress::refused(&e) {
+                Some(why) => WebhookError::Forbidden(why),
+                None => WebhookError::Transport(error_chain(&e)),
             })?;
         let status = resp.status();
         if status.is_success() {

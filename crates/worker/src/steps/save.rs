@@ -10,7 +10,10 @@ use jewelshot_storage::job_result_key;
 use serde::{Deserialize, Serialize};
 
 use super::{generate::Generated, run_step, StepFailure};
-use crate::pipeline::Ctx;
+use crate::{
+    egress::{error_chain, Egress},
+    pipeline::Ctx,
+};
 
 /// What `save-to-gallery` produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +91,14 @@ async fn download(ctx: &Ctx, url: &str) -> Result<Bytes, StepFailure> {
     let cap = ctx.settings.max_result_bytes;
     let too_large =
         || StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("result is larger than {cap} bytes"));
-    let mut resp = ctx.http.get(url).send().await.map_err(|e| failed(&e))?;
+    // fal names the URL: it is fetched only from a public address (never our own network).
+    let target = ctx.downloads.target(url).map_err(|why| {
+        StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("fal's result URL is not allowed: {why}"))
+    })?;
+    let mut resp = ctx.downloads.http().get(target).send().await.map_err(|e| match Egress::refused(&e) {
+        Some(why) => StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("fal's result URL: {why}")),
+        None => failed(&error_chain(&e)),
+    })?;
     if !resp.status().is_success() {
         let message = format!("downloading the result answered {}", resp.status());
         return Err(StepFailure::retry(error_code::STORAGE_FAILED, message));
