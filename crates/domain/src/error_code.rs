@@ -52,6 +52,7 @@ codes! {
     UNAUTHORIZED = "unauthorized", 401, "api", "No API key, or one that is unknown or revoked.";
     PRIORITY_NOT_ALLOWED = "priority-not-allowed", 403, "api", "The user's plan may not submit `high` priority.";
     STORAGE_QUOTA_EXCEEDED = "storage-quota-exceeded", 403, "api", "Storing the upload would exceed the user's quota.";
+    INVALID_FILE_URL = "invalid-file-url", 403, "api", "A `/files/…` URL that is unsigned, altered or expired (fetch a fresh one).";
     JOB_NOT_FOUND = "job-not-found", 404, "api", "No such job for this user.";
     NOT_FOUND = "not-found", 404, "api", "No such route or file.";
     JOB_NOT_CANCELABLE = "job-not-cancelable", 409, "api", "The job is final; only queued or processing jobs can be canceled.";

@@ -37,6 +37,8 @@ pub struct AppState {
     blocked: Mutex<HashMap<std::net::IpAddr, Instant>>,
     /// `gateway.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Verifies `/files/…` URLs (the local store signs them with the same key).
+    pub file_urls: jewelshot_storage::local::UrlSigner,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -74,6 +76,7 @@ impl AppState {
             Duration::from_millis(cfg.queue.timeout_ms),
         );
         let trusted_proxies = cfg.gateway.proxies().unwrap_or_default();
+        let file_urls = jewelshot_storage::local::UrlSigner::new(&cfg.storage.local);
         Self {
             db,
             queue,
@@ -89,6 +92,7 @@ impl AppState {
             auth_failures,
             blocked: Mutex::new(HashMap::new()),
             trusted_proxies,
+            file_urls,
         }
     }
 

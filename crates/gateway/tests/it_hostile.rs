@@ -188,3 +188,43 @@ async fn it_limits_failed_authentications_per_client_address() {
     }
     assert_eq!(get(&direct, &guess(7), "192.0.2.200").await, (429, limited), "the header is not believed");
 }
+
+/// `/files/…` serves only signed URLs: the one an upload answers with works (and is cached no
+/// longer than it lives); without its signature, with another object's, or altered, it is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_serves_files_only_on_signed_urls() {
+    let api = Api::start_with(|c| c.storage.local.url_ttl_secs = 600).await;
+    let key = api.key("files@example.com").await;
+    let (s, stored) = upload(&api, &key, "image/jpeg", photo()).await;
+    assert_eq!(s, 201, "{stored}");
+    let url = stored["url"].as_str().expect("url").to_owned();
+    let fetch = |u: String| {
+        let req = api.http.get(u);
+        async move {
+            let r = req.send().await.expect("fetch");
+            let cache = r.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let status = r.status().as_u16();
+            let code =
+                r.json::<serde_json::Value>().await.ok().and_then(|b| b["error"]["code"].as_str().map(str::to_owned));
+            (status, cache, code)
+        }
+    };
+    let (status, cache, _) = fetch(url.clone()).await;
+    assert_eq!(status, 200);
+    let max_age: u64 = cache
+        .as_deref()
+        .and_then(|c| c.split("max-age=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("max-age");
+    assert!(max_age <= 660 && max_age > 500, "cached as long as the URL lives: {cache:?}");
+    let (bare, query) = url.split_once('?').expect("a signed URL");
+    let forbidden = Some("invalid-file-url".to_owned());
+    assert_eq!(fetch(bare.to_owned()).await.2, forbidden, "unsigned");
+    let other = bare.replace(".jpg", "x.jpg");
+    assert_eq!(fetch(format!("{other}?{query}")).await.2, forbidden, "another object's signature");
+    let tampered = url.replace("sig=", "sig=0");
+    assert_eq!(fetch(tampered).await.2, forbidden, "altered");
+    let longer = url.replace("expires=", "expires=9");
+    assert_eq!(fetch(longer).await.2, forbidden, "a longer life than signed");
+}

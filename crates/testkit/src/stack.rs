@@ -194,6 +194,8 @@ impl Stack {
         let redis_url = redis.as_ref().map_or_else(redis_url, |r| r.url.clone());
         let mut storage = StorageConfig::default();
         storage.local.root = files.clone();
+        // One key for the stack's gateway and workers: a worker's URLs verify at the gateway.
+        storage.local.signing_key = format!("test-{}", ulid::Ulid::generate());
         let s3 = match opts.storage {
             StorageKind::Local => None,
             StorageKind::S3 => {
