@@ -104,7 +104,12 @@ impl S3Store {
             return Err(StorageError::Config("presign expiry must be between 1 s and 7 days".into()));
         }
         let timeout = Duration::from_millis(cfg.timeout_ms);
+        use aws_smithy_http_client::tls;
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
         let mut b = aws_sdk_s3::Config::builder()
+            .http_client(https)
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(cfg.region.clone()))
             .credentials_provider(Credentials::new(key_id, secret, env("AWS_SESSION_TOKEN"), None, "jewelshot"))

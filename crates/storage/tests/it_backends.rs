@@ -32,8 +32,13 @@ fn s3_config(server: &S3Server, public_base_url: &str) -> S3Config {
 
 async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let local = LocalFs::new(&LocalConfig { root: dir.path().into(), public_base_url: "http://cdn.test/files".into() })
-        .expect("local");
+    let local = LocalFs::new(&LocalConfig {
+        root: dir.path().into(),
+        public_base_url: "http://cdn.test/files".into(),
+        signing_key: "k".into(),
+        ..Default::default()
+    })
+    .expect("local");
     let logs = tempfile::tempdir().expect("logs");
     let server = S3Server::start(logs.path()).expect("s3s-fs (run `just s3s`)");
     let s3 = S3Store::new(&s3_config(&server, "")).await.expect("s3 store");
@@ -63,7 +68,12 @@ async fn it_round_trips_on_every_backend() {
         assert_eq!(&b.store.get(&key).await.expect("get").expect("present").body[..], b"second", "{}", b.name);
         let url = b.store.url(&key).await.expect("url");
         match b.name {
-            "local" => assert_eq!(url, "http://cdn.test/files/results/u1/j1.jpg"),
+            "local" => {
+                // Signed and expiring, like the presigned S3 URL (the gateway verifies it).
+                let (bare, query) = url.split_once('?').expect("signed");
+                assert_eq!(bare, "http://cdn.test/files/results/u1/j1.jpg");
+                assert!(query.starts_with("expires=") && query.contains("&sig="), "{url}");
+            }
             _ => {
                 // A presigned GET works without credentials, and only for this object.
                 assert!(url.contains("X-Amz-Signature="), "{url}");
