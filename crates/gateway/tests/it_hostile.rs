@@ -48,20 +48,6 @@ async fn status_of(sock: &mut tokio::net::TcpStream, within: std::time::Duration
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn upload(api: &Api, key: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let r = api
-        .http
-        .post(format!("{}/api/uploads", api.base))
-        .bearer_auth(key)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("send");
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or_default())
-}
-
 fn photo() -> Vec<u8> {
     std::fs::read(jewelshot_testkit::fixture_photo()).expect("photo")
 }
@@ -81,15 +67,15 @@ async fn it_slow_uploads_time_out_and_hold_only_their_users_place() {
     let mut stalled = stalled_upload(&api.base, &slow_user).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
-    let (s, r) = upload(&api, &slow_user, "image/jpeg", photo()).await;
+    let (s, r) = api.upload(&slow_user, "image/jpeg", photo()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (429, Some("too-many-uploads")), "{r}");
-    let (s, r) = upload(&api, &other, "image/jpeg", photo()).await;
+    let (s, r) = api.upload(&other, "image/jpeg", photo()).await;
     assert_eq!(s, 201, "another user is not held up: {r}");
 
     let started = std::time::Instant::now();
     assert_eq!(status_of(&mut stalled, std::time::Duration::from_secs(5)).await, Some(408));
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
-    let (s, r) = upload(&api, &slow_user, "image/jpeg", photo()).await;
+    let (s, r) = api.upload(&slow_user, "image/jpeg", photo()).await;
     assert_eq!(s, 201, "the place came back: {r}");
 }
 
@@ -106,12 +92,12 @@ async fn it_caps_multipart_parts_and_their_size() {
     let mut many: String = (0..1000).map(|i| part(&format!("f{i}"), "x")).collect();
     many += &format!("--{boundary}--\r\n");
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let (s, r) = upload(&api, &key, &ct, many.into_bytes()).await;
+    let (s, r) = api.upload(&key, &ct, many.into_bytes()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (400, Some("invalid-multipart")), "{r}");
 
     let mut big = part("notes", &"y".repeat(100 * 1024));
     big += &format!("--{boundary}--\r\n");
-    let (s, r) = upload(&api, &key, &ct, big.into_bytes()).await;
+    let (s, r) = api.upload(&key, &ct, big.into_bytes()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (413, Some("payload-too-large")), "{r}");
 }
 
@@ -122,10 +108,10 @@ async fn it_checks_the_quota_before_compressing() {
     let api = Api::start_with(|c| c.uploads.quota_bytes_per_user = 10_000).await;
     let user = api.db.db.create_user("full@example.com", "free").await.expect("user");
     let key = api.db.db.create_api_key(user.id, "t").await.expect("key").key;
-    let (s, r) = upload(&api, &key, "image/jpeg", b"not an image at all".to_vec()).await;
+    let (s, r) = api.upload(&key, "image/jpeg", b"not an image at all".to_vec()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (415, Some("not-an-image")), "under quota it is read: {r}");
     assert!(api.db.db.reserve_storage(user.id, 10_000, Some(10_000)).await.expect("reserve"));
-    let (s, r) = upload(&api, &key, "image/jpeg", b"not an image at all".to_vec()).await;
+    let (s, r) = api.upload(&key, "image/jpeg", b"not an image at all".to_vec()).await;
     assert_eq!((s, r["error"]["code"].as_str()), (403, Some("storage-quota-exceeded")), "{r}");
 }
 
@@ -195,7 +181,7 @@ async fn it_limits_failed_authentications_per_client_address() {
 async fn it_serves_files_only_on_signed_urls() {
     let api = Api::start_with(|c| c.storage.local.url_ttl_secs = 600).await;
     let key = api.key("files@example.com").await;
-    let (s, stored) = upload(&api, &key, "image/jpeg", photo()).await;
+    let (s, stored) = api.upload(&key, "image/jpeg", photo()).await;
     assert_eq!(s, 201, "{stored}");
     let url = stored["url"].as_str().expect("url").to_owned();
     let fetch = |u: String| {

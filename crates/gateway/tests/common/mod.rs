@@ -79,6 +79,21 @@ impl Api {
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/uploads` with a raw body.
+    pub async fn upload(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/uploads", self.base))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
         self.submit_raw(key, "application/json", serde_json::to_vec(&body).expect("json")).await
     }
