@@ -138,14 +138,15 @@ async fn e2e_cli_every_command_answers_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_cli_revoked_keys_are_refused_and_never_listed() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let second = stack.start_gateway().expect("a second gateway");
     let (_, key, _) = stack.user("shop@example.com").await.expect("user");
-    let list = format!("{}/api/jobs", stack.gateway_url());
-    let status = |k: String| {
-        let req = stack.http.get(&list).bearer_auth(k);
+    let gateways = [stack.gateway_url().to_owned(), second];
+    let status = |k: String, gateway: usize| {
+        let req = stack.http.get(format!("{}/api/jobs", gateways[gateway])).bearer_auth(k);
         async move { req.send().await.expect("list").status().as_u16() }
     };
-    assert_eq!(status(key.clone()).await, 200);
+    assert_eq!((status(key.clone(), 0).await, status(key.clone(), 1).await), (200, 200));
 
     let text = jewelshot(&stack, &["keys", "list"]);
     assert_eq!(text.code, 0, "{}", text.stderr);
@@ -159,7 +160,7 @@ async fn e2e_cli_revoked_keys_are_refused_and_never_listed() {
     let revoked = jewelshot(&stack, &["keys", "revoke", &key]);
     assert_eq!(revoked.code, 0, "{}", revoked.stderr);
     assert!(!revoked.stdout.contains(&key), "{}", revoked.stdout);
-    assert_eq!(status(key.clone()).await, 401, "refused at once");
+    assert_eq!((status(key.clone(), 0).await, status(key.clone(), 1).await), (401, 401), "refused at once, everywhere");
     let listed = jewelshot(&stack, &["--json", "keys", "list"]).json();
     assert!(listed[0]["revokedAt"].is_string(), "{listed}");
     let unknown = jewelshot(&stack, &["keys", "revoke", "no-such-key"]);

@@ -165,6 +165,10 @@ pub struct Stack {
     pub redis: Option<RedisServer>,
     /// Where this stack's services store images.
     storage: StorageConfig,
+    /// The first gateway's environment, for more replicas.
+    gateway_env: HashMap<String, String>,
+    /// Gateways started after the first ([`Stack::start_gateway`]).
+    pub more_gateways: Vec<Proc>,
     pub http: reqwest::Client,
     opts: StackOptions,
     next_worker: usize,
@@ -220,6 +224,7 @@ impl Stack {
         env.insert("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "0".into());
         env.extend(opts.gateway_env.clone());
         let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
+        let gateway_env = env;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         Ok(Self {
             db,
@@ -233,6 +238,8 @@ impl Stack {
             s3,
             redis,
             storage,
+            gateway_env,
+            more_gateways: Vec::new(),
             http,
             opts,
             next_worker: 0,
@@ -250,6 +257,15 @@ impl Stack {
 
     pub fn emulator_url(&self) -> &str {
         self.emulator.url.as_deref().unwrap_or_default()
+    }
+
+    /// Start one more gateway replica over the same database, queue and storage; returns its URL.
+    pub fn start_gateway(&mut self) -> anyhow::Result<String> {
+        let name = format!("gateway-{}", self.more_gateways.len() + 2);
+        let proc = Proc::spawn(&name, "jewelshot-gateway", &[], &self.gateway_env, &self.logs, true)?;
+        let url = proc.url.clone().context("the gateway printed no URL")?;
+        self.more_gateways.push(proc);
+        Ok(url)
     }
 
     /// Start one more worker process with the stack's worker settings.
