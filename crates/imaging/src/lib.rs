@@ -14,7 +14,13 @@
 //! - [`compress()`] — the whole pipeline; [`Limits`] in, [`Compressed`] out.
 //! - `jpeg` — scaled decode, encode, lossless metadata strip. `png` — chunk strip.
 //! - `raster` — pixels, resize, orientation, CMYK → RGB.
+//! - `stream` — the JPEG fast path: decode, resample and encode overlapped on threads.
+//! - `progressive` — our two-thread progressive JPEG decoder (libjpeg takes everything else).
+//! - `harness` (hidden) — that decoder behind the same gate as `compress`, for the fuzz harness
+//!   and the corpus test in `tests/it_progressive.rs`.
 
+#[doc(hidden)]
+pub mod harness;
 mod jpeg;
 mod png;
 mod probe;
@@ -127,14 +133,7 @@ pub struct Compressed {
 
 /// Shrink `input` to `limits`. CPU-bound: call it from a blocking pool, not an async thread.
 pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError> {
-    if input.len() > limits.max_input_bytes {
-        return Err(ImageError::TooManyBytes { len: input.len(), limit: limits.max_input_bytes });
-    }
-    let p = probe(input)?;
-    let pixels = u64::from(p.width) * u64::from(p.height);
-    if pixels > limits.max_pixels {
-        return Err(ImageError::TooManyPixels { width: p.width, height: p.height, limit: limits.max_pixels });
-    }
+    let p = admit(input, limits)?;
     let trace = std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some();
     if p.format == Format::Jpeg {
         if let Some(done) = stream::compress_jpeg(input, limits)? {
@@ -192,6 +191,19 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
         );
     }
     fit_loop(decoded, orientation, icc, stripped_input, &p, input.len(), limits, limits.quality, trace)
+}
+
+/// The checks made before anything is decoded: the byte limit, then the pixel limit from the header.
+fn admit(input: &[u8], limits: &Limits) -> Result<Probe, ImageError> {
+    if input.len() > limits.max_input_bytes {
+        return Err(ImageError::TooManyBytes { len: input.len(), limit: limits.max_input_bytes });
+    }
+    let p = probe(input)?;
+    let pixels = u64::from(p.width) * u64::from(p.height);
+    if pixels > limits.max_pixels {
+        return Err(ImageError::TooManyPixels { width: p.width, height: p.height, limit: limits.max_pixels });
+    }
+    Ok(p)
 }
 
 /// Resize, orient and encode `decoded` until it fits the limits: quality first, then dimensions.

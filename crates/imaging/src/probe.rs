@@ -93,7 +93,8 @@ fn jpeg_dims(b: &[u8]) -> Option<(u32, u32)> {
         let m = *b.get(i)?;
         i += 1;
         match m {
-            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
+            // FF 00 is no marker (libjpeg skips it while looking for one); these have no length.
+            0x00 | 0xD8 | 0x01 | 0xD0..=0xD7 => continue,
             0xD9 | 0xDA => return None, // end of image or scan data before any frame header
             0xC0..=0xCF if m != 0xC4 && m != 0xC8 && m != 0xCC => {
                 let h = be16(b, i + 3)?;
@@ -133,6 +134,15 @@ mod tests {
         png.extend_from_slice(&60000u32.to_be_bytes());
         png.extend_from_slice(&[8, 6, 0, 0, 0]);
         assert_eq!(probe(&png).expect("probe"), Probe { format: Format::Png, width: 60000, height: 60000 });
+    }
+
+    #[test]
+    fn ff00_is_no_marker_as_for_libjpeg() {
+        // Read as a segment with a length, FF 00 00 05 would skip the frame header after it.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0x00, 0x00, 0x05];
+        jpeg.extend_from_slice(&[0xFF, 0xC2, 0x00, 0x0B, 0x08, 0x0B, 0xB8, 0x0F, 0xA0, 0x01, 0x01, 0x11, 0x00]);
+        let p = probe(&jpeg).expect("probe");
+        assert_eq!((p.width, p.height), (4000, 3000));
     }
 
     #[test]

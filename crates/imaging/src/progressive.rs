@@ -97,11 +97,26 @@ struct Bits<'a> {
     buf: u64,
     n: u32,
     at_marker: bool,
+    /// How many of the `n` bits (the last ones) are zeros made up past a marker.
+    pad: u32,
+    /// A made-up bit was read: libjpeg's `insufficient_data`. Like it, the scan then leaves its
+    /// units alone until a restart marker resynchronizes it.
+    insufficient: bool,
 }
 
 impl<'a> Bits<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0, buf: 0, n: 0, at_marker: false }
+        Self { data, pos: 0, buf: 0, n: 0, at_marker: false, pad: 0, insufficient: false }
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, count: u32) {
+        self.buf <<= count;
+        self.n -= count;
+        if self.n < self.pad {
+            self.insufficient = true;
+            self.pad = self.n;
+        }
     }
 
     #[inline(always)]
@@ -128,9 +143,15 @@ impl<'a> Bits<'a> {
             if !self.at_marker {
                 if let Some(&b) = self.data.get(self.pos) {
                     if b == 0xFF {
-                        if self.data.get(self.pos + 1) == Some(&0) {
+                        // FF (FF…) 00 is one FF data byte, as libjpeg reads it; FF (FF…) and
+                        // anything else is a marker.
+                        let mut q = self.pos + 1;
+                        while self.data.get(q) == Some(&0xFF) {
+                            q += 1;
+                        }
+                        if self.data.get(q) == Some(&0) {
                             byte = 0xFF;
-                            self.pos += 2;
+                            self.pos = q + 1;
                         } else {
                             self.at_marker = true;
                         }
@@ -141,6 +162,9 @@ impl<'a> Bits<'a> {
                 } else {
                     self.at_marker = true;
                 }
+            }
+            if self.at_marker {
+                self.pad += 8;
             }
             self.buf |= u64::from(byte) << (56 - self.n);
             self.n += 8;
@@ -156,8 +180,7 @@ impl<'a> Bits<'a> {
             self.fill();
         }
         let v = (self.buf >> (64 - count)) as u32;
-        self.buf <<= count;
-        self.n -= count;
+        self.consume(count);
         v
     }
 
@@ -188,36 +211,91 @@ impl<'a> Bits<'a> {
         let entry = h.lookup[(self.buf >> (64 - LOOKUP_BITS)) as usize];
         if entry != 0 {
             let len = u32::from(entry >> 8);
-            self.buf <<= len;
-            self.n -= len;
+            self.consume(len);
             return entry as u8;
         }
         for len in LOOKUP_BITS + 1..=16 {
             let code = (self.buf >> (64 - len)) as i32;
             if code <= h.maxcode[len as usize] {
-                self.buf <<= len;
-                self.n -= len;
+                self.consume(len);
                 let i = (code + h.offset[len as usize]) as usize;
                 return h.values.get(i).copied().unwrap_or(0);
             }
         }
-        // Not a code of this table: corrupt data. Skip a bit and carry on, as libjpeg does.
-        self.buf <<= 1;
-        self.n -= 1;
+        // Not a code of this table: corrupt data. libjpeg has read 17 bits by the time it gives
+        // up, and carries on with symbol 0.
+        if self.n < 17 {
+            self.fill();
+        }
+        self.consume(17);
         0
     }
 
-    /// Move past the RSTn marker that ends a restart interval.
-    fn restart(&mut self) {
+    /// Move past the marker that ends a restart interval, `expected` (0..7) the RSTn due: what
+    /// libjpeg's read_restart_marker and jpeg_resync_to_restart do, decision for decision, so a
+    /// corrupt or missing restart marker costs the same blocks as there.
+    fn restart(&mut self, expected: u8) {
         self.buf = 0;
         self.n = 0;
+        self.pad = 0;
         let d = self.data;
-        let mut p = self.pos;
-        while p + 1 < d.len() && !(d[p] == 0xFF && (0xD0..=0xD7).contains(&d[p + 1])) {
-            p += 1;
+        // The next marker from `from`: (code, its first FF, past it). None: none left in this
+        // scan's data, which ends at a marker that is not a restart (or the end of the file).
+        let next = |from: usize| -> Option<(u8, usize, usize)> {
+            let mut p = from;
+            loop {
+                let at = p + memchr::memchr(0xFF, d.get(p..)?)?;
+                let mut q = at + 1;
+                while d.get(q) == Some(&0xFF) {
+                    q += 1;
+                }
+                match d.get(q) {
+                    None => return None,
+                    Some(0) => p = q + 1,
+                    Some(&c) => return Some((c, at, q + 1)),
+                }
+            }
+        };
+        let mut marker = next(self.pos);
+        loop {
+            // 1: take the marker and go on after it; 2: skip it and look at the next one;
+            // 3: leave it unread, so this interval reads as empty.
+            let action = match marker {
+                None => 3,
+                Some((c, ..)) if c == 0xD0 + expected => 1,
+                Some((c, ..)) if c < 0xC0 => 2,
+                Some((c, ..)) if !(0xD0..=0xD7).contains(&c) => 3,
+                Some((c, ..)) => {
+                    let k = c - 0xD0;
+                    if k == (expected + 1) & 7 || k == (expected + 2) & 7 {
+                        3
+                    } else if k == expected.wrapping_sub(1) & 7 || k == expected.wrapping_sub(2) & 7 {
+                        2
+                    } else {
+                        1
+                    }
+                }
+            };
+            match (action, marker) {
+                (1, Some((_, _, after))) => {
+                    self.pos = after;
+                    self.at_marker = false;
+                    self.insufficient = false;
+                    return;
+                }
+                (2, Some((_, _, after))) => marker = next(after),
+                (_, Some((_, at, _))) => {
+                    self.pos = at;
+                    self.at_marker = true;
+                    return;
+                }
+                (_, None) => {
+                    self.pos = d.len();
+                    self.at_marker = true;
+                    return;
+                }
+            }
         }
-        self.pos = (p + 2).min(d.len());
-        self.at_marker = false;
     }
 }
 
@@ -253,6 +331,22 @@ impl Scan<'_> {
     fn interleaved(&self) -> bool {
         self.comps.len() > 1
     }
+
+    fn reach(&self) -> usize {
+        reach(self.ss, self.se, self.ah)
+    }
+}
+
+/// The last zigzag position a scan of band `ss..=se` may write. Corrupt data makes libjpeg (so
+/// us) store past the band: a first AC scan up to a run of 15 beyond it, a refinement one
+/// beyond it. Scans that may touch the same coefficients are ordered by this, not just the band,
+/// so which write lands last is libjpeg's answer, not the threads'.
+fn reach(ss: usize, se: usize, ah: u32) -> usize {
+    match (ss, ah) {
+        (0, _) => 0,
+        (_, 0) => (se + 15).min(63),
+        _ => (se + 1).min(63),
+    }
 }
 
 /// A parsed progressive JPEG, ready to decode.
@@ -265,7 +359,9 @@ pub(crate) struct Progressive<'a> {
     mcux: usize,
     mcuy: usize,
     scans: Vec<Scan<'a>>,
-    tables: Vec<Huffman>,
+    /// `None`: a table whose code lengths do not add up; like libjpeg, an error only for a scan
+    /// that uses it.
+    tables: Vec<Option<Huffman>>,
     quant: Vec<[u16; 64]>,
     /// Quantization table of each component, latched at its first scan.
     comp_quant: Vec<usize>,
@@ -284,9 +380,15 @@ fn entropy_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
     while let Some(at) = b.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) {
         i += at;
-        match b.get(i + 1) {
-            Some(&m) if m != 0 && !(0xD0..=0xD7).contains(&m) => return i,
-            Some(_) => i += 1,
+        let mut q = i + 1;
+        while b.get(q) == Some(&0xFF) {
+            q += 1;
+        }
+        // Codes below C0 (TEM, reserved ones) end no scan for libjpeg either: it stops reading
+        // bits at them as at any marker, and skips them when resynchronizing at a restart.
+        match b.get(q) {
+            Some(&m) if m >= 0xC0 && !(0xD0..=0xD7).contains(&m) => return i,
+            Some(_) => i = q + 1,
             None => break,
         }
     }
@@ -300,7 +402,7 @@ impl<'a> Progressive<'a> {
         if b.get(..2) != Some(&[0xFF, 0xD8]) {
             return Ok(None);
         }
-        let mut tables: Vec<Huffman> = Vec::new();
+        let mut tables: Vec<Option<Huffman>> = Vec::new();
         // Current table slot → index into `tables` (DC 0..4, AC 4..8).
         let mut slots: [Option<usize>; 8] = [None; 8];
         let mut quant: Vec<[u16; 64]> = Vec::new();
@@ -309,24 +411,50 @@ impl<'a> Progressive<'a> {
         let mut frame: Option<(usize, usize, Vec<Component>)> = None;
         let mut scans: Vec<Scan<'a>> = Vec::new();
         let mut restart = 0usize;
+        // Tables a scan refers to are kept; one redefined before any scan used it is replaced,
+        // so a file of nothing but table definitions cannot grow memory.
+        let mut used: Vec<bool> = Vec::new();
+        let mut jfif = false;
         let mut i = 2usize;
-        loop {
-            // Skip fill bytes up to the next marker.
-            while b.get(i) == Some(&0xFF) && b.get(i + 1) == Some(&0xFF) {
+        // The next marker as libjpeg's next_marker finds it: bytes before a 0xFF skipped, fill
+        // bytes too, FF 00 no marker. Read any other way, a file could show us another frame than
+        // the one libjpeg read and the pixel limit was checked against. At the end of the file
+        // libjpeg's source makes up an end-of-image marker (whether the file is complete is
+        // `compress`'s check, made before this).
+        while let Some(at) = b.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) {
+            i += at;
+            while b.get(i + 1) == Some(&0xFF) {
                 i += 1;
             }
-            if b.get(i) != Some(&0xFF) {
-                return corrupt("expected a marker");
-            }
-            let Some(&m) = b.get(i + 1) else { return corrupt("file ends inside a marker") };
-            if m == 0xD9 {
-                break;
+            let Some(&m) = b.get(i + 1) else { break };
+            match m {
+                0xD9 => break,
+                // FF 00, and the markers that have no length (TEM, RSTn): libjpeg reads on.
+                0x00 | 0x01 | 0xD0..=0xD7 => {
+                    i += 2;
+                    continue;
+                }
+                0xD8 => return corrupt("a second start-of-image marker"),
+                _ => {}
             }
             let len = be16(b, i + 2)?;
-            let Some(seg) = b.get(i + 4..i + 2 + len) else { return corrupt("segment runs past the end") };
             if len < 2 {
+                // libjpeg skips what an APPn or comment claims past its length bytes: nothing.
+                if matches!(m, 0xE0..=0xEF | 0xFE) {
+                    i += 4;
+                    continue;
+                }
                 return corrupt("segment length below 2");
             }
+            let Some(seg) = b.get(i + 4..i + 2 + len) else {
+                // libjpeg reads on into the made-up end-of-image markers its source supplies
+                // past the end: a table, APPn or comment cut off by the end of the file swallows
+                // the rest, and the image is what the scans so far made it.
+                if !matches!(m, 0xC0..=0xCF | 0xDA) || m == 0xC4 || m == 0xCC {
+                    break;
+                }
+                return corrupt("segment runs past the end");
+            };
             let next = i + 2 + len;
             match m {
                 0xC2 => {
@@ -367,8 +495,15 @@ impl<'a> Progressive<'a> {
                         if class > 1 || id > 3 {
                             return corrupt("bad Huffman table id");
                         }
-                        tables.push(Huffman::new(&counts, values.to_vec())?);
-                        slots[class * 4 + id] = Some(tables.len() - 1);
+                        let table = Huffman::new(&counts, values.to_vec()).ok();
+                        match slots[class * 4 + id] {
+                            Some(t) if !used[t] => tables[t] = table,
+                            _ => {
+                                tables.push(table);
+                                used.push(false);
+                                slots[class * 4 + id] = Some(tables.len() - 1);
+                            }
+                        }
                         p += 17 + total;
                     }
                 }
@@ -387,13 +522,21 @@ impl<'a> Progressive<'a> {
                                 be16(seg, p + 1 + 2 * k)? as u16
                             };
                         }
-                        quant.push(t);
-                        qslots[tq] = Some(quant.len() - 1);
+                        match qslots[tq] {
+                            Some(k) if !comp_quant.contains(&Some(k)) => quant[k] = t,
+                            _ => {
+                                quant.push(t);
+                                qslots[tq] = Some(quant.len() - 1);
+                            }
+                        }
                         p += 1 + if pq == 0 { 64 } else { 128 };
                     }
                 }
                 0xDD => restart = be16(seg, 0)?,
                 0xEE if seg.starts_with(b"Adobe") => return Ok(None), // colour transform flags
+                // What libjpeg takes for JFIF (only before the first scan, where it decides the
+                // colour space).
+                0xE0 if scans.is_empty() && seg.len() >= 14 && seg.starts_with(b"JFIF\0") => jfif = true,
                 0xDA => {
                     let Some((_, _, comps)) = frame.as_ref() else { return corrupt("scan before the frame header") };
                     let ns = usize::from(*seg.first().unwrap_or(&0));
@@ -413,22 +556,27 @@ impl<'a> Progressive<'a> {
                         }
                         dc[k] = slots[usize::from(t >> 4) & 3];
                         ac = slots[4 + (usize::from(t & 15) & 3)];
+                        for t in [dc[k], ac].into_iter().flatten() {
+                            used[t] = true;
+                        }
                         sc.push(ci);
                     }
                     let (ss, se, a) = (usize::from(seg[1 + 2 * ns]), usize::from(seg[2 + 2 * ns]), seg[3 + 2 * ns]);
                     let (ah, al) = (u32::from(a >> 4), u32::from(a & 15));
                     let valid = if ss == 0 { se == 0 } else { ss <= se && se <= 63 && ns == 1 };
-                    if !valid || al > 13 || ah > 13 {
+                    // libjpeg's rules: a refinement scan refines by one bit.
+                    if !valid || al > 13 || (ah != 0 && al + 1 != ah) {
                         return corrupt("bad progressive scan parameters");
                     }
                     if scans.len() >= MAX_SCANS {
                         return Ok(None);
                     }
                     let end = entropy_end(b, next);
+                    let hi = reach(ss, se, ah);
                     let deps = scans
                         .iter()
                         .enumerate()
-                        .filter(|(_, d)| d.comps.iter().any(|c| sc.contains(c)) && d.ss <= se && ss <= d.se)
+                        .filter(|(_, d)| d.comps.iter().any(|c| sc.contains(c)) && d.ss <= hi && ss <= d.reach())
                         .map(|(k, _)| k)
                         .collect();
                     scans.push(Scan { comps: sc, ss, se, ah, al, data: &b[next..end], dc, ac, restart, deps });
@@ -443,6 +591,10 @@ impl<'a> Progressive<'a> {
         if scans.is_empty() {
             return corrupt("no scans");
         }
+        // Without a JFIF marker, component ids R, G, B tell libjpeg the data is RGB, not YCbCr.
+        if !jfif && comps.iter().map(|c| c.id).eq([b'R', b'G', b'B']) {
+            return Ok(None);
+        }
         let hmax = comps.iter().map(|c| c.h).max().unwrap_or(1);
         let vmax = comps.iter().map(|c| c.v).max().unwrap_or(1);
         let mcux = width.div_ceil(8 * hmax);
@@ -453,10 +605,17 @@ impl<'a> Progressive<'a> {
             c.pw = mcux * c.h;
             c.ph = mcuy * c.v;
         }
+        // A component no scan carried is mid-gray in libjpeg (its dequantization table stays
+        // all zeros): the same here.
         let comp_quant = comp_quant
             .into_iter()
-            .map(|q| q.ok_or_else(|| Corrupt("a component has no quantization table".into())))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|q| {
+                q.unwrap_or_else(|| {
+                    quant.push([0; 64]);
+                    quant.len() - 1
+                })
+            })
+            .collect();
         Ok(Some(Self { width, height, comps, hmax, vmax, mcux, mcuy, scans, tables, quant, comp_quant }))
     }
 
@@ -466,6 +625,11 @@ impl<'a> Progressive<'a> {
         } else {
             3
         }
+    }
+
+    /// Output pixels of one MCU at scale `n`/8 (across, down) and MCUs per row.
+    pub fn mcu_grid(&self, n: usize) -> (usize, usize, usize) {
+        (self.hmax * n, self.vmax * n, self.mcux)
     }
 
     /// Output size at scale `n`/8 (as libjpeg computes it).
@@ -491,6 +655,8 @@ struct Cursor<'a> {
     pred: [i32; 4],
     /// Units (blocks or MCUs) left in the current restart interval.
     to_restart: usize,
+    /// The RSTn due next (0..7).
+    next_rst: u8,
     /// Time spent decoding this scan (for `JEWELSHOT_IMAGING_TRACE`).
     nanos: u64,
 }
@@ -582,9 +748,32 @@ pub(crate) fn decode(
     p: &Progressive<'_>,
     n: usize,
     chunk_rows: usize,
+    buffer: impl FnMut() -> Vec<u8>,
+    sink: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), Corrupt> {
+    run(p, n, chunk_rows, buffer, sink, false).map(|_| ())
+}
+
+/// [`decode`], also answering which MCUs hold wild blocks (see [`WILD`]): where a comparison
+/// with libjpeg is meaningful. For the fuzz harness.
+pub(crate) fn decode_tracking(
+    p: &Progressive<'_>,
+    n: usize,
+    chunk_rows: usize,
+    buffer: impl FnMut() -> Vec<u8>,
+    sink: impl FnMut(Vec<u8>) -> bool,
+) -> Result<Vec<bool>, Corrupt> {
+    run(p, n, chunk_rows, buffer, sink, true).map(Option::unwrap_or_default)
+}
+
+fn run(
+    p: &Progressive<'_>,
+    n: usize,
+    chunk_rows: usize,
     mut buffer: impl FnMut() -> Vec<u8>,
     mut sink: impl FnMut(Vec<u8>) -> bool,
-) -> Result<(), Corrupt> {
+    track_wild: bool,
+) -> Result<Option<Vec<bool>>, Corrupt> {
     let planes: Vec<Plane> = p.comps.iter().map(|c| Plane::new(c, idct_size(p, c, n).min(8))).collect();
     let cursors: Vec<Mutex<Cursor<'_>>> = p
         .scans
@@ -596,6 +785,7 @@ pub(crate) fn decode(
                 eobrun: 0,
                 pred: [0; 4],
                 to_restart: s.restart,
+                next_rst: 0,
                 nanos: 0,
             })
         })
@@ -614,7 +804,7 @@ pub(crate) fn decode(
         let workers: Vec<_> =
             (0..threads).map(|_| scope.spawn(|| entropy_worker(p, &planes, &cursors, &shared))).collect();
         // Output on this thread: every MCU row all scans have passed → IDCT, colour, sink.
-        let chunk_bytes = (chunk_rows + 16) * ow * channels;
+        let chunk_bytes = (chunk_rows + 16).min(oh) * ow * channels;
         let mut fresh = || {
             let mut b = buffer();
             b.clear();
@@ -624,6 +814,9 @@ pub(crate) fn decode(
         let mut out = fresh();
         let mut emitted = 0usize;
         let mut scratch = Scratch::new(p, n);
+        if track_wild {
+            scratch.wild = Some(vec![false; p.mcux * p.mcuy]);
+        }
         let mut result = Ok(());
         let mut idct_nanos = 0u64;
         let started = std::time::Instant::now();
@@ -633,15 +826,19 @@ pub(crate) fn decode(
                 break;
             }
             let t0 = std::time::Instant::now();
+            scratch.mark_wild(p, &planes, my);
             let rows = scratch.mcu_row(p, &planes, my, n, ow, oh, emitted, &mut out);
             idct_nanos += t0.elapsed().as_nanos() as u64;
             emitted += rows;
             if out.len() >= chunk_rows * ow * channels || emitted == oh {
-                let full = std::mem::replace(&mut out, fresh());
-                if !sink(full) {
+                // Handed on before the next buffer is taken: one chunk in flight, not two.
+                if !sink(std::mem::take(&mut out)) {
                     shared.failed.store(true, Ordering::Release);
                     shared.bump();
                     break;
+                }
+                if emitted < oh {
+                    out = fresh();
                 }
             }
         }
@@ -668,7 +865,7 @@ pub(crate) fn decode(
                 idct_nanos as f64 / 1e6
             );
         }
-        result
+        result.map(|()| scratch.wild)
     })
 }
 
@@ -791,7 +988,8 @@ fn decode_rows(
     to: usize,
 ) -> Result<(), Corrupt> {
     let table = |t: Option<usize>| {
-        t.and_then(|i| p.tables.get(i)).ok_or_else(|| Corrupt("scan uses an undefined Huffman table".into()))
+        t.and_then(|i| p.tables.get(i)?.as_ref())
+            .ok_or_else(|| Corrupt("scan uses an undefined or malformed Huffman table".into()))
     };
     if s.interleaved() {
         // Interleaved scans are DC scans (checked at parse).
@@ -800,6 +998,9 @@ fn decode_rows(
         for my in cur.row..to {
             for mx in 0..p.mcux {
                 restart_check(s, cur);
+                if cur.bits.insufficient {
+                    continue;
+                }
                 for (k, &ci) in s.comps.iter().enumerate() {
                     let c = &p.comps[ci];
                     for v in 0..c.v {
@@ -826,6 +1027,9 @@ fn decode_rows(
         for by in cur.row..to {
             for bx in 0..c.bw {
                 restart_check(s, cur);
+                if cur.bits.insufficient {
+                    continue;
+                }
                 let block = planes[ci].block(bx, by);
                 if s.ss == 0 {
                     dc_block(s, cur, huff, 0, block);
@@ -849,7 +1053,8 @@ fn restart_check(s: &Scan<'_>, cur: &mut Cursor<'_>) {
         return;
     }
     if cur.to_restart == 0 {
-        cur.bits.restart();
+        cur.bits.restart(cur.next_rst);
+        cur.next_rst = (cur.next_rst + 1) & 7;
         cur.eobrun = 0;
         cur.pred = [0; 4];
         cur.to_restart = s.restart;
@@ -882,18 +1087,23 @@ fn ac_first(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) {
         return;
     }
     let mut k = s.ss;
-    let mut nonzero = 0u64;
+    let (mut nonzero, mut zeroed) = (0u64, 0u64);
     while k <= s.se {
         let rs = cur.bits.decode(h);
         let (r, size) = (usize::from(rs >> 4), u32::from(rs & 15));
         if size != 0 {
             k += r;
             let v = cur.bits.extend(size);
-            if k > 63 {
-                break;
+            // A run past position 63 stores at 63, as libjpeg's zigzag table (padded with 63s)
+            // has it; and a value shifted out of 16 bits is a zero, not a nonzero history.
+            let at = k.min(63);
+            let stored = v.wrapping_shl(s.al) as i16;
+            block.store(ZIGZAG[at], i32::from(stored));
+            if stored != 0 {
+                nonzero |= 1 << at;
+            } else {
+                zeroed |= 1 << at;
             }
-            block.store(ZIGZAG[k], v.wrapping_shl(s.al));
-            nonzero |= 1 << k;
             k += 1;
         } else if r < 15 {
             cur.eobrun = (1u32 << r) - 1 + cur.bits.bits(r as u32);
@@ -904,6 +1114,9 @@ fn ac_first(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) {
     }
     if nonzero != 0 {
         block.mask.fetch_or(nonzero, Ordering::Relaxed);
+    }
+    if zeroed != 0 {
+        block.mask.fetch_and(!zeroed, Ordering::Relaxed);
     }
 }
 
@@ -972,10 +1185,13 @@ fn ac_refine(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) 
             let target = if zeros == 0 { s.se + 1 } else { zeros.trailing_zeros() as usize };
             refine_all(&mut cur.bits, &block, mask & from(k) & !from(target), p1, m1);
             k = target;
-            if value != 0 && k <= 63 {
-                block.store(ZIGZAG[k], value);
-                mask |= 1 << k;
-                newly |= 1 << k;
+            if value != 0 {
+                // Past the band's end libjpeg stores it anyway: one past `se`, or at 63 (its
+                // zigzag table is padded with 63s).
+                let at = k.min(63);
+                block.store(ZIGZAG[at], value);
+                mask |= 1 << at;
+                newly |= 1 << at;
             }
             k += 1;
         }
@@ -992,7 +1208,16 @@ fn ac_refine(s: &Scan<'_>, cur: &mut Cursor<'_>, h: &Huffman, block: Block<'_>) 
 /// Output-side buffers for one MCU row.
 struct Scratch {
     comps: Vec<CompOut>,
+    /// Per MCU (row-major), when asked for: some block holds coefficients no 8-bit encoder
+    /// writes (see [`WILD`]).
+    wild: Option<Vec<bool>>,
 }
+
+/// How far from mid-gray a block's IDCT may reach before it is "wild": no 8-bit encoder writes
+/// such coefficients (its blocks decode to 0..255 plus quantization noise), and there libjpeg's
+/// integer IDCTs wrap (their range limit is exact only within ±512) or saturate 16-bit
+/// arithmetic where ours clamps — the two legitimately differ on corrupt data, nowhere else.
+pub(crate) const WILD: f64 = 480.0;
 
 /// One component's samples for an MCU row at its output scale.
 struct CompOut {
@@ -1035,7 +1260,47 @@ impl Scratch {
                 }
             })
             .collect();
-        Self { comps }
+        Self { comps, wild: None }
+    }
+
+    /// Mark the MCUs of row `my` that hold a wild block: a dequantized coefficient past 16 bits,
+    /// or an IDCT sample (unclamped, at this scale) past [`WILD`].
+    fn mark_wild(&mut self, p: &Progressive<'_>, planes: &[Plane], my: usize) {
+        let Some(wild) = self.wild.as_mut() else { return };
+        for (ci, c) in p.comps.iter().enumerate() {
+            let q = &p.quant[p.comp_quant[ci]];
+            let plane = &planes[ci];
+            let (k, co) = (plane.k, &self.comps[ci]);
+            let (size, m) = (co.size, &co.matrix);
+            for v in 0..c.v {
+                for bx in 0..c.pw {
+                    let vals = plane.block(bx, my * c.v + v).vals;
+                    let f: Vec<f64> =
+                        (0..k * k).map(|i| f64::from(get(&vals[i])) * f64::from(q[(i / k) * 8 + i % k])).collect();
+                    // |sample| ≤ Σ|F|/4 (each basis value is at most 1/2 across and down): most
+                    // blocks are settled by that bound; the rest get the IDCT itself.
+                    if f.iter().map(|x| x.abs()).sum::<f64>() / 4.0 <= WILD {
+                        continue;
+                    }
+                    let mut out_of_range = f.iter().any(|x| x.abs() > 32767.0);
+                    let mut rows = vec![0f64; k * size];
+                    for fv in 0..k {
+                        for x in 0..size {
+                            rows[fv * size + x] = (0..k).map(|fu| f64::from(m[x * k + fu]) * f[fv * k + fu]).sum();
+                        }
+                    }
+                    for y in 0..size {
+                        for x in 0..size {
+                            let sample: f64 = (0..k).map(|fv| f64::from(m[y * k + fv]) * rows[fv * size + x]).sum();
+                            out_of_range |= sample.abs() > WILD;
+                        }
+                    }
+                    if out_of_range {
+                        wild[my * p.mcux + bx / c.h] = true;
+                    }
+                }
+            }
+        }
     }
 
     /// IDCT MCU row `my` and append its output rows (cropped to the image) to `out`.
@@ -1275,12 +1540,17 @@ mod tests {
     }
 
     fn libjpeg(jpeg: &[u8], n: u8) -> (usize, usize, Vec<u8>) {
-        let mut d = mozjpeg::Decompress::new_mem(jpeg).expect("header");
-        d.scale(n);
-        d.do_fancy_upsampling(false);
-        let mut s = d.rgb().expect("rgb");
-        let px = s.read_scanlines::<u8>().expect("rows");
-        (s.width(), s.height(), px)
+        // libjpeg reports fatal errors by unwinding, past any panic hook: say so.
+        let decoded = std::panic::catch_unwind(|| {
+            let mut d = mozjpeg::Decompress::new_mem(jpeg).expect("header");
+            d.scale(n);
+            d.do_fancy_upsampling(false);
+            d.do_block_smoothing(false);
+            let mut s = d.rgb().expect("rgb");
+            let px = s.read_scanlines::<u8>().expect("rows");
+            (s.width(), s.height(), px)
+        });
+        decoded.unwrap_or_else(|e| panic!("libjpeg: {:?}", e.downcast_ref::<String>()))
     }
 
     fn mean_max(a: &[u8], b: &[u8]) -> (f64, u8) {
@@ -1313,19 +1583,68 @@ mod tests {
         }
     }
 
+    /// Our decode at `n`/8 against libjpeg's, outside MCUs whose coefficients went wild: the
+    /// largest difference, and how many samples were compared.
+    fn against_libjpeg(jpeg: &[u8], n: usize) -> (u8, usize) {
+        let p = Progressive::parse(jpeg).expect("parse").expect("progressive");
+        let (w, h) = p.scaled(n);
+        let mut ours = Vec::new();
+        let wild = decode_tracking(&p, n, 16, Vec::new, |rows| {
+            ours.extend_from_slice(&rows);
+            true
+        })
+        .expect("corrupt data decodes, as libjpeg decodes it");
+        let (lw, lh, theirs) = libjpeg(jpeg, n as u8);
+        assert_eq!((w, h, ours.len()), (lw, lh, theirs.len()));
+        let (mw, mh, across) = p.mcu_grid(n);
+        let (mut max, mut compared) = (0, 0);
+        for y in 0..h {
+            for x in 0..w {
+                if !wild[(y / mh) * across + x / mw] {
+                    for c in 0..3 {
+                        max = max.max(ours[(y * w + x) * 3 + c].abs_diff(theirs[(y * w + x) * 3 + c]));
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        (max, compared)
+    }
+
     #[test]
-    fn baseline_is_not_ours_and_garbage_does_not_panic() {
-        assert!(Progressive::parse(&encode(40, 40, 0, true)).expect("parse").is_none());
-        let mut jpeg = encode(120, 80, 1, false);
-        let len = jpeg.len();
-        for b in jpeg.iter_mut().skip(len / 3).take(200) {
-            *b = b.wrapping_mul(31).wrapping_add(7);
+    fn baseline_is_not_ours_and_corrupt_data_decodes_as_libjpeg_does() {
+        assert!(Progressive::parse(&encode(40, 40, 0, true)).expect("parse").is_none(), "baseline goes to libjpeg");
+        let good = encode(120, 80, 1, false);
+        let len = good.len();
+        // Garbage over part of the entropy-coded data: still our file; it decodes, and where the
+        // garbage left coefficients an encoder could have written, to libjpeg's pixels.
+        let scans: Vec<usize> =
+            good.windows(2).enumerate().filter(|(_, w)| w == &[0xFF, 0xDA]).map(|(i, _)| i).collect();
+        let data: Vec<(usize, usize)> = scans
+            .iter()
+            .zip(scans.iter().skip(1).chain([&len]))
+            .map(|(&a, &b)| (a + 2 + be16(&good, a + 2).expect("length"), b))
+            .collect();
+        let (from, to) = data.iter().copied().max_by_key(|(a, b)| b - a).expect("scans");
+        let mut garbage = good.clone();
+        for b in &mut garbage[(from + to) / 2 - 100..(from + to) / 2 + 100] {
+            *b = b.wrapping_mul(31).wrapping_add(7) & 0x7F; // no 0xFF: no marker, just bad data
         }
-        if let Ok(Some(p)) = Progressive::parse(&jpeg) {
-            let _ = decode(&p, 4, 16, Vec::new, |_| true);
+        let (max, compared) = against_libjpeg(&garbage, 8);
+        assert!(max <= 4 && compared > 120 * 80, "max diff {max} over {compared} samples");
+        // Cut off inside a scan (end-of-image marker kept): libjpeg leaves the blocks that scan
+        // and the later ones never reached as earlier scans made them; so must we.
+        for cut in [data[1], data[data.len() / 2], data[data.len() - 1]].map(|(a, b)| (a + b) / 2) {
+            let mut short = good[..cut].to_vec();
+            short.extend_from_slice(&[0xFF, 0xD9]);
+            for n in [3, 8] {
+                let (max, compared) = against_libjpeg(&short, n);
+                assert!(max <= 4 && compared > 0, "cut at {cut}, {n}/8: max diff {max} over {compared} samples");
+            }
         }
+        // Cut inside the headers: nothing to decode.
+        assert!(!matches!(Progressive::parse(&good[..10]), Ok(Some(_))));
         // Thousands of scans: left to libjpeg.
-        let good = encode(64, 64, 1, true);
         let first_sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).expect("SOS");
         let mut many = good[..first_sos].to_vec();
         for _ in 0..5000 {
@@ -1333,10 +1652,5 @@ mod tests {
         }
         many.extend_from_slice(&[0xFF, 0xD9]);
         assert!(Progressive::parse(&many).expect("parse").is_none());
-        for cut in [10, 200, len / 2] {
-            if let Ok(Some(p)) = Progressive::parse(&jpeg[..cut]) {
-                let _ = decode(&p, 4, 16, Vec::new, |_| true);
-            }
-        }
     }
 }

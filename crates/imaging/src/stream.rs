@@ -222,6 +222,26 @@ fn io_corrupt(e: std::io::Error) -> ImageError {
     ImageError::Corrupt(format!("JPEG: {e}"))
 }
 
+/// libjpeg's reading of the header, with the markers we act on saved: every JPEG decode starts
+/// here, and a file whose header libjpeg refuses goes no further.
+pub(crate) fn libjpeg_header(input: &[u8]) -> std::io::Result<Decompress<&[u8]>> {
+    let markers = [Marker::APP(1), Marker::APP(2), Marker::APP(14)];
+    Decompress::builder().with_markers(&markers).from_mem(input)
+}
+
+/// Our progressive decoder for `input`, if it takes the file; `header` is libjpeg's reading of the
+/// frame size, which the pixel limit was checked against.
+pub(crate) fn ours(input: &[u8], header: (usize, usize)) -> Result<Option<Progressive<'_>>, ImageError> {
+    match Progressive::parse(input) {
+        // Two readings of one header: decoding ours would bypass the limit checked against libjpeg's.
+        Ok(Some(p)) if (p.width, p.height) != header => {
+            Err(ImageError::Corrupt("JPEG: the frame header reads two ways".into()))
+        }
+        Ok(p) => Ok(p),
+        Err(Corrupt(e)) => Err(ImageError::Corrupt(format!("JPEG: {e}"))),
+    }
+}
+
 /// Try the streaming path. `Ok(None)`: not applicable (no shrink needed, rotated or CMYK) —
 /// the general path handles those.
 pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, ImageError> {
@@ -230,8 +250,7 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
     }
     // Header, metadata and the decoder's start on this thread (libjpeg reports by unwinding).
     let started = catch_unwind(AssertUnwindSafe(|| {
-        let markers = [Marker::APP(1), Marker::APP(2), Marker::APP(14)];
-        let mut d = Decompress::builder().with_markers(&markers).from_mem(input).map_err(io_corrupt)?;
+        let mut d = libjpeg_header(input).map_err(io_corrupt)?;
         let meta = jpeg::read_meta(&d);
         let (w, h) = d.size();
         // The limit applies to the long side, which rotation does not change.
@@ -244,8 +263,8 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
             return Ok(None);
         }
         // Progressive: our own two-thread decoder (libjpeg would decode every scan serially first).
-        let ours = std::env::var_os("JEWELSHOT_IMAGING_LIBJPEG").is_none();
-        match Progressive::parse(input).map(|p| p.filter(|_| ours)) {
+        let ours_wanted = std::env::var_os("JEWELSHOT_IMAGING_LIBJPEG").is_none();
+        match ours(input, (w, h)).map(|p| p.filter(|_| ours_wanted)) {
             Ok(Some(p)) => {
                 let channels = p.channels();
                 let (sw, sh) = p.scaled(usize::from(n));
@@ -261,7 +280,7 @@ pub fn compress_jpeg(input: &[u8], limits: &Limits) -> Result<Option<Streamed>, 
                 )));
             }
             Ok(None) => {}
-            Err(Corrupt(e)) => return Err(ImageError::Corrupt(format!("JPEG: {e}"))),
+            Err(e) => return Err(e),
         }
         d.scale(n);
         d.do_fancy_upsampling(false);
