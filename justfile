@@ -45,6 +45,7 @@ lint: build-deps
     cargo clippy --workspace --all-targets -- -D warnings
     @# The worker's flows stay readable in one sitting: no function over 60 lines.
     python3 deploy/scripts/fn_lengths.py 60 crates/worker/src
+    bash deploy/scripts/check-lockfile.sh
 
 # Apply database migrations to JEWELSHOT_DATABASE__URL.
 migrate: build
@@ -59,6 +60,20 @@ bench-images RUNS="7": build-deps
     command -v vipsthumbnail >/dev/null || (apt-get install -y -qq libvips-tools >/dev/null 2>&1) || { echo "install libvips-tools (vipsthumbnail) first" >&2; exit 1; }
     cargo build --release -p jewelshot-admin
     python3 deploy/bench/bench_images.py target/release/jewelshot ../shared/fixtures/photos {{RUNS}}
+
+# Mutants of the fixture photos and the corpus, each checked for panics, the pixel and heap limits
+# and equality with libjpeg. Failures are saved, minimized, to crates/imaging/tests/corpus/progressive
+# (which `cargo test` replays); inputs that reach new behaviour to target/fuzz-imaging/queue.
+# Fuzz the progressive JPEG decoder for MINUTES (stable Rust, release build).
+fuzz-imaging MINUTES="10": build-deps
+    mkdir -p target/fuzz-imaging
+    rm -f target/fuzz-imaging/in-flight.jpg
+    JEWELSHOT_FUZZ_SECONDS=$(( {{MINUTES}} * 60 )) cargo test --release -p jewelshot-imaging --test it_progressive -- --ignored --exact fuzz_progressive --nocapture || { \
+        status=$?; \
+        if [ -s target/fuzz-imaging/in-flight.jpg ]; then \
+            f=crates/imaging/tests/corpus/progressive/crash-$(sha256sum target/fuzz-imaging/in-flight.jpg | cut -c1-16).jpg; \
+            mv target/fuzz-imaging/in-flight.jpg "$f"; echo "the fuzzer died inside a check (status $status): input saved to $f" >&2; \
+        fi; exit $status; }
 
 # Thin-path latency under upload load: 4 clients upload a 4 MB photo while one polls its job.
 bench-uploads SECS="20": services build-deps

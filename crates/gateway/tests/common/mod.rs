@@ -65,10 +65,11 @@ impl Api {
         self.db.db.create_api_key(u.id, "t").await.expect("key").key
     }
 
-    pub async fn submit_raw(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    /// POST a raw body to `path` as `key`; the status and the JSON answer.
+    pub async fn post_raw(&self, path: &str, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         let r = self
             .http
-            .post(format!("{}/api/ai/edit", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(key)
             .header("content-type", content_type)
             .body(body)
@@ -79,19 +80,13 @@ impl Api {
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn submit_raw(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        self.post_raw("/api/ai/edit", key, content_type, body).await
+    }
+
     /// `POST /api/uploads` with a raw body.
     pub async fn upload(&self, key: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/uploads", self.base))
-            .bearer_auth(key)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("send");
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
+        self.post_raw("/api/uploads", key, content_type, body).await
     }
 
     pub async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
