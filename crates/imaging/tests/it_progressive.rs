@@ -117,34 +117,38 @@ fn it_every_fixture_decodes_as_libjpeg_does() {
     for (name, input) in &fixtures {
         let p = jewelshot_imaging::probe(input).expect("probe");
         let n = production_scale(p.width as usize, p.height as usize);
-        let (label, file) = match harness::progressive(input, n, &limits) {
-            Outcome::Libjpeg => (format!("{name} (re-encoded progressive)"), reencode_progressive(input)),
+        let (label, file, scales) = match harness::progressive(input, n, &limits) {
+            Outcome::Libjpeg => (format!("{name} (re-encoded progressive)"), reencode_progressive(input), vec![n]),
             Outcome::Ours { .. } => {
                 progressive_seen += 1;
-                (name.clone(), input.clone())
+                (name.clone(), input.clone(), vec![n, 8])
             }
             Outcome::Refused(e) => panic!("{name}: refused: {e}"),
             Outcome::OverLimit { frame, .. } => panic!("{name}: {frame:?} over the limit"),
         };
-        let Outcome::Ours { result, frame, header, .. } = harness::progressive(&file, n, &limits) else {
-            panic!("{label}: not decoded by ours");
-        };
-        assert_eq!(frame, header, "{label}");
-        let ours = result.unwrap_or_else(|e| panic!("{label}: {e}"));
-        let (w, h, ch, theirs) = libjpeg(&file, n).unwrap_or_else(|e| panic!("{label}: libjpeg: {e}"));
-        assert_eq!((ours.width, ours.height, ours.channels), (w, h, ch), "{label} at {n}/8");
-        let mse = ours.pixels.iter().zip(&theirs).map(|(a, b)| f64::from(a.abs_diff(*b)).powi(2)).sum::<f64>()
-            / ours.pixels.len() as f64;
-        let psnr = 10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10();
-        let d = diff(&ours, &theirs);
-        let wild = ours.wild.iter().filter(|w| **w).count();
-        eprintln!("{label} at {n}/8: PSNR {psnr:.1} dB, tame MCUs {d:?}, {wild}/{} wild", ours.wild.len());
-        // 3/8, 5/8, 8/8: the same IDCT up to float rounding. 4/8: libjpeg's "reduced" 4x4
-        // IDCT lets some aliasing through that our low-pass one does not.
-        let floor = if n == 4 { 45.0 } else { 58.0 };
-        assert!(psnr >= floor, "{label} at {n}/8: PSNR {psnr:.1} dB < {floor}");
-        if check::compared_at(n) {
-            assert!(within_tolerance(&d), "{label} at {n}/8: {d:?}");
+        // The progressive photos at the production scale and at full size; re-encodings at the
+        // production scale (their full size is what the fuzzer's truncated seeds exercise).
+        for n in scales {
+            let Outcome::Ours { result, frame, header, .. } = harness::progressive(&file, n, &limits) else {
+                panic!("{label}: not decoded by ours");
+            };
+            assert_eq!(frame, header, "{label}");
+            let ours = result.unwrap_or_else(|e| panic!("{label}: {e}"));
+            let (w, h, ch, theirs) = libjpeg(&file, n).unwrap_or_else(|e| panic!("{label}: libjpeg: {e}"));
+            assert_eq!((ours.width, ours.height, ours.channels), (w, h, ch), "{label} at {n}/8");
+            let mse = ours.pixels.iter().zip(&theirs).map(|(a, b)| f64::from(a.abs_diff(*b)).powi(2)).sum::<f64>()
+                / ours.pixels.len() as f64;
+            let psnr = 10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10();
+            let d = diff(&ours, &theirs);
+            let wild = ours.wild.iter().filter(|w| **w).count();
+            eprintln!("{label} at {n}/8: PSNR {psnr:.1} dB, tame MCUs {d:?}, {wild}/{} wild", ours.wild.len());
+            // 3/8, 5/8, 8/8: the same IDCT up to float rounding. 4/8: libjpeg's "reduced" 4x4
+            // IDCT lets some aliasing through that our low-pass one does not.
+            let floor = if n == 4 { 45.0 } else { 58.0 };
+            assert!(psnr >= floor, "{label} at {n}/8: PSNR {psnr:.1} dB < {floor}");
+            if check::compared_at(n) {
+                assert!(within_tolerance(&d), "{label} at {n}/8: {d:?}");
+            }
         }
     }
     assert_eq!(progressive_seen, 3, "three of the fixtures are progressive");
