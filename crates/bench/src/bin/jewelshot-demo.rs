@@ -65,9 +65,15 @@ async fn main() -> anyhow::Result<()> {
         bail!("the job ended {}: {}", job["status"], job["error"]);
     }
     let url = job["imageUrl"].as_str().context("no imageUrl")?;
-    let key_path = url.split_once("/files/").map(|(_, k)| k).context("unexpected imageUrl")?;
+    // The URL is signed and expiring (`?expires=…&sig=…`); the object's key is its path.
+    let key_path =
+        url.split_once("/files/").map(|(_, k)| k.split('?').next().unwrap_or(k)).context("unexpected imageUrl")?;
     let path = files.join(key_path);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let served = stack.http.get(url).send().await?;
+    if !served.status().is_success() || served.bytes().await?.as_ref() != bytes.as_slice() {
+        bail!("the signed imageUrl does not serve the saved file");
+    }
     let is_jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
     println!("▶ complete: {url}");
     println!("  saved to {} ({} bytes, {})", path.display(), bytes.len(), if is_jpeg { "JPEG" } else { "NOT a JPEG" });
