@@ -308,29 +308,19 @@ impl Db {
     /// Count the open jobs (queued, scheduled, processing) through the partial index of open
     /// jobs — cheap however many jobs have ever run; the finished counts stay 0.
     pub async fn open_counts(&self) -> Result<QueueCounts> {
-        let rows = self
-            .conn()
-            .await?
-            .query(
-                "SELECT status, (run_at IS NOT NULL AND run_at > now()) AS later, count(*)
-                   FROM jobs WHERE status IN ('queued', 'processing') GROUP BY 1, 2",
-                &[],
-            )
-            .await?;
-        Ok(counts_of(&rows))
+        self.counts("WHERE status IN ('queued', 'processing')").await
     }
 
     /// Count jobs by state (every job: for operators, not for hot paths).
     pub async fn queue_counts(&self) -> Result<QueueCounts> {
-        let rows = self
-            .conn()
-            .await?
-            .query(
-                "SELECT status, (run_at IS NOT NULL AND run_at > now()) AS later, count(*)
-                   FROM jobs GROUP BY 1, 2",
-                &[],
-            )
-            .await?;
+        self.counts("").await
+    }
+
+    async fn counts(&self, filter: &'static str) -> Result<QueueCounts> {
+        let sql = format!(
+            "SELECT status, (run_at IS NOT NULL AND run_at > now()) AS later, count(*) FROM jobs {filter} GROUP BY 1, 2"
+        );
+        let rows = self.conn().await?.query(&sql, &[]).await?;
         Ok(counts_of(&rows))
     }
 
