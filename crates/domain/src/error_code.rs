@@ -43,7 +43,8 @@ codes! {
     INVALID_SCHEDULE = "invalid-schedule", 400, "api", "`run_at` is not an RFC 3339 time in the allowed window.";
     // Images.
     INVALID_IMAGE = "invalid-image", 400, "api", "The image is empty, truncated or corrupt.";
-    IMAGE_TOO_LARGE = "image-too-large", 400, "api", "The image has more pixels than allowed (50 MP).";
+    IMAGE_TOO_LARGE = "image-too-large", 400, "api", "The image (or a GIF frame) has more pixels than allowed (50 MP), or a PNG, WebP or GIF would take more memory to decode than allowed (96 MiB).";
+    IMAGE_TOO_COMPLEX = "image-too-complex", 400, "api", "A JPEG with more scans than any photo has (over 100): each scan is a pass over the whole image.";
     PAYLOAD_TOO_LARGE = "payload-too-large", 413, "api", "The body is larger than the route accepts.";
     UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type", 415, "api", "The `Content-Type` is not one the route reads.";
     NOT_AN_IMAGE = "not-an-image", 415, "api", "The upload is not an image.";

@@ -10,7 +10,9 @@ use actix_web::{
 };
 use serde_json::{json, Value};
 
-use crate::state::{EmulatorConfig, KeyStats, Mode, Outcome, ReqState, Request, State, MARKER_FAIL, MARKER_INVALID};
+use crate::state::{
+    EmulatorConfig, KeyStats, Mode, Outcome, ReqState, Request, State, MARKER_AS_IS, MARKER_FAIL, MARKER_INVALID,
+};
 
 /// Serve until `shutdown` resolves.
 pub async fn run(
@@ -116,6 +118,7 @@ async fn submit(state: Data<Arc<State>>, req: HttpRequest, path: web::Path<Strin
         return detail(StatusCode::INTERNAL_SERVER_ERROR, "injected upstream error");
     }
 
+    let prompt_as_is = prompt.contains(MARKER_AS_IS);
     let id = new_request_id();
     let app = app_of(&model);
     let now = Instant::now();
@@ -158,7 +161,8 @@ async fn submit(state: Data<Arc<State>>, req: HttpRequest, path: web::Path<Strin
     }
     let st = state.get_ref().clone();
     let rid = id.clone();
-    tokio::spawn(async move { lifecycle(st, rid, key, image_url).await });
+    let as_is = prompt_as_is;
+    tokio::spawn(async move { lifecycle(st, rid, key, image_url, as_is).await });
 
     let u = urls(&state, &app, &id);
     HttpResponse::Ok().json(json!({
@@ -171,14 +175,14 @@ async fn submit(state: Data<Arc<State>>, req: HttpRequest, path: web::Path<Strin
 }
 
 /// Wait for capacity (queue mode), then "generate": fetch the input, edit it, take the latency.
-async fn lifecycle(state: Arc<State>, id: String, key: String, image_url: String) {
+async fn lifecycle(state: Arc<State>, id: String, key: String, image_url: String, as_is: bool) {
     if !wait_for_capacity(&state, &id, &key).await {
         return;
     }
     let started = Instant::now();
     let latency = state.draw_latency();
     let fails = state.chance(state.cfg.fail_rate);
-    let outcome = match generate(&state, &id, &image_url).await {
+    let outcome = match generate(&state, &id, &image_url, as_is).await {
         Ok(_) if fails => Outcome::Failed { status: 500, detail: "injected generation failure".into() },
         Ok((url, width, height)) => Outcome::Image { url, width, height },
         Err(detail) => Outcome::Failed { status: 422, detail },
@@ -246,12 +250,23 @@ async fn wait_for_capacity(state: &State, id: &str, key: &str) -> bool {
     }
 }
 
-async fn generate(state: &State, id: &str, image_url: &str) -> Result<(String, u32, u32), String> {
+async fn generate(state: &State, id: &str, image_url: &str, as_is: bool) -> Result<(String, u32, u32), String> {
     let resp = state.http.get(image_url).send().await.map_err(|e| format!("Failed to download the image: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("Failed to download the image: HTTP {}", resp.status()));
     }
     let bytes = resp.bytes().await.map_err(|e| format!("Failed to download the image: {e}"))?;
+    if as_is {
+        // Dimensions from the header if it has one; the bytes are never decoded.
+        let (w, h) = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok())
+            .unwrap_or((0, 0));
+        let name = format!("{id}.bin");
+        state.lock().images.insert(name.clone(), Arc::new(bytes.to_vec()));
+        return Ok((format!("{}/__files/{name}", state.public_url), w, h));
+    }
     let (jpeg, w, h) = tokio::task::spawn_blocking(move || crate::edit::edit_image(&bytes))
         .await
         .map_err(|e| format!("edit panicked: {e}"))??;
@@ -342,7 +357,10 @@ async fn file(state: Data<Arc<State>>, path: web::Path<String>) -> HttpResponse 
     }
     let img = state.lock().images.get(path.as_str()).cloned();
     match img {
-        Some(bytes) => HttpResponse::Ok().content_type("image/jpeg").body(bytes.as_ref().clone()),
+        Some(bytes) => {
+            let mime = image::guess_format(&bytes).map_or("application/octet-stream", |f| f.to_mime_type());
+            HttpResponse::Ok().content_type(mime).body(bytes.as_ref().clone())
+        }
         None => detail(StatusCode::NOT_FOUND, "File not found"),
     }
 }

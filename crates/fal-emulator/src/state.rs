@@ -104,6 +104,9 @@ impl EmulatorConfig {
 /// Marker prompts for deterministic failure injection.
 pub const MARKER_INVALID: &str = "[invalid]";
 pub const MARKER_FAIL: &str = "[fail]";
+/// The result is the input's bytes exactly as fetched, not decoded or edited: how a test makes
+/// "fal" answer with a file of its choosing (an image bomb, say).
+pub const MARKER_AS_IS: &str = "[as-is]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

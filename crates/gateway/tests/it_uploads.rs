@@ -7,6 +7,7 @@ use std::io::Cursor;
 
 use common::Api;
 use image::{codecs::gif::GifEncoder, Delay, Frame, ImageBuffer, Rgb, Rgba, RgbaImage};
+use jewelshot_imaging::bombs;
 use serde_json::Value;
 
 fn demo_photo() -> Vec<u8> {
@@ -95,6 +96,9 @@ async fn it_hostile_files_get_their_documented_answers() {
     let (s, _) = upload_to(http, &base, &key, "image/jpeg", photo.clone()).await;
     assert_eq!(s, 201);
 
+    // The gateway's size before any hostile file, with one photo through it.
+    let before = rss_mib(pid);
+    let scans = bombs::repeat_last_scan(&bombs::progressive_jpeg(1024, 768).expect("jpeg"), 5_000).expect("scans");
     let text_as_jpg = b"this is a text file that someone named ring.jpg\n".repeat(20);
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         ("png claiming 60000x60000", "image/png", png_bomb(), 400, "image-too-large"),
@@ -103,6 +107,11 @@ async fn it_hostile_files_get_their_documented_answers() {
         ("text named .jpg", "image/jpeg", text_as_jpg, 415, "not-an-image"),
         ("30 MB body", "image/jpeg", vec![0xFF; 30 * 1024 * 1024], 413, "payload-too-large"),
         ("animated gif", "image/gif", animated_gif(), 415, "unsupported-image-format"),
+        // Issue F's bombs: each refused from its structure, before a decoder runs.
+        ("35-byte gif with a 65535x65535 frame", "image/gif", bombs::gif_frame(), 400, "image-too-large"),
+        ("progressive jpeg with 5,000 scans", "image/jpeg", scans.clone(), 400, "image-too-complex"),
+        ("9-byte png", "image/png", bombs::tiny_png(), 400, "invalid-image"),
+        ("49 MP all-zero png", "image/png", bombs::zero_png(7000, 7000).expect("png"), 400, "image-too-large"),
         ("json body", "application/json", b"{}".to_vec(), 415, "unsupported-media-type"),
     ];
     // Round 0 settles the allocator; rounds 1-4 must not grow the gateway: a bomb that were
@@ -110,16 +119,22 @@ async fn it_hostile_files_get_their_documented_answers() {
     let mut baseline = 0.0;
     for round in 0..5 {
         for (what, ct, body, status, code) in &cases {
+            let t = std::time::Instant::now();
             let (s, r) = upload_to(http, &base, &key, ct, body.clone()).await;
             assert_eq!((s, r["error"]["code"].as_str()), (*status, Some(*code)), "{what} (round {round}): {r}");
+            // Not a speed goal: the bound that tells "refused from its structure" from "decoded"
+            // (the 5,000-scan JPEG took 114 s of CPU before the scan bound).
+            assert!(t.elapsed() < std::time::Duration::from_secs(2), "{what}: answered after {:?}", t.elapsed());
         }
         if round == 0 {
             baseline = rss_mib(pid);
         }
     }
-    let grown = rss_mib(pid) - baseline;
-    println!("gateway RSS {baseline:.1} MiB after round 0, grew {grown:.1} MiB over 4 more rounds");
+    let after = rss_mib(pid);
+    let grown = after - baseline;
+    println!("gateway RSS {before:.1} MiB before the bombs, {baseline:.1} after round 0, {after:.1} after 5 rounds");
     assert!(grown < 8.0, "gateway memory must stay flat: grew {grown:.1} MiB");
+    assert!(after - before < 100.0, "the bombs grew the gateway by {:.1} MiB", after - before);
 
     // Converted correctly: CMYK → RGB JPEG (red ink stays red), 16-bit PNG → 8-bit JPEG.
     let (s, r) = upload_to(http, &base, &key, "image/jpeg", cmyk_red_jpeg()).await;

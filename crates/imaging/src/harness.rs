@@ -44,7 +44,7 @@ pub enum Outcome {
 /// Run `input` through the gate and, if our decoder takes it, decode it at scale `n`/8.
 pub fn progressive(input: &[u8], n: usize, limits: &Limits) -> Outcome {
     let probe = match crate::admit(input, limits) {
-        Ok(p) => p,
+        Ok((p, _)) => p,
         Err(e) => return Outcome::Refused(e),
     };
     if probe.format != crate::Format::Jpeg {

@@ -16,11 +16,17 @@
 //! - `raster` — pixels, resize, orientation, CMYK → RGB.
 //! - `stream` — the JPEG fast path: decode, resample and encode overlapped on threads.
 //! - `progressive` — our two-thread progressive JPEG decoder (libjpeg takes everything else).
+//! - `inspect` — the container walked before any decoder runs (scans, GIF frames, animation,
+//!   decoded size): image bombs are refused there.
+//! - `bombs` (hidden) — hostile files built on demand, for the tests that send them.
 //! - `harness` (hidden) — that decoder behind the same gate as `compress`, for the fuzz harness
 //!   and the corpus test in `tests/it_progressive.rs`.
 
 #[doc(hidden)]
+pub mod bombs;
+#[doc(hidden)]
 pub mod harness;
+mod inspect;
 mod jpeg;
 mod png;
 mod probe;
@@ -50,8 +56,15 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Largest input accepted, in bytes (checked before reading further).
     pub max_input_bytes: usize,
-    /// Largest input accepted, in pixels (checked from the header, before decoding).
+    /// Largest input accepted, in pixels (checked from the header, before decoding; for a GIF,
+    /// every frame too).
     pub max_pixels: u64,
+    /// Most scans a JPEG may have (each progressive scan is a pass over the whole image; photos
+    /// have at most a few dozen).
+    pub max_scans: u32,
+    /// Most bytes a whole decode of a PNG, WebP or GIF may take (its buffer and the 8-bit copy),
+    /// estimated from the header before decoding and enforced on the decoder's allocations.
+    pub max_decode_bytes: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +76,8 @@ impl Default for Limits {
             max_output_bytes: 500 * 1000,
             max_input_bytes: 25 * 1024 * 1024,
             max_pixels: 50_000_000,
+            max_scans: 100,
+            max_decode_bytes: 96 * 1024 * 1024,
         }
     }
 }
@@ -76,6 +91,13 @@ pub enum ImageError {
     TooManyBytes { len: usize, limit: usize },
     #[error("the image is {width}x{height} pixels; at most {limit} pixels are accepted")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error(
+        "decoding this {} would take {} MB; at most {} MB are allowed for PNG, WebP and GIF images",
+        format.name(), needed / 1_000_000, limit / 1_000_000
+    )]
+    TooLargeToDecode { format: Format, needed: u64, limit: u64 },
+    #[error("the image is too complex to decode: {0}")]
+    TooComplex(String),
     #[error("the body is not a JPEG, PNG, WebP or GIF image")]
     NotAnImage,
     #[error("{0}")]
@@ -92,7 +114,8 @@ impl ImageError {
         match self {
             Self::Empty | Self::Corrupt(_) => "invalid-image",
             Self::TooManyBytes { .. } => "payload-too-large",
-            Self::TooManyPixels { .. } => "image-too-large",
+            Self::TooManyPixels { .. } | Self::TooLargeToDecode { .. } => "image-too-large",
+            Self::TooComplex(_) => "image-too-complex",
             Self::NotAnImage => "not-an-image",
             Self::UnsupportedFormat(_) => "unsupported-image-format",
             Self::Internal(_) => "internal-error",
@@ -102,7 +125,11 @@ impl ImageError {
     /// The HTTP status this maps to.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::Empty | Self::Corrupt(_) | Self::TooManyPixels { .. } => 400,
+            Self::Empty
+            | Self::Corrupt(_)
+            | Self::TooManyPixels { .. }
+            | Self::TooLargeToDecode { .. }
+            | Self::TooComplex(_) => 400,
             Self::TooManyBytes { .. } => 413,
             Self::NotAnImage | Self::UnsupportedFormat(_) => 415,
             Self::Internal(_) => 500,
@@ -133,7 +160,7 @@ pub struct Compressed {
 
 /// Shrink `input` to `limits`. CPU-bound: call it from a blocking pool, not an async thread.
 pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError> {
-    let p = admit(input, limits)?;
+    let (p, shape) = admit(input, limits)?;
     let trace = std::env::var_os("JEWELSHOT_IMAGING_TRACE").is_some();
     if p.format == Format::Jpeg {
         if let Some(done) = stream::compress_jpeg(input, limits)? {
@@ -172,7 +199,7 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
             (r, meta.orientation, meta.icc, stripped.map(|b| (b, "image/jpeg", "jpg")))
         }
         _ => {
-            let (r, orientation, icc) = decode_other(input, p.format)?;
+            let (r, orientation, icc) = decode_other(input, &p, shape, limits)?;
             let stripped = (p.format == Format::Png && orientation <= 1)
                 .then(|| png::strip_metadata(input))
                 .flatten()
@@ -193,8 +220,9 @@ pub fn compress(input: &[u8], limits: &Limits) -> Result<Compressed, ImageError>
     fit_loop(decoded, orientation, icc, stripped_input, &p, input.len(), limits, limits.quality, trace)
 }
 
-/// The checks made before anything is decoded: the byte limit, then the pixel limit from the header.
-fn admit(input: &[u8], limits: &Limits) -> Result<Probe, ImageError> {
+/// The checks made before anything is decoded: the byte limit, the pixel limit from the header,
+/// then the file's structure (scans, frames, animation, decoded size: `inspect`).
+fn admit(input: &[u8], limits: &Limits) -> Result<(Probe, inspect::Shape), ImageError> {
     if input.len() > limits.max_input_bytes {
         return Err(ImageError::TooManyBytes { len: input.len(), limit: limits.max_input_bytes });
     }
@@ -203,7 +231,8 @@ fn admit(input: &[u8], limits: &Limits) -> Result<Probe, ImageError> {
     if pixels > limits.max_pixels {
         return Err(ImageError::TooManyPixels { width: p.width, height: p.height, limit: limits.max_pixels });
     }
-    Ok(p)
+    let shape = inspect::inspect(input, &p, limits)?;
+    Ok((p, shape))
 }
 
 /// Resize, orient and encode `decoded` until it fits the limits: quality first, then dimensions.
@@ -320,28 +349,27 @@ pub(crate) fn next_quality(current: u8, floor: u8, size: usize, max: usize) -> u
     q
 }
 
-/// PNG, WebP and GIF through the `image` crate (decode limits set from our own).
-fn decode_other(input: &[u8], format: Format) -> Result<(Raster, u16, Option<Vec<u8>>), ImageError> {
+/// PNG, WebP and GIF through the `image` crate, with its limits set from ours: the dimensions
+/// the header gave and the decode size `inspect` admitted (animations were refused there).
+fn decode_other(
+    input: &[u8],
+    p: &Probe,
+    shape: inspect::Shape,
+    limits: &Limits,
+) -> Result<(Raster, u16, Option<Vec<u8>>), ImageError> {
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => ImageError::Corrupt(format!("decoder limit: {l}")),
         image::ImageError::Unsupported(u) => ImageError::UnsupportedFormat(u.to_string()),
         other => ImageError::Corrupt(other.to_string()),
     };
-    if format == Format::Gif {
-        use image::AnimationDecoder;
-        let frames = image::codecs::gif::GifDecoder::new(Cursor::new(input)).map_err(corrupt)?.into_frames();
-        if frames.take(2).count() > 1 {
-            return Err(ImageError::UnsupportedFormat(
-                "animated images are not supported; upload a still photo".into(),
-            ));
-        }
-    }
     let mut reader = image::ImageReader::new(Cursor::new(input))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(1024 * 1024 * 1024);
-    reader.limits(limits);
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(p.width);
+    decoder_limits.max_image_height = Some(p.height);
+    decoder_limits.max_alloc = Some(shape.decode_bytes.max(1 << 20).min(limits.max_decode_bytes));
+    reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let icc = decoder.icc_profile().ok().flatten();
     let orientation = match decoder.orientation() {

@@ -16,6 +16,16 @@ pub enum Format {
 }
 
 impl Format {
+    /// The format's name as people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+            Self::Webp => "WebP",
+            Self::Gif => "GIF",
+        }
+    }
+
     pub fn content_type(self) -> &'static str {
         match self {
             Self::Jpeg => "image/jpeg",
@@ -59,7 +69,7 @@ pub fn probe(b: &[u8]) -> Result<Probe, ImageError> {
     let (format, dims) = if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
         (Format::Jpeg, jpeg_dims(b).ok_or_else(|| corrupt("JPEG"))?)
     } else if b.starts_with(b"\x89PNG\r\n\x1a\n") {
-        let dims = (&b[12..16.min(b.len())] == b"IHDR")
+        let dims = (b.get(12..16) == Some(b"IHDR"))
             .then(|| Some((be32(b, 16)?, be32(b, 20)?)))
             .flatten()
             .ok_or_else(|| corrupt("PNG"))?;

@@ -56,11 +56,14 @@ impl Raster {
         let scale = f64::from(self.height) / f64::from(height);
         let part = |rows: &mut [u8], y0: u32, n: u32| -> Result<(), ImageError> {
             let mut dst = Image::from_slice_u8(width, n, rows, pixel_type).map_err(|e| internal(&e))?;
+            // Rounding may carry the bottom half's box a hair past the image (2000 → 1920 rows).
+            let top = f64::from(y0) * scale;
+            let rows = (f64::from(n) * scale).min(f64::from(self.height) - top);
             let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)).crop(
                 0.0,
-                f64::from(y0) * scale,
+                top,
                 f64::from(self.width),
-                f64::from(n) * scale,
+                rows,
             );
             Resizer::new().resize(&src, &mut dst, &options).map_err(|e| internal(&e))
         };
@@ -252,6 +255,14 @@ mod tests {
             .expect("one pass");
         let max_diff = split.data.iter().zip(one.buffer()).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
         assert!(max_diff <= 1, "halves must match one pass (max difference {max_diff})");
+    }
+
+    #[test]
+    fn split_resize_boxes_stay_inside_the_image() {
+        // 2000 → 1920 rows: 960 × (2000 / 1920) rounds a hair past row 1000 for the bottom half.
+        let r = Raster { width: 2000, height: 2000, channels: 3, data: vec![7; 2000 * 2000 * 3] };
+        let s = r.resize(1920, 1920).expect("resize");
+        assert!(s.data.iter().all(|&v| v == 7));
     }
 
     #[test]

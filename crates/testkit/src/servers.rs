@@ -231,3 +231,41 @@ impl Drop for PgServer {
         self.stop();
     }
 }
+
+/// Serve `files` (path → bytes) over plain HTTP/1.1 on a loopback port, one request per
+/// connection, for as long as the test runs; a path not in the map is a 404. Returns the base URL.
+/// For files a test wants someone else (the emulator, a worker) to fetch.
+pub async fn serve_files(files: HashMap<String, Vec<u8>>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let files = std::sync::Arc::new(files);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, body) = match files.get(&path) {
+                    Some(b) => ("200 OK", b.as_slice()),
+                    None => ("404 Not Found", &b""[..]),
+                };
+                let header = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(header.as_bytes()).await;
+                let _ = sock.write_all(body).await;
+            });
+        }
+    });
+    Ok(base)
+}

@@ -24,6 +24,8 @@ pub const LIMITS: Limits = Limits {
     max_output_bytes: 500 * 1000,
     max_input_bytes: 25 * 1024 * 1024,
     max_pixels: 4_000_000,
+    max_scans: 100,
+    max_decode_bytes: 96 * 1024 * 1024,
 };
 
 /// The scales production decodes at (6/8 and 7/8 are never used).
