@@ -1,7 +1,7 @@
 //! The command line: every command, its arguments and their help.
 
 use clap::{Parser, Subcommand};
-use jewelshot_domain::{JobId, JobStatus};
+use jewelshot_domain::{DeliveryState, JobId, JobStatus};
 
 #[derive(Debug, Parser)]
 #[command(name = "jewelshot", version, about = "JewelShot operator CLI")]
@@ -36,6 +36,11 @@ pub enum Cmd {
     Queue {
         #[command(subcommand)]
         cmd: QueueCmd,
+    },
+    /// Webhook deliveries: list them (failed ones first of all) and resend.
+    Webhooks {
+        #[command(subcommand)]
+        cmd: WebhooksCmd,
     },
     /// Put failed or stuck jobs back in line. Finished steps are kept (a finished generation is
     /// never paid for again) unless --from-start. Safe to run twice.
@@ -120,6 +125,33 @@ pub enum JobsCmd {
     Show { id: JobId },
     /// Cancel a queued or processing job (its place in line frees at once).
     Cancel { id: JobId },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    /// List deliveries, newest first, with their state, attempts and last error.
+    List {
+        /// pending, sending, delivered or failed.
+        #[arg(long)]
+        state: Option<DeliveryState>,
+        /// User email or id.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send deliveries again with fresh attempts (same message id: receivers deduplicate).
+    Resend {
+        /// These jobs' deliveries (in any state but one being sent right now).
+        #[arg(value_name = "JOB_ID")]
+        jobs: Vec<JobId>,
+        /// Every failed delivery (of --user, when given).
+        #[arg(long, conflicts_with = "jobs")]
+        failed: bool,
+        /// With --failed: only this user's (email or id).
+        #[arg(long, requires = "failed")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,7 +31,7 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
+pub(crate) fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
     let text: String = row.get(col);
     text.parse().map_err(|_| DbError::Corrupt(format!("{col} = {text:?}")))
 }

@@ -15,10 +15,12 @@
 //!   heartbeats and status transitions.
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
+//! - [`deliveries`] — webhook deliveries: the outbox workers claim (per-user cap, leases).
 //! - [`gallery`] — saved images.
 //! - [`storage`] — uploads and per-user storage accounting (quota reservations).
 //! - `views` (private) — [`jobs::JobRow::to_view`]: rows → the client-facing `JobView`.
 
+pub mod deliveries;
 pub mod gallery;
 pub mod jobs;
 pub mod requeue;

@@ -68,7 +68,9 @@ impl Db {
             tx.execute("DELETE FROM job_steps WHERE job_id = $1", &[&job.id.to_string()]).await?;
         } else {
             tx.execute(
-                "UPDATE job_steps SET status = 'pending', error = NULL WHERE job_id = $1 AND status <> 'complete'",
+                // notify-user announced the failure: the job's next end is announced afresh.
+                "UPDATE job_steps SET status = 'pending', error = NULL, output = NULL
+                  WHERE job_id = $1 AND (status <> 'complete' OR step = 'notify-user')",
                 &[&job.id.to_string()],
             )
             .await?;

@@ -38,6 +38,7 @@ impl JobRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             steps,
+            notification: None,
         }
     }
 }

@@ -11,7 +11,8 @@ pub struct ErrorCode {
     pub code: &'static str,
     /// The HTTP status the API answers with this code; 0 for codes only a failed job carries.
     pub status: u16,
-    /// Where it appears: `api`, `job`, or both.
+    /// Where it appears: `api`, `job` (a failed job's `error`), `notification` (a webhook
+    /// delivery's `error`).
     pub seen_in: &'static str,
     pub meaning: &'static str,
 }
@@ -76,6 +77,10 @@ codes! {
     UPSTREAM_BAD_RESPONSE = "upstream-bad-response", 0, "job", "fal answered something unusable (no image, an undecodable or oversized one).";
     STORAGE_FAILED = "storage-failed", 0, "job", "The generated image could not be fetched or stored.";
     POISON_JOB = "poison-job", 0, "job", "The job's worker died during every attempt.";
+    // Why a webhook delivery attempt failed (`notification.error.code`).
+    WEBHOOK_REJECTED = "webhook-rejected", 0, "notification", "The webhook endpoint answered with a status other than 2xx.";
+    WEBHOOK_UNREACHABLE = "webhook-unreachable", 0, "notification", "The webhook endpoint could not be reached, or did not answer within the timeout (10 s).";
+    WEBHOOK_FORBIDDEN = "webhook-forbidden", 0, "notification", "The webhook URL now resolves to an address the system never calls (private, loopback, link-local); not retried.";
 }
 
 /// The entry for `code`, if it is one of ours.

@@ -91,6 +91,17 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// Where a job's webhook delivery is. `delivered` and `failed` are final (an operator may
+    /// resend a failed one: `jewelshot webhooks resend`).
+    DeliveryState {
+        Pending => "pending",
+        Sending => "sending",
+        Delivered => "delivered",
+        Failed => "failed",
+    }
+);
+
 /// The codes a failed job reports in `error.code` live with every other code.
 pub use crate::error_code;
 

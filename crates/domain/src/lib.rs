@@ -29,4 +29,4 @@ pub mod view;
 
 pub use edit::{EditRequest, NewEdit, ValidationError};
 pub use ids::{JobId, UserId};
-pub use job::{JobStatus, Priority, StepName, StepStatus};
+pub use job::{DeliveryState, JobStatus, Priority, StepName, StepStatus};

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::job::{JobStatus, Priority, StepName, StepStatus};
+use crate::job::{DeliveryState, JobStatus, Priority, StepName, StepStatus};
 
 /// A job as `GET /api/jobs/{jobId}` answers it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -29,6 +29,28 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub steps: Vec<StepView>,
+    /// The job's webhook delivery, once the job has ended with a `webhook_url`; `null` otherwise
+    /// (and inside webhook bodies).
+    pub notification: Option<NotificationView>,
+}
+
+/// A webhook delivery, as `GET /api/jobs/{jobId}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub state: DeliveryState,
+    /// The Standard Webhooks `webhook-id`, the same on every attempt.
+    pub message_id: String,
+    /// `job.completed` or `job.failed`.
+    pub event: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// When the next attempt is due (`pending` only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed (a stable code, one sentence).
+    pub error: Option<ErrorView>,
 }
 
 /// One step of a job.

@@ -192,6 +192,9 @@ pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
         _ => None,
     };
     let mut v = job.to_view(&steps, position, eta);
+    if job.webhook_url.is_some() && job.status.is_final() {
+        v.notification = state.db.delivery(job.id).await?.map(|d| d.to_view());
+    }
     // URLs are made when served: presigned ones expire, so the stored one may be stale.
     if let Some(key) = job.result_key.as_deref().filter(|_| v.image_url.is_some()) {
         if let Ok(key) = jewelshot_storage::ObjectKey::new(key) {

@@ -7,6 +7,8 @@
 //! ## Layout
 //! - [`db`] — [`fresh_database`] / [`fresh_database_on`] (`jewelshot_test_<ulid>`, migrated),
 //!   [`TestDb`], [`unique_queue_name`], [`admin_database_url`], [`redis_url`].
+//! - [`hooks`] — [`hooks::Receiver`], a webhook endpoint that records deliveries, answers
+//!   scripted statuses or hangs, and counts the connections it holds.
 //! - [`processes`] — [`Proc`] (a spawned binary, killed when dropped; SIGKILL/SIGTERM on
 //!   demand), [`bin_path`], [`repo_root`], [`fixture_photo`], [`python`], [`venv_tool`].
 //! - [`servers`] — servers of a test's own: [`S3Server`] (s3s-fs), [`RedisServer`],
@@ -15,6 +17,7 @@
 //!   queue), [`StackOptions`], [`StorageKind`], [`WorkerTweak`], [`config_env`].
 
 pub mod db;
+pub mod hooks;
 pub mod processes;
 pub mod servers;
 pub mod stack;

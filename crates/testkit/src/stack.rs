@@ -381,6 +381,28 @@ impl Stack {
         }
     }
 
+    /// Poll a job until its webhook delivery (`notification`) is in `state`, or fail after
+    /// `timeout`.
+    pub async fn wait_notification(
+        &self,
+        key: &str,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.get_job(key, id).await?;
+            if status == 200 && job["notification"]["state"] == state {
+                return Ok(job);
+            }
+            if start.elapsed() > timeout {
+                bail!("job {id}'s delivery not {state} after {timeout:?}: {job}\n{}", self.worker_logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// What the emulator saw.
     pub async fn emulator_stats(&self) -> anyhow::Result<Value> {
         Ok(self.http.get(format!("{}/__stats", self.emulator_url())).send().await?.json().await?)

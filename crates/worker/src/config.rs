@@ -115,11 +115,27 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// First redelivery delay, in milliseconds; doubles per attempt, with jitter.
     pub backoff_base_ms: u64,
+    /// Delivery attempts this process makes at once (beside its jobs, never in their slots).
+    pub concurrency: usize,
+    /// Attempts in flight for one user across the fleet: an endpoint that never answers holds
+    /// at most this many delivery slots.
+    pub per_user_concurrency: u32,
+    /// How often an idle delivery loop looks for due deliveries, in milliseconds (a job this
+    /// process finishes wakes it at once).
+    pub poll_interval_ms: u64,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self { allow_insecure: false, timeout_ms: 10_000, max_attempts: 6, backoff_base_ms: 2_000 }
+        Self {
+            allow_insecure: false,
+            timeout_ms: 10_000,
+            max_attempts: 6,
+            backoff_base_ms: 2_000,
+            concurrency: 16,
+            per_user_concurrency: 2,
+            poll_interval_ms: 1_000,
+        }
     }
 }
 
@@ -149,6 +165,11 @@ impl Config {
         );
         self.fal.line.validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
+        let w = &self.webhook;
+        anyhow::ensure!(
+            w.concurrency > 0 && w.per_user_concurrency > 0 && w.poll_interval_ms > 0 && w.max_attempts > 0,
+            "JEWELSHOT_WEBHOOK__CONCURRENCY, __PER_USER_CONCURRENCY, __POLL_INTERVAL_MS and __MAX_ATTEMPTS must be at least 1"
+        );
         Ok(())
     }
 }

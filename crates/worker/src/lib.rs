@@ -19,7 +19,9 @@
 //!   ([`dispatcher::spawn`]).
 //! - [`reconciler`] — puts back what Redis lost, from Postgres (one worker at a time);
 //!   [`reconciler::Reconciler`].
-//! - [`webhook`] — signed, SSRF-guarded webhook delivery ([`webhook::WebhookSender`],
+//! - [`deliveries`] — webhook delivery as its own queued work (a Postgres outbox, its own slots,
+//!   a per-user cap): [`deliveries::spawn`].
+//! - [`webhook`] — one signed, SSRF-guarded webhook attempt ([`webhook::WebhookSender`],
 //!   [`webhook::sign`]).
 //! - [`backoff`] — retry delays ([`backoff::backoff`]).
 //! - [`poll`] — [`poll::SteadyInterval`], a polling strategy that keeps idle workers awake
@@ -28,6 +30,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod deliveries;
 pub mod dispatcher;
 pub mod egress;
 pub mod pipeline;
@@ -201,7 +204,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             Ok(())
         })
         .await?;
-    drop(background);
+    background.finish().await;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -219,7 +222,7 @@ fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
 }
 
 /// What every job of this process shares: Postgres, storage, the fal pool behind the fleet's
-/// limiter (its accounts registered in Redis), webhooks.
+/// limiter (its accounts registered in Redis), webhook deliveries.
 async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: CancellationToken) -> anyhow::Result<Ctx> {
     let db = Db::connect(&cfg.database)?;
     db.ping().await?;
@@ -237,7 +240,7 @@ async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: Cance
         db,
         upstream,
         store,
-        webhooks: webhook::WebhookSender::new(cfg.webhook.clone())?,
+        deliveries: deliveries::Deliveries::new(cfg.webhook.clone())?,
         settings: s.clone(),
         images: cfg.images,
         worker_id: worker_name(&s.id),
@@ -269,11 +272,13 @@ struct Background {
     /// The apalis worker's current name (it changes when the Monitor restarts the worker).
     current_name: Arc<std::sync::Mutex<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The webhook delivery loop: on shutdown it lets its attempts end instead of being aborted.
+    deliveries: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
     /// The limiter's wake-ups, the dispatcher, job heartbeats, the reconciler, the apalis
-    /// keep-alive and the vacuum.
+    /// keep-alive, the vacuum, and the webhook delivery loop.
     fn spawn(
         cfg: &Config,
         ctx: &Arc<Ctx>,
@@ -294,17 +299,26 @@ impl Background {
             limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone()),
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
-            reconciler(cfg, ctx, queue, conn.clone()).spawn(token),
+            reconciler(cfg, ctx, queue, conn.clone()).spawn(token.clone()),
             spawn_keep_alive(conn.clone(), backend_config(cfg).workers_set(), current_name.clone(), s.heartbeat_secs),
             spawn_vacuum(conn, cfg.queue.clone(), s.vacuum_interval_secs),
         ];
-        Ok(Self { current_name, tasks })
+        let deliveries = Some(deliveries::spawn(ctx.clone(), token));
+        Ok(Self { current_name, tasks, deliveries })
+    }
+
+    /// Stop: webhook attempts in flight end (the loop stops claiming once the shutdown token is
+    /// cancelled, and bounds its own wait), everything else is aborted.
+    async fn finish(mut self) {
+        if let Some(d) = self.deliveries.take() {
+            let _ = d.await;
+        }
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.deliveries) {
             t.abort();
         }
     }

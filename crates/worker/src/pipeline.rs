@@ -1,7 +1,8 @@
 //! One job, as three steps: `generate-image` → `save-to-gallery` → `notify-user` (each in
 //! [`crate::steps`]). This module is the job's life around them: the upstream slot it waits for
 //! while still `queued`, the attempt it begins (the run lock), retries with backoff up to the
-//! job's `max_attempts`, and how it ends — complete, failed, canceled, or handed back.
+//! job's `max_attempts`, and how it ends — complete, failed, canceled, or handed back — and is
+//! announced (`notify-user` records the webhook delivery; [`crate::deliveries`] sends it).
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,7 +20,6 @@ use crate::{
     config::WorkerSettings,
     steps::{generate::generate, notify::notify, save::save, StepFailure},
     upstream::Upstream,
-    webhook::WebhookSender,
 };
 
 /// Everything a job needs; shared by all of a worker's tasks.
@@ -29,7 +29,8 @@ pub struct Ctx {
     /// fal accounts and the fleet-wide limiter in front of them.
     pub upstream: Upstream,
     pub store: Arc<dyn ObjectStore>,
-    pub webhooks: WebhookSender,
+    /// Webhook deliveries: their settings, and the wake-up of this process's delivery loop.
+    pub deliveries: crate::deliveries::Deliveries,
     pub settings: WorkerSettings,
     pub images: jewelshot_imaging::Limits,
     pub worker_id: String,
@@ -193,7 +194,8 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
         metrics::counter!(m::JOB_ATTEMPTS).increment(1);
         tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
         let (code, message, retry_after) = match run_steps(ctx, &job, &mut grant).await {
-            Ok(()) | Err(StepFailure::Canceled) => return Ok(()),
+            Ok(Some(done)) => return announce(ctx, &done).await,
+            Ok(None) | Err(StepFailure::Canceled) => return Ok(()),
             Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message, "").await,
             Err(StepFailure::Shutdown) => {
                 // Back in line without spending the attempt; another worker resumes it at once.
@@ -222,16 +224,16 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
     }
 }
 
-/// The steps of one attempt; finished steps are skipped with their stored output.
-async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<(), StepFailure> {
+/// The steps of one attempt up to the job's completion; finished steps are skipped with their
+/// stored output. The completed job (to announce), or `None` when it was canceled meanwhile.
+async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Option<JobRow>, StepFailure> {
     let generated = generate(ctx, job, grant).await?;
     let saved = save(ctx, job, &generated).await?;
-    let Some(done) = ctx.db.complete_job(job.id, &saved.key, &saved.url).await? else {
-        return Ok(()); // canceled meanwhile: nothing to announce
-    };
-    metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
-    notify(ctx, &done).await?;
-    Ok(())
+    let done = ctx.db.complete_job(job.id, &saved.key, &saved.url).await?;
+    if done.is_some() {
+        metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
+    }
+    Ok(done)
 }
 
 /// End the job as failed (if it is not final already) and announce it. Clients (the job's
@@ -255,8 +257,9 @@ fn public_message(code: &str, note: &str) -> String {
     }
 }
 
-/// `notify-user` for a job already final: a failure hands the task back, and the next delivery
-/// finds the job final and notifies again (the step is skipped once it completed).
+/// `notify-user` for a final job (it records the webhook delivery owed, if any): a failure hands
+/// the task back, and the next delivery of the task finds the job final and notifies again (the
+/// step is skipped once it completed).
 async fn announce(ctx: &Ctx, job: &JobRow) -> Result<(), HandBack> {
     match notify(ctx, job).await {
         Ok(_) => Ok(()),

@@ -10,7 +10,6 @@ use sha2::Sha256;
 use url::Url;
 
 use crate::{
-    backoff::backoff,
     config::WebhookConfig,
     egress::{error_chain, Egress},
 };
@@ -64,33 +63,17 @@ impl WebhookSender {
         Ok(Self { egress, cfg })
     }
 
-    /// Deliver `body` to `url`, retrying non-2xx answers with backoff. The message id stays the
-    /// same across attempts (receivers deduplicate on it); the timestamp and signature are fresh.
-    /// Returns the number of attempts made.
-    pub async fn deliver(
-        &self,
-        url: &str,
-        secret: &str,
-        msg_id: &str,
-        body: &[u8],
-    ) -> Result<u32, (u32, WebhookError)> {
-        let target = self.egress.target(url).map_err(|e| (0, WebhookError::Forbidden(e)))?;
-        let mut last = WebhookError::Transport("not attempted".into());
-        for attempt in 1..=self.cfg.max_attempts.max(1) {
-            match self.send_once(&target, secret, msg_id, body).await {
-                Ok(()) => return Ok(attempt),
-                Err(e @ (WebhookError::Forbidden(_) | WebhookError::BadSecret)) => return Err((attempt, e)),
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "webhook delivery failed");
-                    last = e;
-                }
-            }
-            if attempt < self.cfg.max_attempts {
-                tokio::time::sleep(backoff(attempt, self.cfg.backoff_base_ms, self.cfg.backoff_base_ms * 64, None))
-                    .await;
-            }
-        }
-        Err((self.cfg.max_attempts, last))
+    /// One delivery attempt of `body` to `url` (retries are scheduled by
+    /// [`crate::deliveries`], never slept through here): a fresh timestamp and signature, the
+    /// message id the receiver deduplicates on, at most `timeout_ms`.
+    pub async fn attempt(&self, url: &str, secret: &str, msg_id: &str, body: &[u8]) -> Result<(), WebhookError> {
+        let target = self.egress.target(url).map_err(WebhookError::Forbidden)?;
+        self.send_once(&target, secret, msg_id, body).await
+    }
+
+    /// The per-attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms)
     }
 
     async fn send_once(&self, url: &Url, secret: &str, msg_id: &str, body: &[u8]) -> Result<(), WebhookError> {
@@ -136,8 +119,8 @@ mod tests {
     async fn refuses_internal_targets_before_sending() {
         let sender = WebhookSender::new(WebhookConfig { max_attempts: 1, ..Default::default() }).expect("client");
         for url in ["https://127.0.0.1/h", "https://169.254.169.254/x", "https://[::1]/h", "https://localhost:1/h"] {
-            let err = sender.deliver(url, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "m", b"{}").await.expect_err(url);
-            assert!(matches!(err.1, WebhookError::Forbidden(_)), "{url}: {:?}", err.1);
+            let err = sender.attempt(url, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "m", b"{}").await.expect_err(url);
+            assert!(matches!(err, WebhookError::Forbidden(_)), "{url}: {err:?}");
         }
     }
 }

@@ -34,7 +34,9 @@ pub async fn run(cmd: JobsCmd, app: &App) -> Result<(), Failure> {
             let steps = app.db.steps(id).await?;
             let line = app.line_if_reachable().await;
             let position = app.position(line.as_ref(), &row).await?;
-            print(&Shown::of(&row, steps, position), app.json)
+            let mut shown = Shown::of(&row, steps, position);
+            shown.view.notification = app.db.delivery(id).await?.map(|d| d.to_view());
+            print(&shown, app.json)
         }
         JobsCmd::Cancel { id } => cancel(app, id).await,
     }
@@ -124,6 +126,13 @@ impl Report for Shown {
             ("webhook", self.webhook_url.clone()),
             ("result", v.image_url.clone()),
             ("error", v.error.as_ref().map(|e| format!("{}: {}", e.code, e.message))),
+            (
+                "delivery",
+                v.notification.as_ref().map(|n| {
+                    let error = n.error.as_ref().map(|e| format!(" — {}: {}", e.code, e.message)).unwrap_or_default();
+                    format!("{} {} ({}/{} attempts){error}", n.event, n.state, n.attempts, n.max_attempts)
+                }),
+            ),
             ("worker", self.worker_id.clone()),
         ];
         for (label, value) in optional {

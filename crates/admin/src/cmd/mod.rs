@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod queue;
 pub mod requeue;
 pub mod users;
+pub mod webhooks;
 
 use crate::{
     app::{App, Failure},
@@ -22,6 +23,7 @@ pub async fn run(cmd: Cmd, app: &App) -> Result<(), Failure> {
         Cmd::Keys { cmd } => keys::run(cmd, app).await,
         Cmd::Jobs { cmd } => jobs::run(cmd, app).await,
         Cmd::Queue { cmd } => queue::run(cmd, app).await,
+        Cmd::Webhooks { cmd } => webhooks::run(cmd, app).await,
         Cmd::Requeue(args) => requeue::run(&args, app).await,
         Cmd::Compress(args) => compress::run(&args, app.json),
     }
