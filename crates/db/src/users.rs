@@ -154,6 +154,67 @@ impl Db {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// The user an identity provider's `issuer` + `subject` names, created on first use (email
+    /// from the token when no other user has it, else `oidc:<issuer>#<subject>`; plan `plan`).
+    /// Later uses set the plan to `plan` when the token carries one (`plan_from_token`), so a
+    /// plan changed at the provider takes effect at the next request.
+    pub async fn user_for_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        plan: &str,
+        plan_from_token: bool,
+    ) -> Result<User> {
+        let mut conn = self.conn().await?;
+        let found = conn
+            .query_opt(
+                "SELECT u.* FROM user_identities i JOIN users u ON u.id = i.user_id
+                  WHERE i.issuer = $1 AND i.subject = $2",
+                &[&issuer, &subject],
+            )
+            .await?;
+        if let Some(row) = found {
+            let user = user_from_row(&row)?;
+            if !plan_from_token || user.plan == plan {
+                return Ok(user);
+            }
+            let row = conn
+                .query_one("UPDATE users SET plan = $2 WHERE id = $1 RETURNING *", &[&user.id.to_string(), &plan])
+                .await?;
+            return user_from_row(&row);
+        }
+        let id = UserId::generate();
+        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<24>()));
+        let fallback = format!("oidc:{issuer}#{subject}");
+        let tx = conn.transaction().await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO users (id, email, plan, webhook_secret)
+                 VALUES ($1, CASE WHEN $2::text IS NULL OR EXISTS (SELECT 1 FROM users WHERE email = $2)
+                                  THEN $3 ELSE $2 END, $4, $5)
+                 RETURNING *",
+                &[&id.to_string(), &email, &fallback, &plan, &secret],
+            )
+            .await?;
+        // A concurrent first use of the same identity waits here on the primary key, then finds
+        // it taken: this user is rolled back and the other one is used.
+        let claimed = tx
+            .execute(
+                "INSERT INTO user_identities (issuer, subject, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&issuer, &subject, &id.to_string()],
+            )
+            .await?;
+        if claimed == 0 {
+            drop(tx);
+            drop(conn);
+            return Box::pin(self.user_for_identity(issuer, subject, email, plan, plan_from_token)).await;
+        }
+        tx.commit().await?;
+        user_from_row(&row)
+    }
+
     /// Issue an API key for `user`. The returned key is not recoverable later.
     pub async fn create_api_key(&self, user: UserId, name: &str) -> Result<IssuedKey> {
         let id = ulid::Ulid::generate().to_string();

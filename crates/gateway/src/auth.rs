@@ -1,4 +1,4 @@
-//! Bearer API-key authentication. A middleware resolves the key before any extractor runs (so
+//! Bearer authentication: API keys, or identity-provider JWTs ([`crate::jwt`]). A middleware resolves the key before any extractor runs (so
 //! an unauthenticated request gets 401, never a body-parsing error), and [`AuthUser`] hands the
 //! resolved user to handlers.
 
@@ -27,7 +27,8 @@ fn bearer(req: &ServiceRequest) -> Option<String> {
     let h = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = h.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256).then(|| token.to_owned())
+    let fits = !token.is_empty() && token.len() <= crate::jwt::MAX_TOKEN_BYTES;
+    (scheme.eq_ignore_ascii_case("bearer") && fits).then(|| token.to_owned())
 }
 
 /// Routes under `/api/` need a key, except the API description.
@@ -56,17 +57,73 @@ pub fn client_ip(req: &ServiceRequest, trusted: &[ipnet::IpNet]) -> Option<IpAdd
     Some(peer)
 }
 
-/// Middleware: resolve the bearer key for `/api/…` routes or answer 401. A token that cannot be
-/// a key is refused before any I/O; an address that failed too often is refused before the
-/// lookup (429), so guessing keys costs the database nothing.
+/// What a bearer token can be, judged from its shape alone (no I/O).
+enum Credential {
+    ApiKey(String),
+    Jwt(String),
+}
+
+fn credential(req: &ServiceRequest, state: &AppState) -> Option<Credential> {
+    let token = bearer(req)?;
+    if is_key_shaped(&token) {
+        Some(Credential::ApiKey(token))
+    } else if state.jwt.is_some() && crate::jwt::looks_like_jwt(&token) {
+        Some(Credential::Jwt(token))
+    } else {
+        None
+    }
+}
+
+/// The user a credential names: `None` when it names nobody (unknown or revoked key, a token
+/// that does not verify).
+async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User>, ApiError> {
+    match credential {
+        Credential::ApiKey(key) => Ok(state.db.user_by_api_key(&key).await?),
+        Credential::Jwt(token) => {
+            let Some(verifier) = &state.jwt else { return Ok(None) };
+            let identity = match verifier.verify(&token).await {
+                Ok(identity) => identity,
+                Err(crate::jwt::JwtError::KeysUnavailable(cause)) => {
+                    return Err(ApiError::Unavailable {
+                        code: codes::SERVICE_UNAVAILABLE,
+                        what: "the identity provider's keys",
+                        retry_after_secs: 5,
+                        cause,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "bearer JWT refused");
+                    return Ok(None);
+                }
+            };
+            let s = verifier.settings();
+            let plan = identity.plan.as_deref().unwrap_or(&s.default_plan);
+            let user = state
+                .db
+                .user_for_identity(
+                    &identity.issuer,
+                    &identity.subject,
+                    identity.email.as_deref(),
+                    plan,
+                    identity.plan.is_some(),
+                )
+                .await?;
+            Ok(Some(user))
+        }
+    }
+}
+
+/// Middleware: resolve the bearer credential for `/api/…` routes or answer 401. A token that
+/// can be neither a key nor a JWT is refused before any I/O; an address that failed too often
+/// is refused before the lookup (429), so guessing keys costs the database nothing.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if needs_auth(req.path()) {
-        let token = bearer(&req).filter(|t| is_key_shaped(t)).ok_or(ApiError::Unauthorized)?;
         let state =
             req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
+        let credential = credential(&req, &state).ok_or(ApiError::Unauthorized)?;
         let ip = client_ip(&req, &state.trusted_proxies);
         if let Some(wait) = ip.and_then(|ip| state.auth_blocked(ip)) {
             return Err(ApiError::TooManyRequests {
@@ -77,7 +134,7 @@ pub async fn authenticate(
             }
             .into());
         }
-        let Some(user) = state.db.user_by_api_key(&token).await.map_err(ApiError::from)? else {
+        let Some(user) = resolve(&state, credential).await? else {
             if let Some(ip) = ip {
                 state.auth_failed(ip).await;
             }

@@ -25,6 +25,8 @@ pub struct Config {
     /// and the upstream capacity live, and how positions interleave classes.
     pub fal: jewelshot_ratelimit::LineSettings,
     pub limits: UserLimits,
+    /// `JEWELSHOT_JWT__*`: identity-provider tokens beside API keys (off by default).
+    pub jwt: crate::jwt::JwtSettings,
 }
 
 /// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.
@@ -190,6 +192,7 @@ impl Config {
         anyhow::ensure!(cfg.jobs.max_attempts >= 1, "JEWELSHOT_JOBS__MAX_ATTEMPTS must be at least 1");
         anyhow::ensure!(cfg.gateway.max_json_bytes >= 1024, "JEWELSHOT_GATEWAY__MAX_JSON_BYTES is too small");
         cfg.gateway.proxies().map_err(anyhow::Error::msg)?;
+        cfg.jwt.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

@@ -11,7 +11,7 @@ pub enum ApiError {
     Invalid(#[from] ValidationError),
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
-    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    #[error("a valid API key or sign-in token is required (Authorization: Bearer <credential>)")]
     Unauthorized,
     #[error("job not found")]
     JobNotFound,

@@ -9,8 +9,9 @@
 //!   [`Config::load`].
 //! - [`state`] — [`state::AppState`], what every handler shares (database, queue, store, limiters,
 //!   the cached upstream capacity and generation time behind ETAs).
-//! - [`auth`] — the bearer-key middleware ([`auth::authenticate`]) and the [`auth::AuthUser`]
-//!   extractor.
+//! - [`auth`] — the bearer middleware ([`auth::authenticate`]: API keys, or identity-provider
+//!   JWTs through [`jwt`]) and the [`auth::AuthUser`] extractor.
+//! - [`jwt`] — OIDC / Supabase JWTs: the JWKS cache with rotation, pinned algorithms, claims.
 //! - [`routes`] — handlers (short: extract → service → DTO); [`routes::configure`] registers them.
 //! - [`service`] — submit/view/list/cancel logic.
 //! - [`uploads`] — uploads (capped read, bounded compression, quota), gallery, storage use.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod openapi;
 pub mod routes;
 pub mod service;
@@ -67,7 +69,11 @@ impl Application {
         let grace = cfg.gateway.shutdown_grace_secs;
         telemetry::prometheus();
         let metrics_listen = cfg.gateway.metrics_listen.clone();
-        let state = web::Data::new(AppState::new(db, queue, store, cfg));
+        let mut state = AppState::new(db, queue, store, cfg);
+        if state.cfg.jwt.enabled() {
+            state.jwt = Some(jwt::JwtVerifier::new(state.cfg.jwt.clone())?);
+        }
+        let state = web::Data::new(state);
         let metrics = if metrics_listen.is_empty() {
             None
         } else {

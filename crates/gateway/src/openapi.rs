@@ -22,7 +22,15 @@ impl Modify for BearerAuth {
         let components = api.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`jsk_…`), or — when the gateway is configured with an identity \
+                         provider (`JEWELSHOT_JWT__*`) — a JWT it signed (RS256/ES256).",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

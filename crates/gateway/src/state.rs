@@ -39,6 +39,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Verifies `/files/…` URLs (the local store signs them with the same key).
     pub file_urls: jewelshot_storage::local::UrlSigner,
+    /// Identity-provider tokens, when `jwt.jwks_url` is set.
+    pub jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -93,6 +95,7 @@ impl AppState {
             blocked: Mutex::new(HashMap::new()),
             trusted_proxies,
             file_urls,
+            jwt: None,
         }
     }
 

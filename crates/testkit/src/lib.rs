@@ -12,7 +12,7 @@
 //! - [`processes`] — [`Proc`] (a spawned binary, killed when dropped; SIGKILL/SIGTERM on
 //!   demand), [`bin_path`], [`repo_root`], [`fixture_photo`], [`python`], [`venv_tool`].
 //! - [`servers`] — servers of a test's own: [`S3Server`] (s3s-fs), [`RedisServer`],
-//!   [`PgServer`]; [`serve_files`] (plain HTTP files for others to fetch); [`s3s_bin`], [`S3_ACCESS_KEY`], [`S3_SECRET_KEY`].
+//!   [`PgServer`]; [`serve_files`] / [`serve_shared_files`] (plain HTTP files for others to fetch); [`s3s_bin`], [`S3_ACCESS_KEY`], [`S3_SECRET_KEY`].
 //! - [`stack`] — [`Stack`] (emulator + gateway, workers on demand, wired to one database and
 //!   queue), [`StackOptions`], [`StorageKind`], [`WorkerTweak`], [`config_env`].
 
@@ -24,5 +24,8 @@ pub mod stack;
 
 pub use db::{admin_database_url, fresh_database, fresh_database_on, redis_url, unique_queue_name, TestDb};
 pub use processes::{bin_path, fixture_photo, python, repo_root, venv_tool, Proc};
-pub use servers::{s3s_bin, serve_files, PgServer, RedisServer, S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+pub use servers::{
+    s3s_bin, serve_files, serve_shared_files, PgServer, RedisServer, S3Server, SharedFiles, S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+};
 pub use stack::{config_env, Stack, StackOptions, StorageKind, WorkerTweak};

@@ -232,14 +232,21 @@ impl Drop for PgServer {
     }
 }
 
+/// Files served by [`serve_shared_files`]: path → bytes.
+pub type SharedFiles = std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
+
 /// Serve `files` (path → bytes) over plain HTTP/1.1 on a loopback port, one request per
 /// connection, for as long as the test runs; a path not in the map is a 404. Returns the base URL.
 /// For files a test wants someone else (the emulator, a worker) to fetch.
 pub async fn serve_files(files: HashMap<String, Vec<u8>>) -> anyhow::Result<String> {
+    serve_shared_files(std::sync::Arc::new(std::sync::Mutex::new(files))).await
+}
+
+/// [`serve_files`] over a map the test may change while it is served (e.g. a JWKS that rotates).
+pub async fn serve_shared_files(files: SharedFiles) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let files = std::sync::Arc::new(files);
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let files = files.clone();
@@ -254,7 +261,8 @@ pub async fn serve_files(files: HashMap<String, Vec<u8>>) -> anyhow::Result<Stri
                 }
                 let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, body) = match files.get(&path) {
+                let found = files.lock().ok().and_then(|f| f.get(&path).cloned());
+                let (status, body) = match &found {
                     Some(b) => ("200 OK", b.as_slice()),
                     None => ("404 Not Found", &b""[..]),
                 };
