@@ -1,23 +1,15 @@
 //! `jewelshot requeue` after an injected fal outage: the dry run lists every failed job and
 //! changes nothing; the real run puts them back and they complete; a second run finds nothing.
 
-use std::{process::Command, time::Duration};
+mod common;
 
+use std::time::Duration;
+
+use common::jewelshot;
 use jewelshot_testkit::{Stack, StackOptions};
 use serde_json::json;
 
 const JOBS: usize = 50;
-
-fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))
-        .args(args)
-        .env("JEWELSHOT_DATABASE__URL", &stack.db.url)
-        .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
-        .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
-        .output()
-        .expect("run jewelshot");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_requeue_after_an_outage() {

@@ -1,21 +1,13 @@
 //! `jewelshot webhooks list | resend`: a delivery that failed for good is visible to the client
 //! (`notification`) and to the operator, and a resend delivers it under the same message id.
 
-use std::{process::Command, time::Duration};
+mod common;
 
+use std::time::Duration;
+
+use common::jewelshot;
 use jewelshot_testkit::{hooks::Receiver, Stack, StackOptions, WorkerTweak};
 use serde_json::{json, Value};
-
-fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))
-        .args(args)
-        .env("JEWELSHOT_DATABASE__URL", &stack.db.url)
-        .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
-        .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
-        .output()
-        .expect("run jewelshot");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_a_failed_delivery_is_listed_and_resent() {

@@ -1,0 +1,18 @@
+//! Shared by the CLI's end-to-end tests: run `jewelshot` against a [`Stack`]'s database and queue.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+use jewelshot_testkit::Stack;
+
+/// Run `jewelshot <args>` on the stack; whether it succeeded, and its stdout and stderr.
+pub fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))
+        .args(args)
+        .env("JEWELSHOT_DATABASE__URL", &stack.db.url)
+        .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
+        .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
+        .output()
+        .expect("run jewelshot");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
