@@ -7,7 +7,7 @@ use figment::{
     providers::{Env, Serialized},
     Figment,
 };
-use jewelshot_db::{jobs::JobRow, Db, DbConfig, DbError};
+use jewelshot_db::{jobs::JobRow, secrets::Keyring, Db, DbConfig, DbError};
 use jewelshot_domain::UserId;
 use jewelshot_queue::{Queue, QueueConfig, QueueError};
 use jewelshot_ratelimit::{Limiter, LineSettings};
@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct Config {
     pub database: DbConfig,
+    /// `JEWELSHOT_SECRETS__*`: the keys webhook secrets are sealed with.
+    pub secrets: jewelshot_db::secrets::SecretsConfig,
     pub queue: QueueConfig,
     pub fal: LineSettings,
 }
@@ -138,7 +140,8 @@ pub struct App {
 
 impl App {
     pub fn new(cfg: Config, json: bool) -> Result<Self, Failure> {
-        let db = Db::connect(&cfg.database).map_err(|e| Failure::usage(e.to_string()))?;
+        let keyring = Keyring::from_config(&cfg.secrets).map_err(|e| Failure::usage(e.to_string()))?;
+        let db = Db::connect(&cfg.database).map_err(|e| Failure::usage(e.to_string()))?.with_keyring(keyring);
         Ok(Self { cfg, db, json })
     }
 

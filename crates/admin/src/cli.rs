@@ -42,6 +42,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: WebhooksCmd,
     },
+    /// Webhook-secret encryption keys: make one, see what each key seals, seal again under the
+    /// current key.
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
     /// Put failed or stuck jobs back in line. Finished steps are kept (a finished generation is
     /// never paid for again) unless --from-start. Safe to run twice.
     Requeue(RequeueArgs),
@@ -85,6 +91,31 @@ pub enum UsersCmd {
         user: String,
         plan: String,
     },
+    /// Give a user a new webhook signing secret (printed once). Until the overlap ends every
+    /// delivery carries a signature by the old secret and one by the new, so the receiver can
+    /// switch at any moment in between.
+    RotateWebhookSecret {
+        /// User email or id.
+        user: String,
+        /// How long the old secret keeps signing beside the new one (e.g. 24h, 30m, 0s).
+        #[arg(long, default_value = "24h")]
+        overlap: humantime::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Print a new random key, as the environment line that configures it.
+    NewKey {
+        /// The key's id (stored beside every secret it seals).
+        #[arg(long, default_value = "")]
+        id: String,
+    },
+    /// How many webhook secrets each key seals (`plaintext`: not encrypted), and the current key.
+    Status,
+    /// Seal every secret stored as plaintext or under another key with the current key (also
+    /// done by `migrate`). Afterwards, old keys can be removed from the environment.
+    Rewrap,
 }
 
 #[derive(Debug, Subcommand)]

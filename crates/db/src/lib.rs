@@ -10,7 +10,9 @@
 //!   [`Db::ping`], [`Db::pool_status`]; the modules below add the queries as `Db` methods.
 //! - [`DbError`] — typed failures with `code()`, `is_retryable()` and `is_unavailable()`;
 //!   [`Result`] defaults its error to it.
-//! - [`users`] — users and API keys (keys stored as SHA-256 only).
+//! - [`users`] — users, API keys (stored as SHA-256 only) and webhook secrets (sealed).
+//! - [`secrets`] — the keyring that seals webhook secrets (`JEWELSHOT_SECRETS__*`); a `Db`
+//!   holds one ([`Db::with_keyring`]).
 //! - [`jobs`] — job rows ([`jobs::JobRow`]), idempotent insert, queue position, attempts,
 //!   heartbeats and status transitions.
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
@@ -24,6 +26,7 @@ pub mod deliveries;
 pub mod gallery;
 pub mod jobs;
 pub mod requeue;
+pub mod secrets;
 pub mod steps;
 pub mod storage;
 pub mod users;
@@ -79,6 +82,8 @@ pub enum DbError {
     Corrupt(String),
     #[error("the user already has {cap} jobs waiting")]
     QueuedCapReached { cap: i64 },
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretsError),
 }
 
 impl DbError {
@@ -91,6 +96,7 @@ impl DbError {
             Self::Migration(_) => "migration-failed",
             Self::Corrupt(_) => "database-corrupt",
             Self::QueuedCapReached { .. } => "too-many-queued-jobs",
+            Self::Secret(_) => "secret-unavailable",
         }
     }
 
@@ -121,6 +127,7 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    keyring: std::sync::Arc<secrets::Keyring>,
 }
 
 impl std::fmt::Debug for Db {
@@ -145,7 +152,19 @@ impl Db {
             .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, keyring: Default::default() })
+    }
+
+    /// Seal and open webhook secrets with `keyring` (without one they are stored as plaintext).
+    #[must_use]
+    pub fn with_keyring(mut self, keyring: secrets::Keyring) -> Self {
+        self.keyring = std::sync::Arc::new(keyring);
+        self
+    }
+
+    /// The keyring webhook secrets are sealed with.
+    pub fn keyring(&self) -> &secrets::Keyring {
+        &self.keyring
     }
 
     pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Object> {

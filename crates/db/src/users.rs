@@ -1,5 +1,6 @@
-//! Users and API keys. A key is shown once at creation; only its SHA-256 is stored, so a
-//! database leak does not leak usable keys.
+//! Users, API keys and webhook signing secrets. A key is shown once at creation; only its
+//! SHA-256 is stored, so a database leak does not leak usable keys. Webhook secrets are stored
+//! sealed ([`crate::secrets`]) and opened only to sign.
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -7,30 +8,39 @@ use jewelshot_domain::UserId;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::{Db, DbError, Result};
+use crate::{
+    secrets::{Sealed, WebhookSecret},
+    Db, DbError, Result,
+};
 
 /// Every key starts with this, so leaked keys are easy to scan for.
 pub const KEY_PREFIX: &str = "jsk_";
 
-#[derive(Clone)]
+/// A user. Holds no secret: webhook secrets are read apart ([`Db::signing_secrets`]).
+#[derive(Debug, Clone)]
 pub struct User {
     pub id: UserId,
     pub email: String,
     pub plan: String,
-    pub webhook_secret: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// Secrets never reach logs or panics through `{:?}`.
-impl std::fmt::Debug for User {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User")
-            .field("id", &self.id)
-            .field("email", &self.email)
-            .field("plan", &self.plan)
-            .field("webhook_secret", &"<redacted>")
-            .finish()
-    }
+/// What [`Db::rotate_webhook_secret`] did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new current secret (shown once).
+    pub secret: WebhookSecret,
+    /// Until when the secrets it replaced keep signing beside it (`None` if there were none).
+    pub previous_until: Option<DateTime<Utc>>,
+}
+
+/// What [`Db::rewrap_secrets`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Secrets sealed again under the current key.
+    pub resealed: u64,
+    /// Secrets under a key that is not configured (left as they are).
+    pub unopenable: u64,
 }
 
 /// A freshly issued key: `key` is the only copy of the secret.
@@ -123,34 +133,153 @@ fn user_from_row(row: &tokio_postgres::Row) -> Result<User> {
         id: id.parse().map_err(|_| DbError::Corrupt(format!("user id {id}")))?,
         email: row.get("email"),
         plan: row.get("plan"),
-        webhook_secret: row.get("webhook_secret"),
         created_at: row.get("created_at"),
     })
 }
 
+/// Columns of `users` (never `*`: the row is what [`User`] holds).
+const USER_COLUMNS: &str = "id, email, plan, created_at";
+
 impl Db {
     /// Create a user with a fresh webhook signing secret.
     pub async fn create_user(&self, email: &str, plan: &str) -> Result<User> {
+        Ok(self.create_user_with_secret(email, plan).await?.0)
+    }
+
+    /// Create a user; also returns its webhook signing secret (the only time it is shown).
+    pub async fn create_user_with_secret(&self, email: &str, plan: &str) -> Result<(User, WebhookSecret)> {
         let id = UserId::generate();
-        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<24>()));
+        let secret = WebhookSecret::generate();
+        let sealed = self.keyring.seal(id, &secret);
         let row = self
             .conn()
             .await?
             .query_one(
-                "INSERT INTO users (id, email, plan, webhook_secret) VALUES ($1, $2, $3, $4) RETURNING *",
-                &[&id.to_string(), &email, &plan, &secret],
+                &format!(
+                    "WITH u AS (INSERT INTO users (id, email, plan) VALUES ($1, $2, $3) RETURNING {USER_COLUMNS}),
+                          s AS (INSERT INTO webhook_secrets (user_id, key_id, sealed) SELECT id, $4, $5 FROM u)
+                     SELECT * FROM u"
+                ),
+                &[&id.to_string(), &email, &plan, &sealed.key_id, &sealed.bytes],
             )
             .await?;
-        user_from_row(&row)
+        Ok((user_from_row(&row)?, secret))
+    }
+
+    /// The secrets that sign `user`'s deliveries now: the current one first, then any a
+    /// rotation keeps signing until their `retires_at`.
+    pub async fn signing_secrets(&self, user: UserId) -> Result<Vec<WebhookSecret>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT key_id, sealed FROM webhook_secrets
+                  WHERE user_id = $1 AND (retires_at IS NULL OR retires_at > now())
+                  ORDER BY retires_at IS NOT NULL, id DESC",
+                &[&user.to_string()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(self.keyring.open(user, &Sealed { key_id: r.get("key_id"), bytes: r.get("sealed") })?))
+            .collect()
+    }
+
+    /// Give `user` a new webhook secret. The ones it replaces keep signing beside it for
+    /// `overlap` (receivers accept either meanwhile), then stop; `None` if there is no such user.
+    pub async fn rotate_webhook_secret(&self, user: UserId, overlap: std::time::Duration) -> Result<Option<Rotated>> {
+        let secret = WebhookSecret::generate();
+        let sealed = self.keyring.seal(user, &secret);
+        let overlap_secs = overlap.as_secs_f64();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // Concurrent rotations of one user take turns here.
+        if tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user.to_string()]).await?.is_none() {
+            return Ok(None);
+        }
+        tx.execute("DELETE FROM webhook_secrets WHERE user_id = $1 AND retires_at <= now()", &[&user.to_string()])
+            .await?;
+        let previous_until: Option<DateTime<Utc>> = tx
+            .query_one(
+                "WITH r AS (
+                    UPDATE webhook_secrets
+                       SET retires_at = least(coalesce(retires_at, 'infinity'), now() + make_interval(secs => $2))
+                     WHERE user_id = $1 RETURNING retires_at)
+                 SELECT max(retires_at) AS until FROM r",
+                &[&user.to_string(), &overlap_secs],
+            )
+            .await?
+            .get("until");
+        tx.execute(
+            "INSERT INTO webhook_secrets (user_id, key_id, sealed) VALUES ($1, $2, $3)",
+            &[&user.to_string(), &sealed.key_id, &sealed.bytes],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Rotated { secret, previous_until }))
+    }
+
+    /// Seal again, under the current key, every secret stored as plaintext or under another
+    /// key (after a key is configured, or rotated). Batched; safe to run while others write.
+    pub async fn rewrap_secrets(&self) -> Result<Rewrapped> {
+        let mut done = Rewrapped::default();
+        let Some(current) = self.keyring.current().map(str::to_owned) else { return Ok(done) };
+        let conn = self.conn().await?;
+        let mut after = 0i64;
+        loop {
+            let rows = conn
+                .query(
+                    "SELECT id, user_id, key_id, sealed FROM webhook_secrets
+                      WHERE key_id <> $1 AND id > $2 ORDER BY id LIMIT 500",
+                    &[&current, &after],
+                )
+                .await?;
+            let Some(last) = rows.last() else { return Ok(done) };
+            after = last.get("id");
+            for r in &rows {
+                let owner: String = r.get("user_id");
+                let owner: UserId = owner.parse().map_err(|_| DbError::Corrupt(format!("user id {owner}")))?;
+                let old = Sealed { key_id: r.get("key_id"), bytes: r.get("sealed") };
+                let Ok(secret) = self.keyring.open(owner, &old) else {
+                    done.unopenable += 1;
+                    continue;
+                };
+                let new = self.keyring.seal(owner, &secret);
+                done.resealed += conn
+                    .execute(
+                        "UPDATE webhook_secrets SET key_id = $2, sealed = $3 WHERE id = $1 AND key_id = $4 AND sealed = $5",
+                        &[&r.get::<_, i64>("id"), &new.key_id, &new.bytes, &old.key_id, &old.bytes],
+                    )
+                    .await?;
+            }
+        }
+    }
+
+    /// How many stored secrets each key id seals (`plaintext` included), and how many of
+    /// them are current.
+    pub async fn secret_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .conn()
+            .await?
+            .query("SELECT key_id, count(*) AS n FROM webhook_secrets GROUP BY key_id ORDER BY key_id", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get("key_id"), r.get("n"))).collect())
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        let row = self.conn().await?.query_opt("SELECT * FROM users WHERE email = $1", &[&email]).await?;
+        let row = self
+            .conn()
+            .await?
+            .query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), &[&email])
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<User>> {
-        let row = self.conn().await?.query_opt("SELECT * FROM users WHERE id = $1", &[&id.to_string()]).await?;
+        let row = self
+            .conn()
+            .await?
+            .query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&id.to_string()])
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -185,16 +314,21 @@ impl Db {
             return user_from_row(&row);
         }
         let id = UserId::generate();
-        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<24>()));
+        let sealed = self.keyring.seal(id, &WebhookSecret::generate());
         let fallback = format!("oidc:{issuer}#{subject}");
         let tx = conn.transaction().await?;
         let row = tx
             .query_one(
-                "INSERT INTO users (id, email, plan, webhook_secret)
-                 VALUES ($1, CASE WHEN $2::text IS NULL OR EXISTS (SELECT 1 FROM users WHERE email = $2)
-                                  THEN $3 ELSE $2 END, $4, $5)
-                 RETURNING *",
-                &[&id.to_string(), &email, &fallback, &plan, &secret],
+                &format!(
+                    "WITH u AS (
+                        INSERT INTO users (id, email, plan)
+                        VALUES ($1, CASE WHEN $2::text IS NULL OR EXISTS (SELECT 1 FROM users WHERE email = $2)
+                                         THEN $3 ELSE $2 END, $4)
+                        RETURNING {USER_COLUMNS}),
+                          s AS (INSERT INTO webhook_secrets (user_id, key_id, sealed) SELECT id, $5, $6 FROM u)
+                     SELECT * FROM u"
+                ),
+                &[&id.to_string(), &email, &fallback, &plan, &sealed.key_id, &sealed.bytes],
             )
             .await?;
         // A concurrent first use of the same identity waits here on the primary key, then finds
@@ -322,16 +456,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_never_print() {
-        let user = User {
-            id: UserId::generate(),
-            email: "a@example.com".into(),
-            plan: "free".into(),
-            webhook_secret: "whsec_c2VjcmV0".into(),
-            created_at: Utc::now(),
-        };
-        let key = IssuedKey { id: "k".into(), user_id: user.id, key: new_key() };
-        assert!(!format!("{user:?}").contains("whsec_c2VjcmV0"));
+    fn keys_never_print() {
+        let key = IssuedKey { id: "k".into(), user_id: UserId::generate(), key: new_key() };
         assert!(!format!("{key:?}").contains(&key.key));
     }
 

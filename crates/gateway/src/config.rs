@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub gateway: GatewaySettings,
     pub database: DbConfig,
+    /// `JEWELSHOT_SECRETS__*`: the keys webhook secrets are sealed with.
+    pub secrets: jewelshot_db::secrets::SecretsConfig,
     pub queue: QueueConfig,
     pub storage: StorageConfig,
     pub jobs: JobSettings,

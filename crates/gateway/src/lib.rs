@@ -35,7 +35,7 @@ use jewelshot_domain::error_code as codes;
 use std::{future::Future, net::TcpListener};
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
-use jewelshot_db::Db;
+use jewelshot_db::{secrets::Keyring, Db};
 use jewelshot_queue::Queue;
 
 pub use config::Config;
@@ -53,7 +53,7 @@ impl Application {
     /// Connect to the dependencies and bind `cfg.gateway.listen` (port 0 picks one).
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let mut cfg = cfg;
-        let db = Db::connect(&cfg.database)?;
+        let db = Db::connect(&cfg.database)?.with_keyring(Keyring::load(&cfg.secrets)?);
         let queue = Queue::connect(&cfg.queue).await?;
         let listener = TcpListener::bind(&cfg.gateway.listen)?;
         let addr = listener.local_addr()?;

@@ -2,7 +2,10 @@
 //! uses.
 
 use anyhow::Context;
-use jewelshot_db::{Db, DbConfig};
+use jewelshot_db::{
+    secrets::{Keyring, SecretsConfig},
+    Db, DbConfig,
+};
 
 /// Server that hosts the per-test databases (the database name is replaced).
 pub fn admin_database_url() -> String {
@@ -14,11 +17,23 @@ pub fn redis_url() -> String {
     std::env::var("JEWELSHOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A database made for one test.
+/// A database made for one test, with a keyring of its own (the processes a test starts on it
+/// get the same keys through [`TestDb::secrets`]).
 #[derive(Debug, Clone)]
 pub struct TestDb {
     pub url: String,
     pub db: Db,
+    pub secrets: SecretsConfig,
+}
+
+impl TestDb {
+    /// A plain connection to this database, for a test's own SQL (what is stored, counters).
+    pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
 }
 
 /// Create `jewelshot_test_<ulid>` and apply the migrations.
@@ -38,9 +53,11 @@ pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
     let _ = task.await;
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
     let url = format!("{base}/{name}");
-    let db = Db::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })?;
+    let (keyring, secrets) = Keyring::random("test");
+    let db =
+        Db::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })?.with_keyring(keyring);
     db.migrate().await?;
-    Ok(TestDb { url, db })
+    Ok(TestDb { url, db, secrets })
 }
 
 /// A queue name no other test uses.

@@ -15,6 +15,31 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// Verify `d` with the Standard Webhooks reference library (Python, set up by `just tools`) and
+/// `secret`: `Ok("verified")`, or the library's complaint.
+pub fn verify_standard_webhooks(secret: &str, d: &Delivery) -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, &d.body).map_err(|e| e.to_string())?;
+    let headers = serde_json::json!({
+        "webhook-id": d.headers.get("webhook-id"),
+        "webhook-timestamp": d.headers.get("webhook-timestamp"),
+        "webhook-signature": d.headers.get("webhook-signature"),
+    });
+    let out = std::process::Command::new(crate::python())
+        .arg(crate::repo_root().join("deploy/interop/verify_webhook.py"))
+        .arg(secret)
+        .arg(&body)
+        .arg(headers.to_string())
+        .output()
+        .map_err(|e| format!("running python (`just tools` sets it up): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -217,6 +217,7 @@ impl Stack {
             ("JEWELSHOT_WEBHOOK__ALLOW_INSECURE".into(), "true".into()),
         ]);
         env.extend(config_env("JEWELSHOT_STORAGE", &storage, &StorageConfig::default())?);
+        env.extend(config_env("JEWELSHOT_SECRETS", &db.secrets, &Default::default())?);
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
         env.insert("JEWELSHOT_GATEWAY__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
@@ -295,6 +296,7 @@ impl Stack {
         let mut c = WorkerConfig::default();
         c.database.url = self.db.url.clone();
         c.database.max_connections = 4;
+        c.secrets = self.db.secrets.clone();
         c.queue.redis_url = self.redis_url();
         c.queue.name = self.queue_name.clone();
         c.storage = self.storage.clone();
@@ -329,9 +331,9 @@ impl Stack {
 
     /// Create a user and an API key; returns (user id, key, webhook secret).
     pub async fn user(&self, email: &str) -> anyhow::Result<(String, String, String)> {
-        let u = self.db.db.create_user(email, "free").await?;
+        let (u, secret) = self.db.db.create_user_with_secret(email, "free").await?;
         let k = self.db.db.create_api_key(u.id, "test").await?;
-        Ok((u.id.to_string(), k.key, u.webhook_secret))
+        Ok((u.id.to_string(), k.key, secret.expose().to_owned()))
     }
 
     /// Upload the demo photo through `POST /api/uploads` and return its URL, as a client would.

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct Config {
     pub database: DbConfig,
+    /// `JEWELSHOT_SECRETS__*`: the keys webhook secrets are sealed with.
+    pub secrets: jewelshot_db::secrets::SecretsConfig,
     pub queue: QueueConfig,
     pub fal: FalSettings,
     pub storage: StorageConfig,

@@ -178,13 +178,16 @@ async fn attempt(ctx: &Ctx, d: DeliveryRow) {
 async fn send(ctx: &Ctx, d: &DeliveryRow) -> Result<(), Failed> {
     let retry = |e: jewelshot_db::DbError| Failed::ours(e, false);
     let job = ctx.db.job(d.job_id).await.map_err(retry)?.ok_or_else(|| Failed::ours("the job is gone", true))?;
-    let user = ctx.db.user(d.user_id).await.map_err(retry)?.ok_or_else(|| Failed::ours("the user is gone", true))?;
+    // Every secret that signs now (two while a rotation overlaps). One that does not open (its
+    // key not configured here) is retried: an operator may yet add the key.
+    let secrets = ctx.db.signing_secrets(d.user_id).await.map_err(retry)?;
+    if secrets.is_empty() {
+        return Err(Failed::ours("the user is gone, or has no webhook secret", true));
+    }
     let body = body(ctx, &job, &d.event).await?;
     let sender = &ctx.deliveries.sender;
-    sender
-        .attempt(&d.url, &user.webhook_secret, &d.message_id, &body)
-        .await
-        .map_err(|e| Failed::of(e, sender.timeout()))
+    let secrets: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+    sender.attempt(&d.url, &secrets, &d.message_id, &body).await.map_err(|e| Failed::of(e, sender.timeout()))
 }
 
 /// The webhook body: the job as a poll would show it, `notify-user` included as done.

@@ -44,7 +44,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, ParallelizeExt, WorkerBuilder, WorkerBuilderExt};
 use apalis_redis::RedisStorage;
-use jewelshot_db::Db;
+use jewelshot_db::{secrets::Keyring, Db};
 use jewelshot_domain::edit::WebhookPolicy;
 use jewelshot_fal::FalClient;
 use jewelshot_queue::EditTask;
@@ -224,7 +224,7 @@ fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
 /// What every job of this process shares: Postgres, storage, the fal pool behind the fleet's
 /// limiter (its accounts registered in Redis), webhook deliveries.
 async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: CancellationToken) -> anyhow::Result<Ctx> {
-    let db = Db::connect(&cfg.database)?;
+    let db = Db::connect(&cfg.database)?.with_keyring(Keyring::load(&cfg.secrets)?);
     db.ping().await?;
     let store = jewelshot_storage::open(&cfg.storage).await?;
     let s = &cfg.worker;

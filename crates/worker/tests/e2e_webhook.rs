@@ -2,39 +2,13 @@
 //! keeps its `webhook-id` (A7); deliveries run off the jobs' slots, so an endpoint that never
 //! answers holds no job and at most its user's share of delivery slots (F, acceptance 5).
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use jewelshot_testkit::{
-    hooks::{Delivery, Receiver},
-    python, repo_root, Stack, StackOptions, WorkerTweak,
+    hooks::{verify_standard_webhooks, Receiver},
+    Stack, StackOptions, WorkerTweak,
 };
 use serde_json::{json, Value};
-
-fn verify_with_standard_webhooks(secret: &str, d: &Delivery) -> Result<String, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let body = dir.path().join("body.json");
-    std::fs::write(&body, &d.body).map_err(|e| e.to_string())?;
-    let headers = json!({
-        "webhook-id": d.headers.get("webhook-id"),
-        "webhook-timestamp": d.headers.get("webhook-timestamp"),
-        "webhook-signature": d.headers.get("webhook-signature"),
-    });
-    let out = Command::new(python())
-        .arg(repo_root().join("deploy/interop/verify_webhook.py"))
-        .arg(secret)
-        .arg(&body)
-        .arg(headers.to_string())
-        .output()
-        .map_err(|e| format!("running python (`just tools` sets it up): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_webhook_verifies_with_standard_webhooks_and_keeps_its_id() {
@@ -70,13 +44,13 @@ async fn e2e_webhook_verifies_with_standard_webhooks_and_keeps_its_id() {
     assert_eq!(event["data"]["imageUrl"], job["imageUrl"]);
 
     for d in &deliveries {
-        assert_eq!(verify_with_standard_webhooks(&secret, d), Ok("verified".to_owned()));
+        assert_eq!(verify_standard_webhooks(&secret, d), Ok("verified".to_owned()));
     }
     // The check can fail: a tampered body or another user's secret is refused.
     let mut tampered = deliveries[1].clone();
     tampered.body = tampered.body.iter().map(|b| if *b == b'1' { b'2' } else { *b }).collect();
-    assert!(verify_with_standard_webhooks(&secret, &tampered).is_err());
-    assert!(verify_with_standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &deliveries[1]).is_err());
+    assert!(verify_standard_webhooks(&secret, &tampered).is_err());
+    assert!(verify_standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &deliveries[1]).is_err());
 
     assert_eq!(n["messageId"].as_str(), ids[0].as_deref(), "the poll names the message id the receiver got");
 }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod migrate;
 pub mod queue;
 pub mod requeue;
+pub mod secrets;
 pub mod users;
 pub mod webhooks;
 
@@ -24,6 +25,7 @@ pub async fn run(cmd: Cmd, app: &App) -> Result<(), Failure> {
         Cmd::Jobs { cmd } => jobs::run(cmd, app).await,
         Cmd::Queue { cmd } => queue::run(cmd, app).await,
         Cmd::Webhooks { cmd } => webhooks::run(cmd, app).await,
+        Cmd::Secrets { cmd } => secrets::run(cmd, app).await,
         Cmd::Requeue(args) => requeue::run(&args, app).await,
         Cmd::Compress(args) => compress::run(&args, app.json),
     }

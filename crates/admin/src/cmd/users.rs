@@ -1,4 +1,4 @@
-//! `jewelshot users create | list | set-plan`.
+//! `jewelshot users create | list | set-plan | rotate-webhook-secret`.
 
 use chrono::{DateTime, Utc};
 use jewelshot_db::users::{User, UserSummary};
@@ -12,8 +12,8 @@ use crate::{
 pub async fn run(cmd: UsersCmd, app: &App) -> Result<(), Failure> {
     match cmd {
         UsersCmd::Create { email, plan } => {
-            let u = app.db.create_user(&email, &plan).await?;
-            let out = UserOut { webhook_secret: Some(u.webhook_secret.clone()), ..UserOut::of(&u) };
+            let (u, secret) = app.db.create_user_with_secret(&email, &plan).await?;
+            let out = UserOut { webhook_secret: Some(secret.expose().to_owned()), ..UserOut::of(&u) };
             print(&Created(out), app.json)
         }
         UsersCmd::List { limit } => {
@@ -25,6 +25,41 @@ pub async fn run(cmd: UsersCmd, app: &App) -> Result<(), Failure> {
             let u = app.db.set_plan(id, &plan).await?.ok_or_else(|| Failure::failed(format!("no user {id}")))?;
             print(&PlanSet(UserOut::of(&u)), app.json)
         }
+        UsersCmd::RotateWebhookSecret { user, overlap } => {
+            let id = app.user(&user).await?;
+            let r = app
+                .db
+                .rotate_webhook_secret(id, overlap.into())
+                .await?
+                .ok_or_else(|| Failure::failed(format!("no user {id}")))?;
+            let out = RotatedOut {
+                user: id.to_string(),
+                webhook_secret: r.secret.expose().to_owned(),
+                previous_signs_until: r.previous_until,
+            };
+            print(&out, app.json)
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotatedOut {
+    user: String,
+    webhook_secret: String,
+    /// Until when the replaced secret keeps signing beside the new one.
+    previous_signs_until: Option<DateTime<Utc>>,
+}
+
+impl Report for RotatedOut {
+    fn text(&self) -> String {
+        let until = match self.previous_signs_until {
+            Some(t) if t > Utc::now() => {
+                format!("the old secret signs beside it until {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+            }
+            _ => "the old secret no longer signs".to_owned(),
+        };
+        format!("user {}\nnew webhook secret: {}\n{until}\n", self.user, self.webhook_secret)
     }
 }
 

@@ -7,11 +7,18 @@ use jewelshot_testkit::Stack;
 
 /// Run `jewelshot <args>` on the stack; whether it succeeded, and its stdout and stderr.
 pub fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
+    jewelshot_with(stack, args, &[])
+}
+
+/// The same with more environment (`env` wins over the stack's).
+pub fn jewelshot_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))
         .args(args)
         .env("JEWELSHOT_DATABASE__URL", &stack.db.url)
         .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
         .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
+        .envs(jewelshot_testkit::config_env("JEWELSHOT_SECRETS", &stack.db.secrets, &Default::default()).expect("env"))
+        .envs(env.iter().copied())
         .output()
         .expect("run jewelshot");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
