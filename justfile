@@ -45,7 +45,19 @@ lint: build-deps
     cargo clippy --workspace --all-targets -- -D warnings
     @# The worker's flows stay readable in one sitting: no function over 60 lines.
     python3 deploy/scripts/fn_lengths.py 60 crates/worker/src
-    bash deploy/scripts/check-lockfile.sh
+    just audit
+
+# Check Cargo.lock against the vendored RustSec advisory snapshot and our policy entries, offline
+# (deploy/audit: ignores need a reason and a review date).
+audit:
+    python3 deploy/audit/test_audit.py
+    python3 deploy/audit/audit.py
+
+# Replace the advisory snapshot with a fresh checkout of github.com/rustsec/advisory-db (needs
+# the internet once: `git clone --depth 1 https://github.com/rustsec/advisory-db /tmp/advisory-db`).
+audit-refresh CHECKOUT:
+    python3 deploy/audit/audit.py --refresh {{CHECKOUT}}
+    python3 deploy/audit/audit.py
 
 # Apply database migrations to JEWELSHOT_DATABASE__URL.
 migrate: build
