@@ -59,6 +59,12 @@ audit-refresh CHECKOUT:
     python3 deploy/audit/audit.py --refresh {{CHECKOUT}}
     python3 deploy/audit/audit.py
 
+# schemathesis (PyPI) against a gateway over a fresh database, with a real key: every phase
+# (examples, coverage, fuzzing, stateful through the spec's links) and every check that applies;
+# no 5xx, no response outside the spec, schema-valid requests accepted, invalid ones refused.
+schemathesis EXAMPLES="100": services build
+    bash deploy/scripts/schemathesis.sh {{EXAMPLES}}
+
 # Apply database migrations to JEWELSHOT_DATABASE__URL.
 migrate: build
     ./target/debug/jewelshot migrate

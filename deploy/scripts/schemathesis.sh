@@ -26,6 +26,9 @@ export JEWELSHOT_GATEWAY__METRICS_LISTEN=127.0.0.1:0
 # The fuzzer submits many jobs from one key: the per-user limits would answer 429 to most.
 export JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE=0 JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER=0
 export RUST_LOG="${RUST_LOG:-warn}"
+# Loopback webhooks, as in development: deploy/schemathesis/hooks.py stands a loopback receiver
+# in for the public hosts this machine cannot resolve.
+export JEWELSHOT_WEBHOOK__ALLOW_INSECURE=true
 gw=""
 cleanup() {
   [ -n "$gw" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
@@ -49,10 +52,14 @@ done
 [ -n "${url:-}" ] || { echo "the gateway did not start:" >&2; cat "$work/gateway.log" >&2; exit 1; }
 echo "schemathesis against $url (max $max_examples examples per operation)"
 status=0
-"$venv/bin/st" run "$url/api/openapi.json" \
+PYTHONPATH="deploy/schemathesis${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=${ST_HOOKS:-hooks} \
+"$venv/bin/st" --config-file deploy/schemathesis/schemathesis.toml run "$url/api/openapi.json" \
   --url "$url" \
   -H "Authorization: Bearer $key" \
   --checks all \
+  `# DELETE /api/jobs/{id} cancels (CONTRACT.md): the job stays, canceled, and a poll still` \
+  `# answers 200 with it, so "a deleted resource is gone" (ST301) does not apply to our only DELETE.` \
+  --exclude-checks use_after_free \
   --phases examples,coverage,fuzzing,stateful \
   --max-examples "$max_examples" \
   --seed "${ST_SEED:-1}" \

@@ -38,11 +38,14 @@ fn jewelshot_with(env: &[(&str, &str)], args: &[&str]) -> Run {
 
 fn jewelshot(stack: &Stack, args: &[&str]) -> Run {
     let redis = stack.redis_url();
+    // The stack's key, so the CLI seals secrets the workers can open.
+    let key = stack.db.secrets.keys.get("test").cloned().unwrap_or_default();
     jewelshot_with(
         &[
             ("JEWELSHOT_DATABASE__URL", stack.db.url.as_str()),
             ("JEWELSHOT_QUEUE__NAME", stack.queue_name.as_str()),
             ("JEWELSHOT_QUEUE__REDIS_URL", redis.as_str()),
+            ("JEWELSHOT_SECRETS__KEYS__TEST", key.as_str()),
         ],
         args,
     )
@@ -95,7 +98,11 @@ async fn e2e_cli_cancel_moves_the_next_users_job_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_cli_every_command_answers_json() {
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    assert_eq!(json_ok(&stack, &["migrate"]), json!({ "applied": [] }), "migrated by the stack already");
+    assert_eq!(
+        json_ok(&stack, &["migrate"]),
+        json!({ "applied": [], "secretsResealed": 0, "secretsUnopenable": 0 }),
+        "migrated by the stack already"
+    );
     let user = json_ok(&stack, &["users", "create", "--email", "ops@example.com", "--plan", "free"]);
     assert!(user["webhookSecret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{user}");
     let plan = json_ok(&stack, &["users", "set-plan", "ops@example.com", "pro"]);

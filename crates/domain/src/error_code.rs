@@ -57,6 +57,7 @@ codes! {
     INVALID_FILE_URL = "invalid-file-url", 403, "api", "A `/files/…` URL that is unsigned, altered or expired (fetch a fresh one).";
     JOB_NOT_FOUND = "job-not-found", 404, "api", "No such job for this user.";
     NOT_FOUND = "not-found", 404, "api", "No such route or file.";
+    METHOD_NOT_ALLOWED = "method-not-allowed", 405, "api", "The route exists but not with this method; `Allow` lists those it has.";
     JOB_NOT_CANCELABLE = "job-not-cancelable", 409, "api", "The job is final; only queued or processing jobs can be canceled.";
     IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused", 409, "api", "The `Idempotency-Key` was used within 24 h for a different request.";
     TOO_MANY_UPLOADS = "too-many-uploads", 429, "api", "The user already has the most uploads in progress that are allowed at once.";

@@ -17,6 +17,9 @@ pub enum ApiError {
     JobNotFound,
     #[error("not found")]
     NotFound,
+    /// The path exists, not the method; the methods it has, for `Allow`.
+    #[error("this route does not take that method; it takes {0}")]
+    MethodNotAllowed(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("request body is larger than {0} bytes")]
@@ -70,6 +73,7 @@ impl ApiError {
             Self::Unauthorized => codes::UNAUTHORIZED,
             Self::JobNotFound => codes::JOB_NOT_FOUND,
             Self::NotFound => codes::NOT_FOUND,
+            Self::MethodNotAllowed(_) => codes::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => codes::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => codes::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => codes::UNSUPPORTED_MEDIA_TYPE,
@@ -144,6 +148,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unauthorized => {
                 resp.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::MethodNotAllowed(allow) => {
+                resp.insert_header(("Allow", allow.as_str()));
             }
             Self::Unavailable { retry_after_secs, .. } => {
                 resp.insert_header(("Retry-After", retry_after_secs.to_string()));

@@ -79,7 +79,9 @@ impl Application {
         } else {
             Some(telemetry::metrics_server(&metrics_listen, state.clone())?)
         };
+        let routes = openapi::Routes::from_document(&openapi::document(false));
         let mut server = HttpServer::new(move || {
+            let routes = routes.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(
@@ -93,7 +95,15 @@ impl Application {
                 .wrap(middleware::from_fn(telemetry::track))
                 .wrap(middleware::Logger::new("%r %s %Dms").exclude("/healthz"))
                 .configure(routes::configure)
-                .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound) }))
+                .default_service(web::to(move |req: actix_web::HttpRequest| {
+                    let allowed = routes.allowed(req.path());
+                    async move {
+                        Err::<actix_web::HttpResponse, _>(match allowed {
+                            Some(methods) => error::ApiError::MethodNotAllowed(methods),
+                            None => error::ApiError::NotFound,
+                        })
+                    }
+                }))
         })
         .listen(listener)?
         .shutdown_timeout(grace);

@@ -217,7 +217,6 @@ pub async fn list(
     cursor: Option<&str>,
 ) -> Result<JobPage, ApiError> {
     let status = status
-        .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<JobStatus>().map_err(|_| ApiError::BadRequest {
                 code: codes::INVALID_STATUS,
@@ -232,15 +231,12 @@ pub async fn list(
             message: "`limit` must be between 1 and 100".into(),
         });
     }
-    let cursor = cursor
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<JobId>().map_err(|_| ApiError::BadRequest {
-                code: codes::INVALID_CURSOR,
-                message: "`cursor` is not a cursor this API returned".into(),
-            })
-        })
-        .transpose()?;
+    let cursor = jewelshot_domain::edit::grammar::parse_cursor(cursor)
+        .map_err(|_| ApiError::BadRequest {
+            code: codes::INVALID_CURSOR,
+            message: "`cursor` is not a cursor this API returned".into(),
+        })?
+        .map(JobId);
     let rows = state.db.list_jobs(Some(user.id), status, cursor, limit).await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in &rows {

@@ -232,7 +232,7 @@ pub async fn gallery(
         });
     }
     let cursor = cursor.filter(|c| !c.is_empty());
-    if cursor.is_some_and(|c| c.parse::<ulid::Ulid>().is_err()) {
+    if jewelshot_domain::edit::grammar::parse_cursor(cursor).is_err() {
         return Err(ApiError::BadRequest {
             code: codes::INVALID_CURSOR,
             message: "`cursor` is not a cursor this API returned".into(),

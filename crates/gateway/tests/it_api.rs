@@ -179,6 +179,56 @@ async fn it_serves_health_readiness_and_openapi() {
     assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not-found")));
 }
 
+/// F acceptance 8 (the part a unit can hold; `just schemathesis` runs the rest): a known path
+/// with an undeclared method is 405 with `Allow`, from the spec's own table; the spec states
+/// the constraints the server enforces, on parameters where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_answers_undeclared_methods_with_405_and_states_its_constraints() {
+    let api = Api::start().await;
+    let key = api.key("methods@example.com").await;
+    let job = format!("/api/jobs/{}", jewelshot_domain::JobId::generate());
+    for (method, path, allow) in [
+        (reqwest::Method::TRACE, "/api/jobs", "GET"),
+        (reqwest::Method::DELETE, "/api/gallery", "GET"),
+        (reqwest::Method::PUT, job.as_str(), "DELETE, GET"),
+        (reqwest::Method::GET, "/api/ai/edit", "POST"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::DELETE, "/files/u/ab/cd.jpg", "GET"),
+    ] {
+        let resp = api.http.request(method.clone(), format!("{}{path}", api.base)).bearer_auth(&key).send().await;
+        let resp = resp.expect("send");
+        let got = resp.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!((status, got.as_deref()), (405, Some(allow)), "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "method-not-allowed");
+    }
+    let (s, _) = api.call(reqwest::Method::TRACE, "/api/nope", Some(&key)).await;
+    assert_eq!(s, 404, "an unknown path stays 404");
+
+    let (_, doc) = api.call(reqwest::Method::GET, "/api/openapi.json", None).await;
+    for path in ["/api/jobs", "/api/gallery"] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().expect("params");
+        assert!(params.iter().all(|p| p["in"] == "query"), "{path}: {params:?}");
+        let limit = params.iter().find(|p| p["name"] == "limit").expect("limit");
+        assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(100)));
+        // The bound is the server's: 0 and 101 are refused, 100.0 is the whole number it means.
+        for (q, want) in [("0", 400), ("101", 400), ("100.0", 200), ("2.5", 400)] {
+            assert_eq!(
+                api.call(reqwest::Method::GET, &format!("{path}?limit={q}"), Some(&key)).await.0,
+                want,
+                "{path} {q}"
+            );
+        }
+    }
+    let edit = &doc["components"]["schemas"]["EditRequest"];
+    assert_eq!(edit["required"], serde_json::json!(["image_url", "prompt"]));
+    assert_eq!(edit["properties"]["prompt"]["maxLength"], 2000);
+    assert!(edit["properties"]["image_url"]["pattern"].is_string());
+    assert_eq!(doc["paths"]["/api/ai/edit"]["post"]["responses"]["202"]["links"]["GetJob"]["operationId"], "get");
+    assert_eq!(doc["components"]["schemas"]["JobStatus"]["enum"][0], "queued", "the wire spelling");
+}
+
 /// D6: `Idempotency-Key` per user returns the same job; reused with another body → 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn it_idempotency_key_returns_the_first_job() {

@@ -25,6 +25,67 @@ async fn it_refuses_tokens_that_cannot_be_keys_without_touching_the_database() {
     assert_eq!(get(shaped).await, 503, "a key-shaped token is looked up (and the database is down)");
 }
 
+/// Transactions Postgres has counted in `db` (every statement outside a transaction is one),
+/// read from another database so the reading does not count; stats are flushed by idle
+/// backends within a second, so wait for them first.
+async fn transactions(api: &Api) -> i64 {
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (client, conn) = tokio_postgres::connect(&jewelshot_testkit::admin_database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(conn);
+    let name = api.db.url.rsplit('/').next().expect("database name");
+    client
+        .query_one("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1", &[&name])
+        .await
+        .expect("stats")
+        .get(0)
+}
+
+/// F acceptance 2, the part that is a count, not a time: a flood of malformed tokens (random
+/// lengths and alphabets, JWT look-alikes, near-miss keys, 2,000 requests 50 at a time) reaches
+/// Postgres with no statement at all. One key-shaped unknown token then does, so the count can
+/// move (`just bench-flood` measures a real user's latency under the same flood).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_a_flood_of_malformed_tokens_costs_postgres_nothing() {
+    use futures::StreamExt;
+    let api = Api::start().await;
+    let before = transactions(&api).await;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let alphabet: Vec<char> = "ABCabc012_-+/=.~ é💍\"".chars().collect();
+    let tokens: Vec<String> = (0..2000)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 120) as usize + 1;
+            let body: String = (0..len).map(|j| alphabet[((seed >> (j % 50)) as usize + j) % alphabet.len()]).collect();
+            match i % 4 {
+                0 => body,
+                1 => format!("jsk_{body}"),
+                2 => format!("eyJ{body}.eyJ{body}.{body}"),
+                _ => format!("jsk_{}", "A".repeat(42 + (i % 3) * 2)),
+            }
+        })
+        .collect();
+    let statuses: Vec<u16> = futures::stream::iter(tokens)
+        .map(|t| {
+            let req = api.http.get(format!("{}/api/jobs", api.base)).header("authorization", format!("Bearer {t}"));
+            async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    // Header values reqwest cannot send are not sent at all; every one sent is refused.
+    assert!(statuses.iter().filter(|s| **s != 0).all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 401).count() > 1500, "the flood was sent");
+    let after = transactions(&api).await;
+    assert_eq!(after - before, 0, "Postgres saw statements for malformed tokens");
+    let shaped = format!("jsk_{}", "B".repeat(43));
+    assert_eq!(api.call(reqwest::Method::GET, "/api/jobs", Some(&shaped)).await.0, 401);
+    assert!(transactions(&api).await > after, "a key-shaped token is looked up: the counter moves");
+}
+
 /// Open an upload whose body never finishes: headers and a promise of 100 kB, then 16 bytes.
 async fn stalled_upload(base: &str, key: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;

@@ -75,10 +75,12 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs in this state.
     pub status: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral")]
     pub limit: Option<i64>,
     /// `nextCursor` from the previous page.
     pub cursor: Option<String>,

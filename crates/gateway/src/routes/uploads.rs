@@ -59,8 +59,10 @@ pub async fn upload(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GalleryQuery {
     /// Page size, 1-100 (default 20).
+    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral")]
     pub limit: Option<i64>,
     /// `nextCursor` from the previous page.
     pub cursor: Option<String>,
@@ -72,6 +74,7 @@ pub struct GalleryQuery {
     params(GalleryQuery),
     responses(
         (status = 200, description = "A page of images", body = GalleryPage),
+        (status = 400, description = "`invalid-limit` or `invalid-cursor`", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
     ),
     security(("bearer" = []))
