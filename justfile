@@ -98,6 +98,12 @@ bench-uploads SECS="20": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-uploads {{SECS}}
 
+# F acceptance 2: 400 connections of malformed tokens and 20 scraping /metrics for SECS seconds
+# while a real user polls; prints the user's p50/p99 before and during, and what Postgres saw.
+bench-flood SECS="20": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-flood {{SECS}}
+
 # Upstream use: 4 workers × 8 share 3 fal accounts (15/min each) against the emulator; prints 429s,
 # throughput against the quota and slot use. MODE: reject (no concurrency cap) or queue (4 at once).
 bench-upstream MODE="reject" JOBS="300" SCALE="0.2": services build-deps

@@ -123,7 +123,9 @@ pub async fn authenticate(
     if needs_auth(req.path()) {
         let state =
             req.app_data::<Data<AppState>>().cloned().ok_or_else(|| ApiError::Internal("no app state".into()))?;
-        let credential = credential(&req, &state).ok_or(ApiError::Unauthorized)?;
+        let Some(credential) = credential(&req, &state) else {
+            return Err(refuse(&state).await.into());
+        };
         let ip = client_ip(&req, &state.trusted_proxies);
         if let Some(wait) = ip.and_then(|ip| state.auth_blocked(ip)) {
             return Err(ApiError::TooManyRequests {
@@ -138,11 +140,20 @@ pub async fn authenticate(
             if let Some(ip) = ip {
                 state.auth_failed(ip).await;
             }
-            return Err(ApiError::Unauthorized.into());
+            return Err(refuse(&state).await.into());
         };
         req.extensions_mut().insert(AuthUser(user));
     }
     next.call(req).await
+}
+
+/// A 401, after `refused_auth_delay_ms`.
+async fn refuse(state: &AppState) -> ApiError {
+    let delay = state.cfg.limits.refused_auth_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    ApiError::Unauthorized
 }
 
 impl FromRequest for AuthUser {

@@ -44,6 +44,11 @@ pub struct UserLimits {
     /// Failed key lookups one client address may cause a minute, over every gateway (0 =
     /// unlimited); past it the address gets 429 `too-many-auth-failures` without a lookup.
     pub failed_auth_per_minute: u32,
+    /// How long a request without a valid credential waits for its 401, in milliseconds. A
+    /// person who mistyped a key does not notice; a client that floods the API with guesses or
+    /// junk gets at most (its connections ÷ this delay) answers a second, so it cannot take the
+    /// CPU the real users' requests need. Waiting costs a timer, no thread. 0 = answer at once.
+    pub refused_auth_delay_ms: u64,
 }
 
 impl Default for UserLimits {
@@ -53,6 +58,7 @@ impl Default for UserLimits {
             max_queued_per_user: 100,
             high_priority_plans: vec!["pro".into(), "business".into()],
             failed_auth_per_minute: 20,
+            refused_auth_delay_ms: 250,
         }
     }
 }
@@ -137,6 +143,14 @@ pub struct GatewaySettings {
     /// Where `GET /metrics` is served: its own listener, never the public one (port 0 picks a
     /// free port; empty = no metrics endpoint).
     pub metrics_listen: String,
+    /// One log line per request (method, path, status, time; not `/healthz`). Requests refused
+    /// for want of a valid credential are never logged one by one (a token flood would flood the
+    /// logs): they are counted, and summed up in one line every 10 s.
+    pub access_log: bool,
+    /// How often `/metrics` refreshes what it reads from Postgres (open jobs, storage), in
+    /// milliseconds: scrapes in between serve the last values, so scraping costs Postgres at
+    /// most one read per interval however often it comes.
+    pub metrics_refresh_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -149,6 +163,8 @@ impl Default for GatewaySettings {
             shutdown_grace_secs: 15,
             trusted_proxies: Vec::new(),
             metrics_listen: "127.0.0.1:9464".into(),
+            access_log: true,
+            metrics_refresh_ms: 1_000,
         }
     }
 }

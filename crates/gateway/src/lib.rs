@@ -93,7 +93,6 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
                 .wrap(middleware::from_fn(auth::authenticate))
                 .wrap(middleware::from_fn(telemetry::track))
-                .wrap(middleware::Logger::new("%r %s %Dms").exclude("/healthz"))
                 .configure(routes::configure)
                 .default_service(web::to(move |req: actix_web::HttpRequest| {
                     let allowed = routes.allowed(req.path());
@@ -126,6 +125,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let metrics_handle = self.metrics.as_ref().map(|(s, _)| s.handle());
+        let summary = tokio::spawn(telemetry::summarize_refusals(std::time::Duration::from_secs(10)));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");
@@ -142,6 +142,7 @@ impl Application {
             }
             None => self.server.await?,
         }
+        summary.abort();
         Ok(())
     }
 }

@@ -1,7 +1,13 @@
 //! Prometheus metrics: one recorder per process, HTTP request counts and latencies by route
 //! pattern (never by raw path, so cardinality stays bounded), and `GET /metrics`.
 
-use std::{sync::OnceLock, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
 
 use actix_web::{
     body::MessageBody,
@@ -49,21 +55,47 @@ pub fn describe_all() {
     }
 }
 
-/// Middleware: count and time every request by its route pattern.
+/// Requests refused with 401 since the last summary line.
+static UNAUTHORIZED: AtomicU64 = AtomicU64::new(0);
+
+/// Middleware: count and time every request by its route pattern, and write the access log.
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let pattern = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let log =
+        req.app_data::<web::Data<AppState>>().is_some_and(|s| s.cfg.gateway.access_log) && req.path() != "/healthz";
+    let line = log.then(|| (req.method().clone(), req.path().to_owned()));
     let res = next.call(req).await;
     let status = match &res {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
+    let elapsed = start.elapsed();
     metrics::counter!(m::HTTP_REQUESTS, "route" => pattern.clone(), "status" => status.to_string()).increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "route" => pattern).record(start.elapsed().as_secs_f64());
+    metrics::histogram!(m::HTTP_DURATION, "route" => pattern).record(elapsed.as_secs_f64());
+    if status == 401 {
+        UNAUTHORIZED.fetch_add(1, Ordering::Relaxed);
+    } else if let Some((method, path)) = line {
+        tracing::info!(target: "access", %method, path, status, ms = elapsed.as_secs_f64() * 1000.0, "request");
+    }
     res
+}
+
+/// Every `every`, one line for the requests refused for want of a valid credential since the
+/// last (none when there were none). Runs until the process ends.
+pub async fn summarize_refusals(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let n = UNAUTHORIZED.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(target: "access", refused = n, secs = every.as_secs(), "requests without a valid credential refused (401)");
+        }
+    }
 }
 
 /// The metrics listener: `GET /metrics` only, one worker thread, apart from the public API (so
@@ -86,6 +118,19 @@ pub fn metrics_server(listen: &str, state: web::Data<AppState>) -> anyhow::Resul
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 #[get("/metrics")]
 pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
+    refresh_gauges(&state).await;
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus().render())
+}
+
+/// Read the gauges that come from Postgres, at most once per `metrics_refresh_ms`: one scrape
+/// refreshes them while the others (and scrapes within the interval) serve the last values.
+async fn refresh_gauges(state: &AppState) {
+    static LAST: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
+    let Ok(mut last) = LAST.try_lock() else { return };
+    let every = Duration::from_millis(state.cfg.gateway.metrics_refresh_ms);
+    if last.is_some_and(|t| t.elapsed() < every) {
+        return;
+    }
     if let Ok(c) = state.db.open_counts().await {
         for (label, v) in [("queued", c.queued), ("scheduled", c.scheduled), ("processing", c.processing)] {
             metrics::gauge!(m::QUEUE_JOBS, "state" => label).set(v as f64);
@@ -95,5 +140,5 @@ pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
         metrics::gauge!(m::STORAGE_BYTES).set(total.bytes as f64);
         metrics::gauge!(m::STORAGE_OBJECTS).set(total.objects as f64);
     }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus().render())
+    *last = Some(Instant::now());
 }

@@ -86,6 +86,34 @@ async fn it_a_flood_of_malformed_tokens_costs_postgres_nothing() {
     assert!(transactions(&api).await > after, "a key-shaped token is looked up: the counter moves");
 }
 
+/// A request without a valid credential waits `refused_auth_delay_ms` for its 401, whatever
+/// was wrong (no header, junk, an unknown key); a valid key is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_answers_refusals_late_and_real_users_at_once() {
+    let api = Api::start_with(|c| c.limits.refused_auth_delay_ms = 300).await;
+    let key = api.key("prompt@example.com").await;
+    let timed = |token: Option<String>| {
+        let mut req = api.http.get(format!("{}/api/jobs", api.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let t = std::time::Instant::now();
+            let status = req.send().await.expect("send").status().as_u16();
+            (status, t.elapsed())
+        }
+    };
+    let wait = std::time::Duration::from_millis(300);
+    for token in [None, Some("junk".to_owned()), Some(format!("jsk_{}", "C".repeat(43)))] {
+        let (status, took) = timed(token.clone()).await;
+        assert_eq!(status, 401, "{token:?}");
+        assert!(took >= wait, "{token:?} answered after {took:?}");
+    }
+    let (status, took) = timed(Some(key)).await;
+    assert_eq!(status, 200);
+    assert!(took < wait, "a valid key waited {took:?}");
+}
+
 /// Open an upload whose body never finishes: headers and a promise of 100 kB, then 16 bytes.
 async fn stalled_upload(base: &str, key: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;

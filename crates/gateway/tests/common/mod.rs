@@ -45,6 +45,8 @@ impl Api {
         // Tests submit freely; the limit tests turn the limits back on.
         cfg.limits.submits_per_minute = 0;
         cfg.limits.max_queued_per_user = 0;
+        // Refusals answer at once here; the test of the delay turns it back on.
+        cfg.limits.refused_auth_delay_ms = 0;
         tune(&mut cfg);
         let queue = Queue::connect(&cfg.queue).await.expect("queue");
         let line = jewelshot_ratelimit::Limiter::new(
