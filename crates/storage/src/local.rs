@@ -91,7 +91,12 @@ impl UrlSigner {
 
     /// The query string that makes `object`'s URL valid until about `ttl` from now.
     pub fn query(&self, object: &str) -> String {
-        let expires = (unix_now() + self.ttl.as_secs()).div_ceil(60) * 60;
+        self.query_until(object, (unix_now() + self.ttl.as_secs()).div_ceil(60) * 60)
+    }
+
+    /// The query string that makes `object`'s URL valid until `expires` (Unix seconds), e.g.
+    /// for a link an operator hands out with a life of its own.
+    pub fn query_until(&self, object: &str, expires: u64) -> String {
         let sig = hex::encode(self.mac(object, expires).finalize().into_bytes());
         format!("expires={expires}&sig={sig}")
     }

@@ -164,7 +164,8 @@ pub struct Stack {
     /// The stack's own Redis, when asked for.
     pub redis: Option<RedisServer>,
     /// Where this stack's services store images.
-    storage: StorageConfig,
+    /// The storage every process of the stack shares (its signing key included).
+    pub storage: StorageConfig,
     /// The first gateway's environment, for more replicas.
     gateway_env: HashMap<String, String>,
     /// Gateways started after the first ([`Stack::start_gateway`]).
