@@ -94,16 +94,29 @@ def _comparator(op: str, ver: str):
 _COMPARATOR = re.compile(r"^\s*(>=|<=|>|<|=|\^|~)?\s*([0-9][0-9A-Za-z.+-]*)\s*$")
 
 
-def matches(requirement: str, version: str) -> bool:
-    """Whether `version` satisfies a requirement such as `>= 0.3.26, < 0.4.0`."""
-    v = _key(version)
+def _comparators(requirement: str) -> list[tuple[str, str]]:
+    parts = []
     for part in requirement.split(","):
         m = _COMPARATOR.match(part)
         if not m:
             raise Malformed(f"not a requirement: {requirement!r}")
-        if not _comparator(m.group(1) or "", m.group(2))(v):
+        parse_version(m.group(2))
+        parts.append((m.group(1) or "", m.group(2)))
+    return parts
+
+
+def matches(requirement: str, version: str) -> bool:
+    """Whether `version` satisfies a requirement such as `>= 0.3.26, < 0.4.0`, as Cargo decides:
+    a pre-release matches only a requirement with a comparator that names a pre-release of the
+    same major.minor.patch (so `>= 0.23.18` does not cover `0.24.0-alpha`)."""
+    comparators = _comparators(requirement)
+    nums, pre, _ = parse_version(version)
+    if pre != (1,):
+        same = [c for c in comparators if parse_version(c[1])[0] == nums and parse_version(c[1])[1] != (1,)]
+        if not same:
             return False
-    return True
+    v = (nums, pre)
+    return all(_comparator(op, ver)(v) for op, ver in comparators)
 
 
 # --- The snapshot ----------------------------------------------------------------------------
@@ -124,7 +137,7 @@ def load_advisory(path: pathlib.Path) -> dict:
     title = next((line[2:].strip() for line in m.group(2).splitlines() if line.startswith("# ")), "")
     versions = data.get("versions", {})
     for req in versions.get("patched", []) + versions.get("unaffected", []):
-        matches(req, "0.0.0")  # malformed requirements fail when loaded, not when matched
+        _comparators(req)  # malformed requirements fail when loaded, not when matched
     return {"path": path, "title": title, "versions": versions, **adv}
 
 
@@ -163,7 +176,11 @@ def load_ignores(path: pathlib.Path) -> dict[str, dict]:
 
 
 def audit(lock: pathlib.Path, dbs: list[pathlib.Path], ignore: pathlib.Path, today: dt.date, out=sys.stdout) -> int:
-    advisories = [a for a in load_db(*dbs) if not a.get("withdrawn")]
+    loaded = load_db(*dbs)
+    advisories = [a for a in loaded if not a.get("withdrawn")]
+    if not any(a["id"].startswith("RUSTSEC-") for a in loaded):
+        print("error: no RustSec advisory was loaded: the snapshot is missing or empty", file=out)
+        return 1
     ignores = load_ignores(ignore)
     packages = locked_packages(lock)
     by_name: dict[str, list[dict]] = {}
@@ -199,7 +216,9 @@ def audit(lock: pathlib.Path, dbs: list[pathlib.Path], ignore: pathlib.Path, tod
 
 def snapshot_age(db: pathlib.Path, today: dt.date) -> None:
     meta = db / "SNAPSHOT"
-    if meta.exists():
+    if not meta.exists():
+        print(f"warning: {meta} is missing: the snapshot's age is unknown")
+    else:
         taken = dt.date.fromisoformat(meta.read_text().split()[0])
         age = (today - taken).days
         note = " — stale: `just audit-refresh` on a machine with internet" if age > STALE_DAYS else ""

@@ -46,14 +46,19 @@ class Requirements(unittest.TestCase):
             ("~1.2.3", "1.3.0", False), ("= 0.2", "0.2.7", True), ("= 0.2", "0.3.0", False),
             (">= 0.3.26, < 0.4.0", "0.3.26", True), (">= 0.3.26, < 0.4.0", "0.4.0", False),
             (">= 0.3.26, < 0.4.0", "0.3.25", False), ("> 1.0", "1.0.9", False), ("> 1.0", "1.1.0", True),
-            ("<= 1.0", "1.0.9", True), ("< 1.0.0", "1.0.0-rc.1", True), (">= 1.0.0", "1.0.0-rc.1", False),
+            ("<= 1.0", "1.0.9", True), (">= 1.0.0", "1.0.0-rc.1", False),
             ("^1.2.3", "2.0.0-alpha", False), (">= 2.0.0", "2.0.1+build.5", True),
+            # Cargo: a pre-release matches only a comparator naming a pre-release of its x.y.z.
+            ("< 1.0.0", "1.0.0-rc.1", False), ("< 0.101.0", "0.101.0-alpha", False),
+            (">= 0.23.18", "0.24.0-alpha", False), ("^2.2.1", "2.3.0-alpha", False),
+            (">= 1.0.0-rc.1", "1.0.0-rc.2", True), (">= 1.0.0-rc.1", "1.0.0", True),
+            (">= 1.0.0-alpha.2", "1.0.0-alpha.10", True), (">= 1.0.0-beta", "1.0.0-alpha", False),
         ]
         for req, version, want in cases:
             self.assertEqual(audit.matches(req, version), want, f"{req} vs {version}")
 
     def test_malformed_requirements_are_refused(self):
-        for bad in ["", ">= x", "=> 1.0", "1.0 || 2.0"]:
+        for bad in ["", ">= x", "=> 1.0", "1.0 || 2.0", ">= 1.0, <2.x"]:
             with self.assertRaises(audit.Malformed, msg=bad):
                 audit.matches(bad, "1.0.0")
 
@@ -79,6 +84,18 @@ class Audit(unittest.TestCase):
             self.assertEqual(code, 0, f"{fine}: {out}")
         code, out = self.run_audit([("other", "0.3.0")])
         self.assertEqual(code, 0, out)
+
+    def test_a_pre_release_of_a_patched_line_is_still_affected(self):
+        code, out = self.run_audit([("h2", "0.4.5-alpha.1")])
+        self.assertEqual(code, 1, out)
+
+    def test_no_snapshot_is_a_failure_not_a_pass(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = pathlib.Path(d)
+            (d / "Cargo.lock").write_text(lock(("h2", "0.3.0")))
+            out = io.StringIO()
+            code = audit.audit(d / "Cargo.lock", [d / "missing"], d / "ignore.toml", dt.date(2099, 1, 1), out)
+            self.assertEqual(code, 1, out.getvalue())
 
     def test_unmaintained_warns_and_withdrawn_is_skipped(self):
         code, out = self.run_audit([("h2", "0.4.0")], extra='informational = "unmaintained"')

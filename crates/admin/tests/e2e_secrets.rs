@@ -142,6 +142,12 @@ async fn e2e_webhook_secrets_are_sealed_and_rotate_with_an_overlap() {
     assert_eq!(db.signing_secrets(user).await.expect("opens").iter().map(|s| s.expose()).collect::<Vec<_>>(), [&s3]);
     let err = stack.db.db.signing_secrets(user).await.expect_err("the old keyring lacks k2");
     assert_eq!(err.code(), "secret-unavailable", "{err}");
+    // A process without any key does not write plaintext into a database whose secrets are sealed.
+    let keyless =
+        Db::connect(&DbConfig { url: stack.db.url.clone(), max_connections: 1, ..Default::default() }).expect("db");
+    let err = keyless.create_user("plain@example.com", "free").await.expect_err("refused without a key");
+    assert_eq!(err.code(), "secret-unavailable", "{err}");
+    assert!(keyless.user_by_email("plain@example.com").await.expect("read").is_none(), "nothing half-written");
     let status = json_out_pair(jewelshot(&stack, &["--json", "secrets", "status"]));
     let k2_row = status["keys"].as_array().expect("keys").iter().find(|k| k["keyId"] == "k2").cloned().expect("k2");
     assert_eq!((k2_row["secrets"].clone(), k2_row["configured"].clone()), (json!(total), json!(false)), "{status}");

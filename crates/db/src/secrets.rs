@@ -63,6 +63,11 @@ pub enum SecretsError {
     NoCurrent(usize),
     #[error("JEWELSHOT_SECRETS__REQUIRED is on but no JEWELSHOT_SECRETS__KEYS__* is set")]
     Required,
+    #[error(
+        "no JEWELSHOT_SECRETS__KEYS__* is set here, but webhook secrets in this database are sealed: \
+         refusing to store one unencrypted (configure the keys the other processes use)"
+    )]
+    WouldStorePlaintext,
     #[error("a secret is sealed with key {0:?}, which is not configured")]
     MissingKey(String),
     #[error("a secret sealed with key {0:?} does not open (wrong key, or the row was altered)")]

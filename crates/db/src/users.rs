@@ -146,14 +146,31 @@ impl Db {
         Ok(self.create_user_with_secret(email, plan).await?.0)
     }
 
+    /// Without a key, secrets are stored as plaintext (development) — but never into a database
+    /// whose secrets are sealed: a process that lacks the keys the others use fails instead of
+    /// quietly weakening what it writes. Costs a query only when no key is configured.
+    async fn may_seal(&self, conn: &deadpool_postgres::Object) -> Result<()> {
+        if self.keyring.current().is_some() {
+            return Ok(());
+        }
+        let sealed: bool = conn
+            .query_one("SELECT EXISTS (SELECT 1 FROM webhook_secrets WHERE key_id <> 'plaintext')", &[])
+            .await?
+            .get(0);
+        if sealed {
+            return Err(crate::secrets::SecretsError::WouldStorePlaintext.into());
+        }
+        Ok(())
+    }
+
     /// Create a user; also returns its webhook signing secret (the only time it is shown).
     pub async fn create_user_with_secret(&self, email: &str, plan: &str) -> Result<(User, WebhookSecret)> {
+        let conn = self.conn().await?;
+        self.may_seal(&conn).await?;
         let id = UserId::generate();
         let secret = WebhookSecret::generate();
         let sealed = self.keyring.seal(id, &secret);
-        let row = self
-            .conn()
-            .await?
+        let row = conn
             .query_one(
                 &format!(
                     "WITH u AS (INSERT INTO users (id, email, plan) VALUES ($1, $2, $3) RETURNING {USER_COLUMNS}),
@@ -173,15 +190,27 @@ impl Db {
             .conn()
             .await?
             .query(
-                "SELECT key_id, sealed FROM webhook_secrets
+                "SELECT key_id, sealed, retires_at FROM webhook_secrets
                   WHERE user_id = $1 AND (retires_at IS NULL OR retires_at > now())
                   ORDER BY retires_at IS NOT NULL, id DESC",
                 &[&user.to_string()],
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok(self.keyring.open(user, &Sealed { key_id: r.get("key_id"), bytes: r.get("sealed") })?))
-            .collect()
+        // The current secret must open; a retiring one under a key no longer configured is
+        // left out (with a warning) rather than holding every delivery back.
+        let mut secrets = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let sealed = Sealed { key_id: r.get("key_id"), bytes: r.get("sealed") };
+            let retiring = r.get::<_, Option<DateTime<Utc>>>("retires_at").is_some();
+            match self.keyring.open(user, &sealed) {
+                Ok(s) => secrets.push(s),
+                Err(e) if retiring => {
+                    tracing::warn!(%user, error = %e, "a retiring webhook secret does not open; signing without it");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(secrets)
     }
 
     /// Give `user` a new webhook secret. The ones it replaces keep signing beside it for
@@ -191,6 +220,7 @@ impl Db {
         let sealed = self.keyring.seal(user, &secret);
         let overlap_secs = overlap.as_secs_f64();
         let mut conn = self.conn().await?;
+        self.may_seal(&conn).await?;
         let tx = conn.transaction().await?;
         // Concurrent rotations of one user take turns here.
         if tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user.to_string()]).await?.is_none() {
@@ -313,6 +343,7 @@ impl Db {
                 .await?;
             return user_from_row(&row);
         }
+        self.may_seal(&conn).await?;
         let id = UserId::generate();
         let sealed = self.keyring.seal(id, &WebhookSecret::generate());
         let fallback = format!("oidc:{issuer}#{subject}");

@@ -101,48 +101,60 @@ pub struct EditRequest {
     pub run_at: Option<String>,
 }
 
-/// An optional whole number as JSON Schema's `integer` means it: `199` or `199.0`, never `199.5`
-/// (and, from a query string, the same spelled as text).
+/// An optional whole number as JSON Schema's `integer` means it in a JSON body: `199` or
+/// `199.0`, never `199.5` nor `"199"`.
 pub fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    struct Whole;
-    impl<'a> serde::de::Visitor<'a> for Whole {
-        type Value = Option<i64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a whole number")
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v).map(Some).map_err(|_| E::custom("a whole number out of range"))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            // Within ±2^53 a float is exact; a whole one converts without loss.
-            if v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
-                Ok(Some(v as i64))
-            } else {
-                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
-            }
-        }
-        /// Digits, optionally followed by a point and zeros (`20`, `20.0`); nothing else.
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            let whole = match v.split_once('.') {
-                Some((int, zeros)) if !zeros.is_empty() && zeros.bytes().all(|b| b == b'0') => int,
-                _ => v,
-            };
-            whole.parse::<i64>().map(Some).map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
-        }
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: serde::Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
+    d.deserialize_any(Whole { text: false })
+}
+
+/// The same in a query string, where every value is text: `20` or `20.0`.
+pub fn integral_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    d.deserialize_any(Whole { text: true })
+}
+
+struct Whole {
+    /// Whether numbers arrive spelled as text (query strings).
+    text: bool,
+}
+impl<'a> serde::de::Visitor<'a> for Whole {
+    type Value = Option<i64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a whole number")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v).map(Some).map_err(|_| E::custom("a whole number out of range"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // Within ±2^53 a float is exact; a whole one converts without loss.
+        if v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
+            Ok(Some(v as i64))
+        } else {
+            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
         }
     }
-    d.deserialize_any(Whole)
+    /// Digits, optionally followed by a point and zeros (`20`, `20.0`); nothing else.
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if !self.text {
+            return Err(E::invalid_type(serde::de::Unexpected::Str(v), &self));
+        }
+        let whole = match v.split_once('.') {
+            Some((int, zeros)) if !zeros.is_empty() && zeros.bytes().all(|b| b == b'0') => int,
+            _ => v,
+        };
+        whole.parse::<i64>().map(Some).map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
 /// A validated edit request.
@@ -504,6 +516,19 @@ mod tests {
         ] {
             assert_eq!(cursor.is_match(&c), ok, "{c}");
             assert_eq!(grammar::parse_cursor(Some(&c)).is_ok(), ok, "the server reads {c:?} as the grammar does");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_what_json_schema_calls_integer() {
+        let delay = |v: &str| {
+            serde_json::from_str::<EditRequest>(&format!(r#"{{"delay_seconds": {v}}}"#)).map(|r| r.delay_seconds)
+        };
+        assert_eq!(delay("20").ok(), Some(Some(20)));
+        assert_eq!(delay("20.0").ok(), Some(Some(20)));
+        assert_eq!(delay("null").ok(), Some(None));
+        for bad in ["20.5", "\"20\"", "true", "1e400", "[]"] {
+            assert!(delay(bad).is_err(), "{bad}");
         }
     }
 }

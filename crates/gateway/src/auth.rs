@@ -128,6 +128,8 @@ pub async fn authenticate(
         };
         let ip = client_ip(&req, &state.trusted_proxies);
         if let Some(wait) = ip.and_then(|ip| state.auth_blocked(ip)) {
+            // As late as a 401: a blocked address must not flood at full speed instead.
+            let _ = refuse(&state).await;
             return Err(ApiError::TooManyRequests {
                 code: codes::TOO_MANY_AUTH_FAILURES,
                 message: "too many unknown keys from your address; try again later".into(),

@@ -41,6 +41,8 @@ pub struct AppState {
     pub file_urls: jewelshot_storage::local::UrlSigner,
     /// Identity-provider tokens, when `jwt.jwks_url` is set.
     pub jwt: Option<crate::jwt::JwtVerifier>,
+    /// When `/metrics` last read Postgres (held while a scrape refreshes).
+    pub metrics_refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -93,6 +95,7 @@ impl AppState {
             uploading: Arc::default(),
             auth_failures,
             blocked: Mutex::new(HashMap::new()),
+            metrics_refreshed: tokio::sync::Mutex::new(None),
             trusted_proxies,
             file_urls,
             jwt: None,

@@ -125,8 +125,7 @@ pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
 /// Read the gauges that come from Postgres, at most once per `metrics_refresh_ms`: one scrape
 /// refreshes them while the others (and scrapes within the interval) serve the last values.
 async fn refresh_gauges(state: &AppState) {
-    static LAST: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
-    let Ok(mut last) = LAST.try_lock() else { return };
+    let Ok(mut last) = state.metrics_refreshed.try_lock() else { return };
     let every = Duration::from_millis(state.cfg.gateway.metrics_refresh_ms);
     if last.is_some_and(|t| t.elapsed() < every) {
         return;

@@ -80,7 +80,7 @@ pub struct ListQuery {
     /// Only jobs in this state.
     pub status: Option<String>,
     /// Page size, 1-100 (default 20).
-    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral")]
+    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral_text")]
     pub limit: Option<i64>,
     /// `nextCursor` from the previous page.
     pub cursor: Option<String>,

@@ -62,7 +62,7 @@ pub async fn upload(
 #[into_params(parameter_in = Query)]
 pub struct GalleryQuery {
     /// Page size, 1-100 (default 20).
-    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral")]
+    #[serde(default, deserialize_with = "jewelshot_domain::edit::integral_text")]
     pub limit: Option<i64>,
     /// `nextCursor` from the previous page.
     pub cursor: Option<String>,
