@@ -145,6 +145,22 @@ impl App {
         Ok(Self { cfg, db, json })
     }
 
+    /// Tell every gateway to forget what it cached of `what` (`key:<id>`, `user:<id>`). Postgres
+    /// already holds the change; if Redis cannot be reached the gateways' cache lifetime
+    /// (`gateway.auth_cache_ttl_ms`) bounds how long they may still use the old answer.
+    pub async fn announce_auth_change(&self, what: &str) {
+        let sent = match jewelshot_queue::connect(&self.cfg.queue).await {
+            Ok(mut conn) => jewelshot_queue::announce_auth_change(&mut conn, &self.cfg.queue, what).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            eprintln!(
+                "warning: could not tell the gateways at once ({e}); they drop their cached copy within \
+                 JEWELSHOT_GATEWAY__AUTH_CACHE_TTL_MS"
+            );
+        }
+    }
+
     /// The queue in Redis (unreachable → exit 3).
     pub async fn queue(&self) -> Result<Queue, Failure> {
         Ok(Queue::connect(&self.cfg.queue).await?)

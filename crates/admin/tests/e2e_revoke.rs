@@ -1,5 +1,6 @@
-//! F acceptance 7: a revoked key and an expired `/files` URL are refused on every gateway —
-//! two gateway processes over one database, the key revoked with the CLI.
+//! F acceptance 7 (and G's cache): a revoked key and an expired `/files` URL are refused on every
+//! gateway — two gateway processes over one database; a key revoked with the CLI is refused at
+//! once (announced through Redis), one revoked behind their backs within the cache lifetime.
 
 mod common;
 
@@ -62,7 +63,20 @@ async fn e2e_a_revoked_key_and_an_expired_file_url_are_refused_on_every_gateway(
         assert_eq!(status(&stack.http, &format!("{g}/api/jobs"), Some(&key)).await, 401, "{g} still takes it");
         assert_eq!(status(&stack.http, &format!("{g}/api/jobs"), Some(&other)).await, 200, "{g}: another key");
     }
-    // No gateway caches keys yet: refused at the next request. (G's cache must keep this within
-    // its lifetime.)
+    // The gateways cache keys (auth_cache_ttl_ms, 5 s) and the CLI's announcement made them
+    // drop it at once.
     assert!(took < Duration::from_secs(2), "refused everywhere after {took:?}");
+
+    // A key revoked behind the gateways' backs (no announcement) is still served from their
+    // caches — a poll asks Postgres nothing about it — and refused once the lifetime ends.
+    let revoked = stack.db.db.revoke_api_key(&other).await.expect("revoke").expect("a key");
+    assert!(revoked.revoked_at.is_some());
+    for g in &gateways {
+        assert_eq!(status(&stack.http, &format!("{g}/api/jobs"), Some(&other)).await, 200, "{g}: cached");
+    }
+    let took = refused_everywhere(&stack.http, &gateways, &other, Duration::from_secs(10)).await;
+    assert!(took <= Duration::from_millis(5_500), "refused everywhere within the cache lifetime: {took:?}");
+    for g in &gateways {
+        assert_eq!(status(&stack.http, &format!("{g}/api/jobs"), Some(&other)).await, 401, "{g}");
+    }
 }

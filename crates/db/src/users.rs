@@ -395,19 +395,20 @@ impl Db {
         Ok(IssuedKey { id, user_id: user, key })
     }
 
-    /// The user a presented key belongs to, if the key is known and not revoked.
-    pub async fn user_by_api_key(&self, key: &str) -> Result<Option<User>> {
+    /// The user a presented key belongs to, and the key's id, if the key is known and not
+    /// revoked.
+    pub async fn user_by_api_key(&self, key: &str) -> Result<Option<(User, String)>> {
         // A read only: the hot path (every poll) must not write.
         let row = self
             .conn()
             .await?
             .query_opt(
-                "SELECT u.* FROM api_keys k JOIN users u ON u.id = k.user_id
+                "SELECT u.*, k.id AS key_id FROM api_keys k JOIN users u ON u.id = k.user_id
                   WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
                 &[&hash_key(key)],
             )
             .await?;
-        row.as_ref().map(user_from_row).transpose()
+        row.as_ref().map(|r| Ok((user_from_row(r)?, r.get("key_id")))).transpose()
     }
 
     /// Users in id (creation) order after `after`, at most `limit`.

@@ -78,7 +78,24 @@ fn credential(req: &ServiceRequest, state: &AppState) -> Option<Credential> {
 /// that does not verify).
 async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User>, ApiError> {
     match credential {
-        Credential::ApiKey(key) => Ok(state.db.user_by_api_key(&key).await?),
+        Credential::ApiKey(key) => {
+            let hash = jewelshot_db::users::hash_key(&key);
+            match state.auth_cache.get(&hash) {
+                Some(crate::auth_cache::Cached::User(u)) => return Ok(Some(u)),
+                Some(crate::auth_cache::Cached::Unknown) => return Ok(None),
+                None => {}
+            }
+            match state.db.user_by_api_key(&key).await? {
+                Some((user, key_id)) => {
+                    state.auth_cache.put_user(hash, user.clone(), key_id);
+                    Ok(Some(user))
+                }
+                None => {
+                    state.auth_cache.put_unknown(hash);
+                    Ok(None)
+                }
+            }
+        }
         Credential::Jwt(token) => {
             let Some(verifier) = &state.jwt else { return Ok(None) };
             let identity = match verifier.verify(&token).await {
@@ -98,6 +115,12 @@ async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User
             };
             let s = verifier.settings();
             let plan = identity.plan.as_deref().unwrap_or(&s.default_plan);
+            // The token was verified here; only the user it maps to is cached (by issuer,
+            // subject and the plan it claims, so a plan change at the provider is seen).
+            let cache_key = format!("jwt\u{0}{}\u{0}{}\u{0}{plan}", identity.issuer, identity.subject);
+            if let Some(crate::auth_cache::Cached::User(u)) = state.auth_cache.get(&cache_key) {
+                return Ok(Some(u));
+            }
             let user = state
                 .db
                 .user_for_identity(
@@ -108,6 +131,7 @@ async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User
                     identity.plan.is_some(),
                 )
                 .await?;
+            state.auth_cache.put_user(cache_key, user.clone(), String::new());
             Ok(Some(user))
         }
     }

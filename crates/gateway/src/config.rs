@@ -151,6 +151,12 @@ pub struct GatewaySettings {
     /// milliseconds: scrapes in between serve the last values, so scraping costs Postgres at
     /// most one read per interval however often it comes.
     pub metrics_refresh_ms: u64,
+    /// How long a known API key's user is reused without asking Postgres, in milliseconds
+    /// (revocations and plan changes reach every gateway at once through Redis; this bounds
+    /// what a missed announcement leaves behind). 0 = ask every time.
+    pub auth_cache_ttl_ms: u64,
+    /// Keys the cache holds (least recently used ones leave first).
+    pub auth_cache_entries: usize,
 }
 
 impl Default for GatewaySettings {
@@ -165,6 +171,8 @@ impl Default for GatewaySettings {
             metrics_listen: "127.0.0.1:9464".into(),
             access_log: true,
             metrics_refresh_ms: 1_000,
+            auth_cache_ttl_ms: 5_000,
+            auth_cache_entries: 10_000,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`Application`] — build (bind) then run until shutdown.
 
 pub mod auth;
+pub mod auth_cache;
 pub mod config;
 pub mod error;
 pub mod jwt;
@@ -47,6 +48,8 @@ pub struct Application {
     port: u16,
     /// `GET /metrics` on its own listener, and its port.
     metrics: Option<(Server, u16)>,
+    /// The credential cache and where its announcements come from.
+    auth: (std::sync::Arc<auth_cache::AuthCache>, jewelshot_queue::QueueConfig),
 }
 
 impl Application {
@@ -74,6 +77,7 @@ impl Application {
             state.jwt = Some(jwt::JwtVerifier::new(state.cfg.jwt.clone())?);
         }
         let state = web::Data::new(state);
+        let auth = (state.auth_cache.clone(), state.cfg.queue.clone());
         let metrics = if metrics_listen.is_empty() {
             None
         } else {
@@ -109,7 +113,7 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
-        Ok(Self { server: server.disable_signals().run(), port, metrics })
+        Ok(Self { server: server.disable_signals().run(), port, metrics, auth })
     }
 
     pub fn port(&self) -> u16 {
@@ -126,6 +130,7 @@ impl Application {
         let handle = self.server.handle();
         let metrics_handle = self.metrics.as_ref().map(|(s, _)| s.handle());
         let summary = tokio::spawn(telemetry::summarize_refusals(std::time::Duration::from_secs(10)));
+        let follow = tokio::spawn(auth_cache::follow(self.auth.0.clone(), self.auth.1.clone()));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");
@@ -143,6 +148,7 @@ impl Application {
             None => self.server.await?,
         }
         summary.abort();
+        follow.abort();
         Ok(())
     }
 }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub file_urls: jewelshot_storage::local::UrlSigner,
     /// Identity-provider tokens, when `jwt.jwks_url` is set.
     pub jwt: Option<crate::jwt::JwtVerifier>,
+    /// API keys' users, kept for `auth_cache_ttl_ms`; dropped on announcements.
+    pub auth_cache: Arc<crate::auth_cache::AuthCache>,
     /// When `/metrics` last read Postgres (held while a scrape refreshes).
     pub metrics_refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -81,6 +83,10 @@ impl AppState {
         );
         let trusted_proxies = cfg.gateway.proxies().unwrap_or_default();
         let file_urls = jewelshot_storage::local::UrlSigner::new(&cfg.storage.local);
+        let auth_cache = Arc::new(crate::auth_cache::AuthCache::new(
+            Duration::from_millis(cfg.gateway.auth_cache_ttl_ms),
+            cfg.gateway.auth_cache_entries,
+        ));
         Self {
             db,
             queue,
@@ -96,6 +102,7 @@ impl AppState {
             auth_failures,
             blocked: Mutex::new(HashMap::new()),
             metrics_refreshed: tokio::sync::Mutex::new(None),
+            auth_cache,
             trusted_proxies,
             file_urls,
             jwt: None,

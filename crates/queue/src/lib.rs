@@ -249,6 +249,37 @@ pub async fn put_back(
     Ok(Placed::Line)
 }
 
+/// The Redis channel on which credential changes are announced to every gateway (their
+/// credential caches drop what a message names): `key:<api key id>`, `user:<user id>`, or `*`.
+pub fn auth_channel(cfg: &QueueConfig) -> String {
+    format!("{}:auth:invalidate", cfg.name)
+}
+
+/// Announce a credential change (`key:<id>`, `user:<id>`, `*`) to every gateway; how many
+/// gateways were listening.
+pub async fn announce_auth_change(
+    conn: &mut ConnectionManager,
+    cfg: &QueueConfig,
+    what: &str,
+) -> Result<u64, QueueError> {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let n: u64 =
+        tokio::time::timeout(timeout, redis::cmd("PUBLISH").arg(auth_channel(cfg)).arg(what).query_async(conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+    Ok(n)
+}
+
+/// Listen on [`auth_channel`]: a subscription of its own (pub/sub takes a whole connection).
+pub async fn subscribe_auth_changes(cfg: &QueueConfig) -> Result<redis::aio::PubSub, QueueError> {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut pubsub =
+        tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(|_| QueueError::Timeout)??;
+    tokio::time::timeout(timeout, pubsub.subscribe(auth_channel(cfg))).await.map_err(|_| QueueError::Timeout)??;
+    Ok(pubsub)
+}
+
 /// The apalis backend configuration used by both sides, so keys agree.
 pub fn apalis_config(cfg: &QueueConfig) -> Config {
     Config::default().queue(&cfg.name)

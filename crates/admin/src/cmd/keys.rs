@@ -26,7 +26,10 @@ pub async fn run(cmd: KeysCmd, app: &App) -> Result<(), Failure> {
             print(&Keys(keys.iter().map(KeyOut::of).collect()), app.json)
         }
         KeysCmd::Revoke { key } => match app.db.revoke_api_key(&key).await? {
-            Some(k) => print(&Revoked(KeyOut::of(&k)), app.json),
+            Some(k) => {
+                app.announce_auth_change(&format!("key:{}", k.id)).await;
+                print(&Revoked(KeyOut::of(&k)), app.json)
+            }
             None => Err(Failure::failed("no such key (give its id from `keys list`, or the key itself)")),
         },
     }

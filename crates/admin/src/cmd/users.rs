@@ -23,6 +23,7 @@ pub async fn run(cmd: UsersCmd, app: &App) -> Result<(), Failure> {
         UsersCmd::SetPlan { user, plan } => {
             let id = app.user(&user).await?;
             let u = app.db.set_plan(id, &plan).await?.ok_or_else(|| Failure::failed(format!("no user {id}")))?;
+            app.announce_auth_change(&format!("user:{id}")).await;
             print(&PlanSet(UserOut::of(&u)), app.json)
         }
         UsersCmd::RotateWebhookSecret { user, overlap } => {

@@ -1,0 +1,204 @@
+//! API-key lookups cached in the gateway, so a poll costs no query to know who asks.
+//!
+//! - Hits are kept up to `auth_cache_ttl_ms` (bounded LRU, `auth_cache_entries`); unknown keys
+//!   are kept in a small LRU of their own for a shorter time, so guesses cannot evict real users.
+//! - A revoked key or a changed plan reaches every gateway at once through Redis pub/sub
+//!   (`jewelshot_queue::auth_channel`: the CLI announces `key:<id>`, `user:<id>` or `*`); when
+//!   the subscription is lost the cache is emptied and the TTL bounds what a missed message can
+//!   leave behind.
+
+use std::{
+    num::NonZeroUsize,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jewelshot_db::users::User;
+use lru::LruCache;
+
+/// How long an unknown key is remembered as unknown.
+const MISS_TTL: Duration = Duration::from_secs(1);
+const MISS_ENTRIES: usize = 1024;
+
+struct Hit {
+    user: User,
+    key_id: String,
+    at: Instant,
+}
+
+/// The cache; cheap to share behind `AppState`.
+pub struct AuthCache {
+    ttl: Duration,
+    hits: Mutex<LruCache<String, Hit>>,
+    misses: Mutex<LruCache<String, Instant>>,
+}
+
+impl std::fmt::Debug for AuthCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCache").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+/// What the cache knows of a key.
+#[derive(Debug, Clone)]
+pub enum Cached {
+    User(User),
+    Unknown,
+}
+
+impl AuthCache {
+    /// `ttl` zero turns the cache off.
+    pub fn new(ttl: Duration, entries: usize) -> Self {
+        let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            ttl,
+            hits: Mutex::new(LruCache::new(cap(entries))),
+            misses: Mutex::new(LruCache::new(cap(MISS_ENTRIES))),
+        }
+    }
+
+    fn on(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// What is known of the key whose hash is `hash`, if still fresh.
+    pub fn get(&self, hash: &str) -> Option<Cached> {
+        if !self.on() {
+            return None;
+        }
+        if let Ok(mut hits) = self.hits.lock() {
+            match hits.get(hash) {
+                Some(h) if h.at.elapsed() < self.ttl => return Some(Cached::User(h.user.clone())),
+                Some(_) => {
+                    hits.pop(hash);
+                }
+                None => {}
+            }
+        }
+        let mut misses = self.misses.lock().ok()?;
+        match misses.get(hash) {
+            Some(at) if at.elapsed() < MISS_TTL.min(self.ttl) => Some(Cached::Unknown),
+            _ => None,
+        }
+    }
+
+    pub fn put_user(&self, hash: String, user: User, key_id: String) {
+        if !self.on() {
+            return;
+        }
+        if let Ok(mut misses) = self.misses.lock() {
+            misses.pop(&hash);
+        }
+        if let Ok(mut hits) = self.hits.lock() {
+            hits.put(hash, Hit { user, key_id, at: Instant::now() });
+        }
+    }
+
+    pub fn put_unknown(&self, hash: String) {
+        if self.on() {
+            if let Ok(mut misses) = self.misses.lock() {
+                misses.put(hash, Instant::now());
+            }
+        }
+    }
+
+    /// Apply an announcement: `key:<id>`, `user:<id>`, or anything else (`*`): everything.
+    pub fn invalidate(&self, what: &str) {
+        let Ok(mut hits) = self.hits.lock() else { return };
+        let gone: Vec<String> = match what.split_once(':') {
+            Some(("key", id)) => hits.iter().filter(|(_, h)| h.key_id == id).map(|(k, _)| k.clone()).collect(),
+            Some(("user", id)) => {
+                hits.iter().filter(|(_, h)| h.user.id.to_string() == id).map(|(k, _)| k.clone()).collect()
+            }
+            _ => {
+                hits.clear();
+                drop(hits);
+                if let Ok(mut m) = self.misses.lock() {
+                    m.clear();
+                }
+                return;
+            }
+        };
+        for k in gone {
+            hits.pop(&k);
+        }
+    }
+}
+
+/// Keep `cache` in step with the announcements on Redis until the process ends: resubscribe
+/// after a loss (emptying the cache, since messages may have been missed meanwhile).
+pub async fn follow(cache: std::sync::Arc<AuthCache>, cfg: jewelshot_queue::QueueConfig) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match jewelshot_queue::subscribe_auth_changes(&cfg).await {
+            Ok(mut pubsub) => {
+                backoff = Duration::from_millis(200);
+                // Whatever changed while we were not listening.
+                cache.invalidate("*");
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    if let Ok(what) = msg.get_payload::<String>() {
+                        tracing::debug!(what, "credential change announced");
+                        cache.invalidate(&what);
+                    }
+                }
+                tracing::warn!("lost the credential-change subscription; resubscribing");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to credential changes; retrying"),
+        }
+        cache.invalidate("*");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: jewelshot_domain::UserId::generate(),
+            email: "a@example.com".into(),
+            plan: "free".into(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn hits_expire_and_announcements_evict_what_they_name() {
+        let cache = AuthCache::new(Duration::from_secs(60), 8);
+        let (a, b) = (user(), user());
+        cache.put_user("ha".into(), a.clone(), "ka".into());
+        cache.put_user("hb".into(), b.clone(), "kb".into());
+        assert!(matches!(cache.get("ha"), Some(Cached::User(u)) if u.id == a.id));
+        cache.invalidate("key:ka");
+        assert!(cache.get("ha").is_none(), "the revoked key is gone");
+        assert!(cache.get("hb").is_some(), "the other stays");
+        cache.invalidate(&format!("user:{}", b.id));
+        assert!(cache.get("hb").is_none());
+        cache.put_unknown("hx".into());
+        assert!(matches!(cache.get("hx"), Some(Cached::Unknown)));
+        cache.invalidate("*");
+        assert!(cache.get("hx").is_none());
+
+        let short = AuthCache::new(Duration::from_millis(20), 8);
+        short.put_user("h".into(), user(), "k".into());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(short.get("h").is_none(), "a hit lasts the TTL at most");
+        let off = AuthCache::new(Duration::ZERO, 8);
+        off.put_user("h".into(), user(), "k".into());
+        assert!(off.get("h").is_none());
+    }
+
+    #[test]
+    fn guesses_do_not_evict_users() {
+        let cache = AuthCache::new(Duration::from_secs(60), 4);
+        cache.put_user("real".into(), user(), "k".into());
+        for i in 0..5000 {
+            cache.put_unknown(format!("guess-{i}"));
+        }
+        assert!(cache.get("real").is_some());
+    }
+}
