@@ -153,7 +153,7 @@ pub async fn authenticate(
         let ip = client_ip(&req, &state.trusted_proxies);
         if let Some(wait) = ip.and_then(|ip| state.auth_blocked(ip)) {
             // As late as a 401: a blocked address must not flood at full speed instead.
-            let _ = refuse(&state).await;
+            refusal_delay(&state).await;
             return Err(ApiError::TooManyRequests {
                 code: codes::TOO_MANY_AUTH_FAILURES,
                 message: "too many unknown keys from your address; try again later".into(),
@@ -173,12 +173,17 @@ pub async fn authenticate(
     next.call(req).await
 }
 
-/// A 401, after `refused_auth_delay_ms`.
-async fn refuse(state: &AppState) -> ApiError {
+/// Wait `refused_auth_delay_ms` before a refusal is answered.
+async fn refusal_delay(state: &AppState) {
     let delay = state.cfg.limits.refused_auth_delay_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
+}
+
+/// A 401, after [`refusal_delay`].
+async fn refuse(state: &AppState) -> ApiError {
+    refusal_delay(state).await;
     ApiError::Unauthorized
 }
 

@@ -25,23 +25,6 @@ async fn it_refuses_tokens_that_cannot_be_keys_without_touching_the_database() {
     assert_eq!(get(shaped).await, 503, "a key-shaped token is looked up (and the database is down)");
 }
 
-/// Transactions Postgres has counted in `db` (every statement outside a transaction is one),
-/// read from another database so the reading does not count; stats are flushed by idle
-/// backends within a second, so wait for them first.
-async fn transactions(api: &Api) -> i64 {
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (client, conn) = tokio_postgres::connect(&jewelshot_testkit::admin_database_url(), tokio_postgres::NoTls)
-        .await
-        .expect("admin connection");
-    tokio::spawn(conn);
-    let name = api.db.url.rsplit('/').next().expect("database name");
-    client
-        .query_one("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1", &[&name])
-        .await
-        .expect("stats")
-        .get(0)
-}
-
 /// F acceptance 2, the part that is a count, not a time: a flood of malformed tokens (random
 /// lengths and alphabets, JWT look-alikes, near-miss keys, 2,000 requests 50 at a time) reaches
 /// Postgres with no statement at all. One key-shaped unknown token then does, so the count can
@@ -50,7 +33,7 @@ async fn transactions(api: &Api) -> i64 {
 async fn it_a_flood_of_malformed_tokens_costs_postgres_nothing() {
     use futures::StreamExt;
     let api = Api::start().await;
-    let before = transactions(&api).await;
+    let before = api.db.transactions().await.expect("stats");
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let alphabet: Vec<char> = "ABCabc012_-+/=.~ é💍\"".chars().collect();
     let tokens: Vec<String> = (0..2000)
@@ -79,11 +62,11 @@ async fn it_a_flood_of_malformed_tokens_costs_postgres_nothing() {
     // Header values reqwest cannot send are not sent at all; every one sent is refused.
     assert!(statuses.iter().filter(|s| **s != 0).all(|s| *s == 401), "{statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 401).count() > 1500, "the flood was sent");
-    let after = transactions(&api).await;
+    let after = api.db.transactions().await.expect("stats");
     assert_eq!(after - before, 0, "Postgres saw statements for malformed tokens");
     let shaped = format!("jsk_{}", "B".repeat(43));
     assert_eq!(api.call(reqwest::Method::GET, "/api/jobs", Some(&shaped)).await.0, 401);
-    assert!(transactions(&api).await > after, "a key-shaped token is looked up: the counter moves");
+    assert!(api.db.transactions().await.expect("stats") > after, "a key-shaped token is looked up: the counter moves");
 }
 
 /// A request without a valid credential waits `refused_auth_delay_ms` for its 401, whatever

@@ -27,6 +27,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Transactions Postgres has counted in this database (every statement outside a
+    /// transaction is one), read from the admin database so the reading does not count. Idle
+    /// backends flush their stats within a second, so this waits 1.5 s first.
+    pub async fn transactions(&self) -> anyhow::Result<i64> {
+        transactions_in(&self.url).await
+    }
+
     /// A plain connection to this database, for a test's own SQL (what is stored, counters).
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) =
@@ -34,6 +41,20 @@ impl TestDb {
         tokio::spawn(conn);
         Ok(client)
     }
+}
+
+/// [`TestDb::transactions`] for the database `url` names.
+pub async fn transactions_in(url: &str) -> anyhow::Result<i64> {
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
+        .await
+        .context("connecting to Postgres")?;
+    tokio::spawn(conn);
+    let name = url.rsplit('/').next().context("database name")?;
+    let row = client
+        .query_one("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1", &[&name])
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Create `jewelshot_test_<ulid>` and apply the migrations.

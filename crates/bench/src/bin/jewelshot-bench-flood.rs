@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use jewelshot_testkit::{admin_database_url, Stack, StackOptions};
+use jewelshot_testkit::{Stack, StackOptions};
 use serde_json::json;
 
 const ATTACKERS: usize = 400;
@@ -35,14 +35,13 @@ async fn main() -> anyhow::Result<()> {
     let job_id = job["jobId"].as_str().context("jobId")?.to_owned();
     let base = stack.gateway_url().to_owned();
     let poll_url = format!("{base}/api/jobs/{job_id}");
-    let db = stack.db.url.rsplit('/').next().context("database name")?.to_owned();
 
     // What Postgres does with nobody asking anything (the gateway's own background work).
-    let idle_before = transactions(&db).await?;
+    let idle_before = stack.db.transactions().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle = (transactions(&db).await? - idle_before) as f64 / 6.5;
+    let idle = (stack.db.transactions().await? - idle_before) as f64 / 6.5;
     let quiet = poll(&stack.http, &poll_url, &key, Duration::from_secs(5)).await;
-    let pg_before = transactions(&db).await?;
+    let pg_before = stack.db.transactions().await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (junk, scrapes, refused_other) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -83,13 +82,13 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let pg_flood = transactions(&db).await? - pg_before;
+    let pg_flood = stack.db.transactions().await? - pg_before;
 
     // What the real user's polls cost on their own, to tell them apart from the flood's.
-    let pg_quiet_before = transactions(&db).await?;
+    let pg_quiet_before = stack.db.transactions().await?;
     let alone = poll(&stack.http, &poll_url, &key, Duration::from_secs(5)).await;
     // 5 s of polls plus the 1.5 s the stats take to flush.
-    let per_poll = ((transactions(&db).await? - pg_quiet_before) as f64 - idle * 6.5) / alone.ok.max(1) as f64;
+    let per_poll = ((stack.db.transactions().await? - pg_quiet_before) as f64 - idle * 6.5) / alone.ok.max(1) as f64;
 
     let (junk, scrapes) = (junk.load(Ordering::Relaxed), scrapes.load(Ordering::Relaxed));
     println!("{secs} s: {ATTACKERS} connections of malformed tokens, {SCRAPERS} scraping /metrics, 1 user polling every 20 ms");
@@ -178,15 +177,4 @@ async fn poll(http: &reqwest::Client, url: &str, key: &str, for_: Duration) -> P
     }
     p.lat.sort();
     p
-}
-
-/// Transactions Postgres counted in `db`, after the idle backends flushed their stats.
-async fn transactions(db: &str) -> anyhow::Result<i64> {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let row = client
-        .query_one("SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1", &[&db])
-        .await?;
-    Ok(row.get(0))
 }
