@@ -8,7 +8,7 @@ use figment::{
     Figment,
 };
 use jewelshot_db::{jobs::JobRow, secrets::Keyring, Db, DbConfig, DbError};
-use jewelshot_domain::UserId;
+use jewelshot_domain::{JobId, UserId};
 use jewelshot_queue::{Queue, QueueConfig, QueueError};
 use jewelshot_ratelimit::{Limiter, LineSettings};
 use serde::{Deserialize, Serialize};
@@ -136,13 +136,67 @@ pub struct App {
     pub cfg: Config,
     pub db: Db,
     pub json: bool,
+    /// Jobs the command changed: their poll snapshots are published before it exits.
+    changed: std::sync::Arc<Changed>,
+}
+
+/// The jobs a command changed ([`App::publish_changes`] writes their snapshots).
+#[derive(Default)]
+struct Changed(std::sync::Mutex<std::collections::BTreeSet<JobId>>);
+
+impl jewelshot_db::snapshot::ChangeSink for Changed {
+    fn changed(&self, jobs: &[JobId]) {
+        if let Ok(mut set) = self.0.lock() {
+            set.extend(jobs.iter().copied());
+        }
+    }
 }
 
 impl App {
     pub fn new(cfg: Config, json: bool) -> Result<Self, Failure> {
         let keyring = Keyring::from_config(&cfg.secrets).map_err(|e| Failure::usage(e.to_string()))?;
-        let db = Db::connect(&cfg.database).map_err(|e| Failure::usage(e.to_string()))?.with_keyring(keyring);
-        Ok(Self { cfg, db, json })
+        let changed = std::sync::Arc::new(Changed::default());
+        let db = Db::connect(&cfg.database)
+            .map_err(|e| Failure::usage(e.to_string()))?
+            .with_keyring(keyring)
+            .with_changes(changed.clone());
+        Ok(Self { cfg, db, json, changed })
+    }
+
+    /// Publish the poll snapshots of the jobs this command changed, so the gateways answer with
+    /// the change at once. Without Redis a warning says so: polls may show a job's old state
+    /// until its snapshot expires or its worker writes it again.
+    pub async fn publish_changes(&self) {
+        let jobs: Vec<JobId> = match self.changed.0.lock() {
+            Ok(mut set) => std::mem::take(&mut *set).into_iter().collect(),
+            Err(_) => return,
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        let published = match self.queue().await {
+            Ok(queue) => {
+                let line = self.line(&queue);
+                let mut result = Ok(());
+                for batch in jobs.chunks(500) {
+                    result = jewelshot_queue::snapshots::publish(&line, &self.db, &self.cfg.queue.snapshots, batch)
+                        .await
+                        .map_err(|e| e.to_string());
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+            Err(e) => Err(e.message().to_owned()),
+        };
+        if let Err(e) = published {
+            eprintln!(
+                "warning: could not refresh what polls show of {} changed job(s) ({e}); polls may show their \
+                 old state until their snapshot expires (JEWELSHOT_QUEUE__SNAPSHOTS__*)",
+                jobs.len()
+            );
+        }
     }
 
     /// Tell every gateway to forget what it cached of `what` (`key:<id>`, `user:<id>`). Postgres

@@ -46,6 +46,8 @@ fn run(cmd: Cmd, json: bool) -> Result<(), Failure> {
     runtime.block_on(async {
         jewelshot_runtime::init_tracing("warn");
         let app = App::new(Config::load()?, json)?;
-        cmd::run(cmd, &app).await
+        let result = cmd::run(cmd, &app).await;
+        app.publish_changes().await;
+        result
     })
 }

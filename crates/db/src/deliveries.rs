@@ -9,6 +9,7 @@ use jewelshot_domain::{
     DeliveryState, JobId, UserId,
 };
 
+use crate::sql::Sql;
 use crate::{jobs::parse, Db, DbError, Result};
 
 /// One job's delivery.
@@ -130,7 +131,10 @@ impl Db {
             )
             .await?;
         match row {
-            Some(row) => delivery_from_row(&row),
+            Some(row) => {
+                self.changed(d.job_id);
+                delivery_from_row(&row)
+            }
             // The same message already recorded (notify-user ran again for the same end): keep
             // its progress.
             None => self.delivery(d.job_id).await?.ok_or_else(|| DbError::Corrupt("delivery vanished".into())),
@@ -187,6 +191,7 @@ impl Db {
             .await?;
         tx.commit().await?;
         let mut claimed = deliveries_from_rows(&rows)?;
+        self.changed_all(&claimed.iter().map(|d| d.job_id).collect::<Vec<_>>());
         claimed.sort_by_key(|d| d.next_at);
         Ok(claimed)
     }
@@ -218,6 +223,9 @@ impl Db {
                 .await?
             }
         };
+        if n == 1 {
+            self.changed(job);
+        }
         Ok(n == 1)
     }
 
@@ -260,7 +268,9 @@ impl Db {
                 &[&ids, &user.map(|u| u.to_string())],
             )
             .await?;
-        deliveries_from_rows(&rows)
+        let reset = deliveries_from_rows(&rows)?;
+        self.changed_all(&reset.iter().map(|d| d.job_id).collect::<Vec<_>>());
+        Ok(reset)
     }
 
     /// Deliveries by state (for `webhooks list` and metrics).

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, UserId};
 
+use crate::sql::Sql;
 use crate::{Db, Result};
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, JobStatus, NewEdit, Priority, UserId};
 
+use crate::sql::Sql;
 use crate::{steps::generate_started, Db, DbError, Result};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Bumped by every update of the row (V9): part of a snapshot's revision.
+    pub rev: i64,
 }
 
 pub(crate) fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
@@ -58,6 +61,7 @@ pub(crate) fn job_from_row(row: &tokio_postgres::Row) -> Result<JobRow> {
         updated_at: row.get("updated_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
+        rev: row.get("rev"),
     })
 }
 
@@ -106,47 +110,6 @@ fn counts_of(rows: &[tokio_postgres::Row]) -> QueueCounts {
     c
 }
 
-/// Insert a job row (inside the caller's transaction). With `queued_cap`, the user's submissions
-/// serialise on an advisory lock and the insert is refused once they have that many jobs waiting.
-async fn insert_row(
-    c: &impl deadpool_postgres::GenericClient,
-    id: JobId,
-    user: UserId,
-    edit: &NewEdit,
-    max_attempts: i32,
-    queued_cap: Option<i64>,
-) -> Result<tokio_postgres::Row> {
-    if let Some(cap) = queued_cap {
-        c.execute("SELECT pg_advisory_xact_lock(hashtextextended('jobs-queued:' || $1, 0))", &[&user.to_string()])
-            .await?;
-        let waiting: i64 = c
-            .query_one(
-                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = $1 AND status = 'queued' LIMIT $2) t",
-                &[&user.to_string(), &cap],
-            )
-            .await?
-            .get(0);
-        if waiting >= cap {
-            return Err(DbError::QueuedCapReached { cap });
-        }
-    }
-    Ok(c.query_one(
-        "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
-        &[
-            &id.to_string(),
-            &user.to_string(),
-            &edit.priority.as_str(),
-            &edit.prompt,
-            &edit.image_url.as_str(),
-            &edit.webhook_url.as_ref().map(|u| u.as_str()),
-            &edit.run_at,
-            &max_attempts,
-        ],
-    )
-    .await?)
-}
-
 /// What [`Db::begin_attempt`] found.
 #[derive(Debug)]
 pub enum Begun {
@@ -182,57 +145,58 @@ pub enum Inserted {
 }
 
 impl Db {
-    /// Record a new job unless `user` used `key` within the last 24 h. One transaction: the key
-    /// and the job are written together or not at all, and concurrent duplicates serialise on
-    /// the key's primary key.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn insert_job_idempotent(
+    /// Record a new job in `queued`: one statement, one round trip (`jewelshot_submit`, V9).
+    /// With `idempotency` (`key`, request hash), a key `user` used within the last 24 h answers
+    /// with its first job instead; concurrent duplicates serialise on the key and make one job.
+    /// With `queued_cap`, the user's submissions serialise on an advisory lock and the insert is
+    /// refused ([`DbError::QueuedCapReached`]) once they have that many jobs waiting.
+    pub async fn submit_job(
         &self,
         id: JobId,
         user: UserId,
         edit: &NewEdit,
         max_attempts: i32,
-        key: &str,
-        request_hash: &str,
         queued_cap: Option<i64>,
+        idempotency: Option<(&str, &str)>,
     ) -> Result<Inserted> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        let existing = tx
-            .query_opt(
-                "SELECT k.request_hash, j.* FROM idempotency_keys k JOIN jobs j ON j.id = k.job_id
-                  WHERE k.user_id = $1 AND k.key = $2 AND k.created_at > now() - interval '24 hours'
-                  FOR UPDATE OF k",
-                &[&user.to_string(), &key],
+        let cap = queued_cap.filter(|c| *c > 0).unwrap_or(0);
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT s.outcome, s.same_request, (s.job).*
+                   FROM jewelshot_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) s",
+                &[
+                    &id.to_string(),
+                    &user.to_string(),
+                    &edit.priority.as_str(),
+                    &edit.prompt,
+                    &edit.image_url.as_str(),
+                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                    &edit.run_at,
+                    &max_attempts,
+                    &cap,
+                    &idempotency.map(|(k, _)| k),
+                    &idempotency.map(|(_, h)| h),
+                ],
             )
             .await?;
-        if let Some(row) = existing {
-            let hash: String = row.get("request_hash");
-            return Ok(Inserted::Existing { job: Box::new(job_from_row(&row)?), same_request: hash == request_hash });
+        let outcome: &str = row.get("outcome");
+        match outcome {
+            "new" => {
+                self.changed(id);
+                Ok(Inserted::New(Box::new(job_from_row(&row)?)))
+            }
+            "existing" => Ok(Inserted::Existing {
+                job: Box::new(job_from_row(&row)?),
+                same_request: row.get::<_, Option<bool>>("same_request").unwrap_or(false),
+            }),
+            "cap" => Err(DbError::QueuedCapReached { cap }),
+            other => Err(DbError::Corrupt(format!("jewelshot_submit answered {other:?}"))),
         }
-        let row = insert_row(&tx, id, user, edit, max_attempts, queued_cap).await?;
-        // Claims the key, or takes over an expired one. A concurrent first use of the same key
-        // waits on the primary key and then fails here: the caller retries and finds it.
-        let claimed = tx
-            .execute(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (user_id, key) DO UPDATE
-                    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now()
-                  WHERE idempotency_keys.created_at <= now() - interval '24 hours'",
-                &[&user.to_string(), &key, &request_hash, &id.to_string()],
-            )
-            .await?;
-        if claimed == 0 {
-            drop(tx); // rolls back the job
-            return Box::pin(self.insert_job_idempotent(id, user, edit, max_attempts, key, request_hash, queued_cap))
-                .await;
-        }
-        tx.commit().await?;
-        Ok(Inserted::New(Box::new(job_from_row(&row)?)))
     }
 
-    /// Record a new job in `queued` (refused with [`DbError::QueuedCapReached`] when the user
-    /// already has `queued_cap` jobs waiting).
+    /// Record a new job in `queued` (see [`Db::submit_job`]) without an idempotency key.
     pub async fn insert_job(
         &self,
         id: JobId,
@@ -241,11 +205,10 @@ impl Db {
         max_attempts: i32,
         queued_cap: Option<i64>,
     ) -> Result<JobRow> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        let row = insert_row(&tx, id, user, edit, max_attempts, queued_cap).await?;
-        tx.commit().await?;
-        job_from_row(&row)
+        match self.submit_job(id, user, edit, max_attempts, queued_cap, None).await? {
+            Inserted::New(job) => Ok(*job),
+            Inserted::Existing { .. } => Err(DbError::Corrupt("a submit without a key found an earlier job".into())),
+        }
     }
 
     pub async fn job(&self, id: JobId) -> Result<Option<JobRow>> {
@@ -290,7 +253,12 @@ impl Db {
     /// waiting or not yet due. Dispatch is FIFO on `seq`, so this is the count of due waiting
     /// jobs submitted no later than this one.
     pub async fn queue_position(&self, job: &JobRow) -> Result<i64> {
-        if job.status != JobStatus::Queued || job.run_at.is_some_and(|t| t > Utc::now()) {
+        self.queue_position_of(job.status, job.run_at, job.seq).await
+    }
+
+    /// [`Db::queue_position`] of a job known by its state, schedule and `seq`.
+    pub async fn queue_position_of(&self, status: JobStatus, run_at: Option<DateTime<Utc>>, seq: i64) -> Result<i64> {
+        if status != JobStatus::Queued || run_at.is_some_and(|t| t > Utc::now()) {
             return Ok(0);
         }
         let row = self
@@ -299,7 +267,7 @@ impl Db {
             .query_one(
                 "SELECT count(*) FROM jobs
                   WHERE status = 'queued' AND seq <= $1 AND (run_at IS NULL OR run_at <= now())",
-                &[&job.seq],
+                &[&seq],
             )
             .await?;
         Ok(row.get(0))
@@ -346,7 +314,10 @@ impl Db {
             )
             .await?;
         match row {
-            Some(r) => Ok(Begun::Started(Box::new(job_from_row(&r)?))),
+            Some(r) => {
+                self.changed(id);
+                Ok(Begun::Started(Box::new(job_from_row(&r)?)))
+            }
             None => match self.job(id).await? {
                 Some(j) if j.status == JobStatus::Processing => Ok(Begun::Busy(Box::new(j))),
                 Some(j) => Ok(Begun::Final(Some(Box::new(j)))),
@@ -361,15 +332,14 @@ impl Db {
             return Ok(0);
         }
         let ids: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
-        Ok(self
-            .conn()
+        self.conn()
             .await?
             .execute(
                 "UPDATE jobs SET heartbeat_at = now()
                   WHERE id = ANY($1) AND worker_id = $2 AND status = 'processing'",
                 &[&ids, &worker],
             )
-            .await?)
+            .await
     }
 
     /// Open jobs (queued or processing) after `after_seq`, in `seq` order, at most `limit`; with
@@ -418,6 +388,9 @@ impl Db {
                 &[&id.to_string()],
             )
             .await?;
+        if row.is_some() {
+            self.changed(id);
+        }
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -433,6 +406,7 @@ impl Db {
                 &[&id.to_string()],
             )
             .await?;
+        self.changed(id);
         Ok(())
     }
 
@@ -446,6 +420,7 @@ impl Db {
                 &[&id.to_string(), &code, &message],
             )
             .await?;
+        self.changed(id);
         Ok(())
     }
 
@@ -461,6 +436,9 @@ impl Db {
                 &[&id.to_string(), &code, &message],
             )
             .await?;
+        if row.is_some() {
+            self.changed(id);
+        }
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -476,6 +454,9 @@ impl Db {
                 &[&id.to_string(), &result_key, &result_url],
             )
             .await?;
+        if row.is_some() {
+            self.changed(id);
+        }
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -497,6 +478,7 @@ impl Db {
             )
             .await?;
         if let Some(row) = row {
+            self.changed(id);
             return Ok(CancelOutcome::Canceled(Box::new(job_from_row(&row)?)));
         }
         let found = self

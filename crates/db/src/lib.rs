@@ -27,6 +27,8 @@ pub mod gallery;
 pub mod jobs;
 pub mod requeue;
 pub mod secrets;
+pub mod snapshot;
+pub mod sql;
 pub mod steps;
 pub mod storage;
 pub mod users;
@@ -54,6 +56,9 @@ pub struct DbConfig {
     pub timeout_ms: u64,
     /// Longest a single statement may run, in milliseconds (server-side `statement_timeout`).
     pub statement_timeout_ms: u64,
+    /// `none` (direct or session pooler: statements prepared once per connection) or
+    /// `transaction` (PgBouncer/Supavisor in transaction mode: one-round-trip unnamed statements).
+    pub pooler: sql::Pooler,
 }
 
 impl Default for DbConfig {
@@ -63,6 +68,7 @@ impl Default for DbConfig {
             max_connections: 16,
             timeout_ms: 5_000,
             statement_timeout_ms: 10_000,
+            pooler: sql::Pooler::None,
         }
     }
 }
@@ -127,6 +133,9 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    pooler: sql::Pooler,
+    /// Told of every job a write changes (the snapshot publisher), if any.
+    changes: Option<std::sync::Arc<dyn snapshot::ChangeSink>>,
     keyring: std::sync::Arc<secrets::Keyring>,
 }
 
@@ -152,7 +161,7 @@ impl Db {
             .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Self { pool, keyring: Default::default() })
+        Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default() })
     }
 
     /// Seal and open webhook secrets with `keyring` (without one they are stored as plaintext).
@@ -167,26 +176,40 @@ impl Db {
         &self.keyring
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Object> {
-        Ok(self.pool.get().await?)
+    pub(crate) async fn conn(&self) -> Result<sql::Conn> {
+        Ok(sql::Conn::new(self.pool.get().await?, self.pooler))
+    }
+
+    /// How statements are sent (see [`sql::Pooler`]).
+    pub fn pooler(&self) -> sql::Pooler {
+        self.pooler
     }
 
     /// Apply pending migrations. Safe to run concurrently from several processes: refinery
     /// runs them in one transaction per migration and records them in `refinery_schema_history`.
     pub async fn migrate(&self) -> Result<Vec<String>> {
         let mut conn = self.conn().await?;
-        let client: &mut tokio_postgres::Client = &mut conn;
+        let client = conn.client_mut();
         // Serialise concurrent migrators (several workers starting at once).
-        client.execute("SELECT pg_advisory_lock(727274)", &[]).await?;
+        client.batch_execute("SELECT pg_advisory_lock(727274)").await?;
         let report = embedded::migrations::runner().run_async(client).await;
-        client.execute("SELECT pg_advisory_unlock(727274)", &[]).await?;
+        client.batch_execute("SELECT pg_advisory_unlock(727274)").await?;
         Ok(report?.applied_migrations().iter().map(|m| m.to_string()).collect())
     }
 
     /// One round trip, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
-        self.conn().await?.simple_query("SELECT 1").await?;
+        self.conn().await?.batch_execute("SELECT 1").await?;
         Ok(())
+    }
+
+    /// The statements prepared on one pooled connection (with `max_connections` 1: all of them),
+    /// read without preparing anything — how tests see that statements are prepared once per
+    /// connection, or never behind a transaction pooler.
+    #[doc(hidden)]
+    pub async fn prepared_statements(&self) -> Result<Vec<String>> {
+        let rows = self.conn().await?.simple_column("SELECT statement FROM pg_prepared_statements").await?;
+        Ok(rows.into_iter().flatten().collect())
     }
 
     /// Pool occupancy, for metrics and `queue stats`.

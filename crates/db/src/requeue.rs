@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, UserId};
 
+use crate::sql::Sql;
 use crate::{
     jobs::{job_from_row, JobRow},
     Db, Result,
@@ -65,7 +66,14 @@ impl Db {
             return Ok(None);
         };
         if from_start {
-            tx.execute("DELETE FROM job_steps WHERE job_id = $1", &[&job.id.to_string()]).await?;
+            // Reset, not deleted: a snapshot's revision sums its rows' (V9), and must only grow.
+            tx.execute(
+                "UPDATE job_steps SET status = 'pending', attempts = 0, output = NULL, error = NULL,
+                        started_at = NULL, finished_at = NULL
+                  WHERE job_id = $1",
+                &[&job.id.to_string()],
+            )
+            .await?;
         } else {
             tx.execute(
                 // notify-user announced the failure: the job's next end is announced afresh.
@@ -76,6 +84,7 @@ impl Db {
             .await?;
         }
         tx.commit().await?;
+        self.changed(job.id);
         Ok(Some(job_from_row(&row)?))
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, StepName, StepStatus};
 use serde_json::Value;
 
+use crate::sql::Sql;
 use crate::{Db, DbError, Result};
 
 /// The checkpoint field that says `generate-image` holds a fal request: the worker's checkpoint
@@ -90,7 +91,10 @@ impl Db {
             )
             .await?;
         match row {
-            Some(row) => step_from_row(&row),
+            Some(row) => {
+                self.changed(job);
+                step_from_row(&row)
+            }
             // The WHERE refused: the step is complete; hand back its record untouched.
             None => self.step(job, step).await?.ok_or_else(|| DbError::Corrupt("step vanished".into())),
         }
@@ -157,6 +161,7 @@ impl Db {
                 &[&job.to_string(), &step.as_str(), output],
             )
             .await?;
+        self.changed(job);
         Ok(())
     }
 
@@ -170,6 +175,7 @@ impl Db {
                 &[&job.to_string(), &step.as_str(), &error],
             )
             .await?;
+        self.changed(job);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use jewelshot_domain::UserId;
 
+use crate::sql::Sql;
 use crate::{Db, Result};
 
 #[derive(Debug, Clone)]

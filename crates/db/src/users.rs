@@ -8,6 +8,7 @@ use jewelshot_domain::UserId;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::sql::Sql;
 use crate::{
     secrets::{Sealed, WebhookSecret},
     Db, DbError, Result,
@@ -149,7 +150,7 @@ impl Db {
     /// Without a key, secrets are stored as plaintext (development) — but never into a database
     /// whose secrets are sealed: a process that lacks the keys the others use fails instead of
     /// quietly weakening what it writes. Costs a query only when no key is configured.
-    async fn may_seal(&self, conn: &deadpool_postgres::Object) -> Result<()> {
+    async fn may_seal(&self, conn: &crate::sql::Conn) -> Result<()> {
         if self.keyring.current().is_some() {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 
 use jewelshot_domain::{
     view::{ErrorView, JobView, StepView},
-    JobStatus, StepName, StepStatus,
+    JobStatus,
 };
 
 use crate::{jobs::JobRow, steps::StepRow};
@@ -11,13 +11,11 @@ use crate::{jobs::JobRow, steps::StepRow};
 impl JobRow {
     /// Describe this job. Steps that have not started yet are listed as `pending`.
     pub fn to_view(&self, steps: &[StepRow], queue_position: i64, eta_seconds: Option<i64>) -> JobView {
-        let steps = StepName::ALL
+        let recorded: Vec<StepView> = steps
             .iter()
-            .map(|name| match steps.iter().find(|s| s.name == *name) {
-                Some(s) => StepView { name: *name, status: s.status, attempts: s.attempts, finished_at: s.finished_at },
-                None => StepView { name: *name, status: StepStatus::Pending, attempts: 0, finished_at: None },
-            })
+            .map(|s| StepView { name: s.name, status: s.status, attempts: s.attempts, finished_at: s.finished_at })
             .collect();
+        let steps = crate::snapshot::pending_steps(&recorded);
         let error = match (self.status, &self.error_code) {
             (JobStatus::Failed, Some(code)) => {
                 Some(ErrorView { code: code.clone(), message: self.error_message.clone().unwrap_or_default() })

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::job::{DeliveryState, JobStatus, Priority, StepName, StepStatus};
 
 /// A job as `GET /api/jobs/{jobId}` answers it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub job_id: String,
@@ -35,7 +35,7 @@ pub struct JobView {
 }
 
 /// A webhook delivery, as `GET /api/jobs/{jobId}` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
     pub state: DeliveryState,
@@ -54,7 +54,7 @@ pub struct NotificationView {
 }
 
 /// One step of a job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     pub name: StepName,

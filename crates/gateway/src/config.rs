@@ -157,6 +157,9 @@ pub struct GatewaySettings {
     pub auth_cache_ttl_ms: u64,
     /// Keys the cache holds (least recently used ones leave first).
     pub auth_cache_entries: usize,
+    /// Answer polls from the job snapshots kept in Redis (one round trip, no Postgres); off,
+    /// every poll reads Postgres (the same answer, slower).
+    pub poll_snapshots: bool,
 }
 
 impl Default for GatewaySettings {
@@ -173,6 +176,7 @@ impl Default for GatewaySettings {
             metrics_refresh_ms: 1_000,
             auth_cache_ttl_ms: 5_000,
             auth_cache_entries: 10_000,
+            poll_snapshots: true,
         }
     }
 }

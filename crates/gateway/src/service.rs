@@ -4,13 +4,14 @@ use jewelshot_domain::error_code as codes;
 use std::{net::IpAddr, time::Duration};
 
 use chrono::Utc;
+use jewelshot_db::snapshot::JobSnapshot;
 use jewelshot_db::{jobs::CancelOutcome, jobs::JobRow, users::User};
 use jewelshot_domain::{
     edit::{forbidden_webhook, webhook_ip_allowed, WebhookPolicy},
     view::{JobPage, JobView, SubmittedView},
     EditRequest, JobId, JobStatus, NewEdit, Priority, ValidationError,
 };
-use jewelshot_queue::line_entry;
+use jewelshot_queue::{line_entry, snapshots};
 
 use crate::{
     error::{ApiError, RateHeaders},
@@ -103,45 +104,34 @@ pub async fn submit(
     let id = JobId::generate();
     let max_attempts = state.cfg.jobs.max_attempts;
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
-    let job = match idempotency_key {
-        None => state.db.insert_job(id, user.id, &edit, max_attempts, cap).await?,
-        Some(key) => {
-            match state.db.insert_job_idempotent(id, user.id, &edit, max_attempts, &key, &request_hash, cap).await? {
-                jewelshot_db::jobs::Inserted::New(job) => *job,
-                jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
-                    let position = position(state, &job).await?;
-                    return Ok(Submitted::Replayed(
-                        rate,
-                        SubmittedView {
-                            job_id: job.id.to_string(),
-                            status: job.status,
-                            queue_position: position,
-                            eta_seconds: state.eta_seconds(position).await,
-                            status_url: format!("/api/jobs/{}", job.id),
-                        },
-                    ));
-                }
-                jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
-                    return Err(ApiError::Conflict {
-                        code: codes::IDEMPOTENCY_KEY_REUSED,
-                        message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
-                    });
-                }
-            }
+    let idempotency = idempotency_key.as_deref().map(|k| (k, request_hash.as_str()));
+    let job = match state.db.submit_job(id, user.id, &edit, max_attempts, cap, idempotency).await? {
+        jewelshot_db::jobs::Inserted::New(job) => *job,
+        jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
+            let position = position(state, &job).await?;
+            return Ok(Submitted::Replayed(
+                rate,
+                SubmittedView {
+                    job_id: job.id.to_string(),
+                    status: job.status,
+                    queue_position: position,
+                    eta_seconds: state.eta_seconds(position).await,
+                    status_url: format!("/api/jobs/{}", job.id),
+                },
+            ));
+        }
+        jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
+            return Err(ApiError::Conflict {
+                code: codes::IDEMPOTENCY_KEY_REUSED,
+                message: "this Idempotency-Key was used in the last 24 h with a different request".into(),
+            });
         }
     };
-    let due = edit.run_at.map(|t| t.timestamp_millis());
-    if let Err(e) = state.limiter.enqueue(&line_entry(&job), due).await {
-        // Postgres is the record and the row is complete: the workers' reconciler puts the job
-        // in line once Redis answers again. The client gets its job id now, and polls are
-        // answered from Postgres meanwhile.
-        tracing::warn!(job_id = %id, error = %e, "dispatch line unavailable; the reconciler will enqueue the job");
-        metrics::counter!(jewelshot_domain::metric_names::JOBS_ENQUEUE_DEFERRED).increment(1);
-    }
-    let position = position(state, &job).await?;
+    let position = enqueue(state, &job).await?;
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
         .increment(1);
-    tracing::info!(job_id = %id, user_id = %user.id, position, "job submitted");
+    // The access log already has a line for the request: this one is for debugging.
+    tracing::debug!(job_id = %id, user_id = %user.id, position, "job submitted");
     Ok(Submitted::Created(
         rate,
         SubmittedView {
@@ -152,6 +142,27 @@ pub async fn submit(
             status_url: format!("/api/jobs/{id}"),
         },
     ))
+}
+
+/// Put a recorded job in line with its poll snapshot and read its place: one Redis round trip.
+async fn enqueue(state: &AppState, job: &JobRow) -> Result<i64, ApiError> {
+    let due = job.run_at.map(|t| t.timestamp_millis());
+    let snapshot = JobSnapshot::of_new(job);
+    let record = snapshots::record_of(&snapshot, &state.cfg.queue.snapshots)
+        .map_err(|e| ApiError::Internal(format!("encoding a snapshot: {e}")))?;
+    let burst = state.cfg.fal.high_burst;
+    let place = match state.limiter.submit(&line_entry(job), due, &record, burst).await {
+        Ok((_, place)) => Ok(place),
+        Err(e) => {
+            // Postgres is the record and the row is complete: the workers' reconciler puts the
+            // job in line once Redis answers again. The client gets its job id now, and polls
+            // are answered from Postgres meanwhile.
+            tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; the reconciler will enqueue the job");
+            metrics::counter!(jewelshot_domain::metric_names::JOBS_ENQUEUE_DEFERRED).increment(1);
+            Err(e)
+        }
+    };
+    Ok(jewelshot_queue::position_from(place, &state.db, job.status, job.run_at, job.seq).await?)
 }
 
 /// Names are resolved now to refuse obviously internal targets early; the worker checks again
@@ -184,19 +195,17 @@ pub async fn position(state: &AppState, job: &JobRow) -> Result<i64, ApiError> {
     Ok(jewelshot_queue::position(&state.limiter, &state.db, job, state.cfg.fal.high_burst).await?)
 }
 
-pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
-    let steps = state.db.steps(job.id).await?;
-    let position = position(state, job).await?;
-    let eta = match job.status {
+/// A snapshot as the client sees it: its place in line, the ETA, a fresh image URL.
+async fn render(state: &AppState, snap: JobSnapshot, position: i64) -> Result<JobView, ApiError> {
+    let eta = match snap.status() {
         JobStatus::Queued if position > 0 => state.eta_seconds(position).await,
         _ => None,
     };
-    let mut v = job.to_view(&steps, position, eta);
-    if job.webhook_url.is_some() && job.status.is_final() {
-        v.notification = state.db.delivery(job.id).await?.map(|d| d.to_view());
-    }
+    let mut v = snap.view;
+    v.queue_position = position;
+    v.eta_seconds = eta;
     // URLs are made when served: presigned ones expire, so the stored one may be stale.
-    if let Some(key) = job.result_key.as_deref().filter(|_| v.image_url.is_some()) {
+    if let Some(key) = snap.result_key.as_deref().filter(|_| v.image_url.is_some()) {
         if let Ok(key) = jewelshot_storage::ObjectKey::new(key) {
             v.image_url = Some(state.store.url(&key).await?);
         }
@@ -204,9 +213,53 @@ pub async fn view(state: &AppState, job: &JobRow) -> Result<JobView, ApiError> {
     Ok(v)
 }
 
+/// A job read from Postgres, as the client sees it.
+async fn render_from_postgres(state: &AppState, snap: JobSnapshot) -> Result<JobView, ApiError> {
+    let position =
+        jewelshot_queue::snapshot_position(&state.limiter, &state.db, &snap, state.cfg.fal.high_burst).await?;
+    render(state, snap, position).await
+}
+
+/// Poll one job: its snapshot and place in line from Redis in one round trip, no Postgres. A
+/// job Redis holds no snapshot of (or Redis away) is read from Postgres — the same answer —
+/// and its snapshot written back for the next poll.
 pub async fn get(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
-    let job = state.db.job_for_user(id, user.id).await?.ok_or(ApiError::JobNotFound)?;
-    view(state, &job).await
+    let burst = state.cfg.fal.high_burst;
+    let mut redis_up = state.cfg.gateway.poll_snapshots;
+    if redis_up {
+        match snapshots::read(&state.limiter, id, burst).await {
+            Ok(Some((snap, _))) if snap.user_id != user.id => return Err(ApiError::JobNotFound),
+            Ok(Some((snap, place))) => {
+                let position = match place {
+                    None => 0,
+                    Some(place) => {
+                        jewelshot_queue::position_from(
+                            Ok(place),
+                            &state.db,
+                            snap.status(),
+                            snap.view.scheduled_for,
+                            snap.seq,
+                        )
+                        .await?
+                    }
+                };
+                return render(state, snap, position).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(job_id = %id, error = %e, "job snapshots unavailable; reading Postgres");
+                redis_up = false;
+            }
+        }
+    }
+    let snap = state.db.job_snapshot(id, Some(user.id)).await?.ok_or(ApiError::JobNotFound)?;
+    if redis_up {
+        if let Err(e) = snapshots::write(&state.limiter, &state.cfg.queue.snapshots, std::slice::from_ref(&snap)).await
+        {
+            tracing::debug!(job_id = %id, error = %e, "job snapshot not written back");
+        }
+    }
+    render_from_postgres(state, snap).await
 }
 
 pub async fn list(
@@ -238,17 +291,26 @@ pub async fn list(
         })?
         .map(JobId);
     let rows = state.db.list_jobs(Some(user.id), status, cursor, limit).await?;
+    let ids: Vec<JobId> = rows.iter().map(|r| r.id).collect();
+    let mut snaps: std::collections::HashMap<String, JobSnapshot> =
+        state.db.job_snapshots(&ids).await?.into_iter().map(|s| (s.view.job_id.clone(), s)).collect();
     let mut jobs = Vec::with_capacity(rows.len());
     for row in &rows {
-        jobs.push(view(state, row).await?);
+        if let Some(snap) = snaps.remove(&row.id.to_string()) {
+            jobs.push(render_from_postgres(state, snap).await?);
+        }
     }
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
     Ok(JobPage { jobs, next_cursor })
 }
 
 pub async fn cancel(state: &AppState, user: &User, id: JobId) -> Result<JobView, ApiError> {
-    match jewelshot_queue::cancel(Some(&state.limiter), &state.db, id, Some(user.id)).await? {
-        CancelOutcome::Canceled(job) => view(state, &job).await,
+    let line = Some((&state.limiter, &state.cfg.queue.snapshots));
+    match jewelshot_queue::cancel(line, &state.db, id, Some(user.id)).await? {
+        CancelOutcome::Canceled(_) => {
+            let snap = state.db.job_snapshot(id, Some(user.id)).await?.ok_or(ApiError::JobNotFound)?;
+            render_from_postgres(state, snap).await
+        }
         CancelOutcome::NotFound => Err(ApiError::JobNotFound),
         CancelOutcome::NotCancelable(status) => Err(ApiError::Conflict {
             code: codes::JOB_NOT_CANCELABLE,

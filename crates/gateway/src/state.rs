@@ -188,12 +188,18 @@ impl AppState {
                 }
             }
         }
-        let fresh = match self.db.mean_generation_seconds().await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "mean generation time unavailable");
-                None
-            }
+        // The workers record each generation in Redis; Postgres answers when Redis cannot (or
+        // lost them).
+        let window = Duration::from_secs(jewelshot_ratelimit::GENERATION_WINDOW_SECS);
+        let fresh = match self.limiter.mean_generation(window).await {
+            Ok(Some(mean)) => Some(mean),
+            _ => match self.db.mean_generation_seconds().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "mean generation time unavailable");
+                    None
+                }
+            },
         };
         if let Ok(mut guard) = self.mean_generation.lock() {
             *guard = Some((Instant::now(), fresh));

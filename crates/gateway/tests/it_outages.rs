@@ -1,5 +1,6 @@
 //! The gateway while PostgreSQL is down (a server of the test's own, crashed and started again):
-//! 503 with `Retry-After` and a stable code, nothing half-written, and it heals by itself.
+//! submits get 503 with `Retry-After` and a stable code, nothing is half-written, polls of known
+//! jobs are still answered (from their Redis snapshots), and it heals by itself.
 
 mod common;
 
@@ -29,7 +30,16 @@ async fn it_answers_503_while_postgres_is_down_and_heals() {
     assert!(retry >= 1);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "database-unavailable", "{body}");
+    // Polls need no Postgres: a client keeps seeing its job (and its place) through the outage.
     let id = first["jobId"].as_str().expect("id");
+    let (s, polled) = api.call(reqwest::Method::GET, &format!("/api/jobs/{id}"), Some(&key)).await;
+    assert_eq!(
+        (s, polled["status"].as_str(), polled["queuePosition"].as_i64()),
+        (200, Some("queued"), Some(1)),
+        "{polled}"
+    );
+    // A job Redis holds no snapshot of needs Postgres: 503, not a wrong answer.
+    api.line.drop_record(id).await.expect("drop the snapshot");
     let (s, polled) = api.call(reqwest::Method::GET, &format!("/api/jobs/{id}"), Some(&key)).await;
     assert_eq!((s, polled["error"]["code"].as_str()), (503, Some("database-unavailable")), "{polled}");
 

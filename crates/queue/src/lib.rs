@@ -31,6 +31,8 @@ use chrono::{DateTime, Utc};
 use jewelshot_domain::JobId;
 use serde::{Deserialize, Serialize};
 
+pub mod snapshots;
+
 /// The payload of a queue task: which job to run. Nothing else — the job row has the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EditTask {
@@ -46,11 +48,18 @@ pub struct QueueConfig {
     pub name: String,
     /// Longest wait for one Redis command, in milliseconds.
     pub timeout_ms: u64,
+    /// How long job snapshots (what polls read) stay in Redis.
+    pub snapshots: snapshots::SnapshotConfig,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { redis_url: "redis://127.0.0.1:6379".into(), name: "jewelshot:edits".into(), timeout_ms: 3_000 }
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            name: "jewelshot:edits".into(),
+            timeout_ms: 3_000,
+            snapshots: Default::default(),
+        }
     }
 }
 
@@ -180,18 +189,45 @@ pub async fn position(
     job: &jewelshot_db::jobs::JobRow,
     high_burst: u32,
 ) -> Result<i64, jewelshot_db::DbError> {
-    use jewelshot_ratelimit::LinePlace;
     if job.status != jewelshot_domain::JobStatus::Queued {
         return Ok(0);
     }
-    match limiter.position(&line_entry(job), high_burst).await {
+    let place = limiter.position(&line_entry(job), high_burst).await;
+    position_from(place, db, job.status, job.run_at, job.seq).await
+}
+
+/// [`position`] of a job known by its snapshot.
+pub async fn snapshot_position(
+    limiter: &jewelshot_ratelimit::Limiter,
+    db: &jewelshot_db::Db,
+    snap: &jewelshot_db::snapshot::JobSnapshot,
+    high_burst: u32,
+) -> Result<i64, jewelshot_db::DbError> {
+    if snap.status() != jewelshot_domain::JobStatus::Queued {
+        return Ok(0);
+    }
+    let place = limiter.position(&snapshots::entry_of(snap), high_burst).await;
+    position_from(place, db, snap.status(), snap.view.scheduled_for, snap.seq).await
+}
+
+/// The position a look at the line gives, or Postgres's submit-order count when the line does
+/// not hold the job (waiting among retries, put back a moment from now) or cannot be reached.
+pub async fn position_from(
+    place: Result<jewelshot_ratelimit::LinePlace, jewelshot_ratelimit::LimitError>,
+    db: &jewelshot_db::Db,
+    status: jewelshot_domain::JobStatus,
+    run_at: Option<DateTime<Utc>>,
+    seq: i64,
+) -> Result<i64, jewelshot_db::DbError> {
+    use jewelshot_ratelimit::LinePlace;
+    match place {
         Ok(LinePlace::Queued(p)) => return Ok(p as i64),
         Ok(LinePlace::Scheduled) => return Ok(0),
         Ok(LinePlace::Dispatched) => return Ok(1),
         Ok(LinePlace::Absent) => {}
-        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "dispatch line unavailable; position from Postgres"),
+        Err(e) => tracing::warn!(seq, error = %e, "dispatch line unavailable; position from Postgres"),
     }
-    db.queue_position(job).await
+    db.queue_position_of(status, run_at, seq).await
 }
 
 /// Cancel a waiting or running job — `owner`'s, or any job for an operator (`None`) — and take
@@ -201,7 +237,7 @@ pub async fn position(
 /// without a line when Redis does not answer: the job is still canceled, and skipped when a
 /// dispatcher reaches it).
 pub async fn cancel(
-    line: Option<&jewelshot_ratelimit::Limiter>,
+    line: Option<(&jewelshot_ratelimit::Limiter, &snapshots::SnapshotConfig)>,
     db: &jewelshot_db::Db,
     job: JobId,
     owner: Option<jewelshot_domain::UserId>,
@@ -209,13 +245,15 @@ pub async fn cancel(
     let outcome = db.cancel_job(job, owner).await?;
     if let jewelshot_db::jobs::CancelOutcome::Canceled(row) = &outcome {
         tracing::info!(job_id = %job, "job canceled");
-        let removed = match line {
-            Some(line) => line.remove(&line_entry(row)).await.map(|_| ()),
-            None => Ok(()),
-        };
-        if let Err(e) = removed {
+        let Some((line, snapshot_cfg)) = line else { return Ok(outcome) };
+        if let Err(e) = line.remove(&line_entry(row)).await {
             // Still safe: the dispatcher skips a canceled job; only positions lag until then.
             tracing::warn!(job_id = %job, error = %e, "could not take a canceled job out of line");
+        }
+        // Before answering: the canceller's next poll must not read the job as still waiting.
+        if let Err(e) = snapshots::publish(line, db, snapshot_cfg, &[job]).await {
+            tracing::warn!(job_id = %job, error = %e, "could not publish a canceled job's snapshot");
+            let _ = line.drop_record(&job.to_string()).await;
         }
     }
     Ok(outcome)

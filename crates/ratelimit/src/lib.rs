@@ -56,7 +56,10 @@ mod line;
 
 pub use capacity::{Capacity, KeyStatus, RateWindow};
 
-pub use line::{DispatchOptions, Dispatched, Enqueued, LineEntry, LinePlace, QueueKeys};
+/// ETAs use the mean generation time over this many seconds.
+pub const GENERATION_WINDOW_SECS: u64 = 3_600;
+
+pub use line::{DispatchOptions, Dispatched, Enqueued, JobRecord, LineEntry, LinePlace, QueueKeys};
 
 const ACQUIRE: &str = concat!(include_str!("clock.lua"), include_str!("pool.lua"), include_str!("acquire.lua"));
 

@@ -46,3 +46,61 @@ local function promote_due(L, limit)
   end
   return #due
 end
+
+-- A job's place in the real dispatch order, `burst` being the highs dispatched in a row while
+-- normal work waits, before one normal.
+--
+-- Dispatch alternates classes deterministically: highs while `streak` < burst, then one normal.
+-- So a normal job at rank r (0-based) follows r normals and min(highs, f + burst * r) highs,
+-- where f = burst - streak highs still go before the next normal; a high job at rank r follows
+-- r highs and every normal slot that comes before it.
+-- Returns the 1-based position, 0 scheduled, -1 dispatched (starting), -2 not in line.
+local function place_of(L, member, burst)
+  local _, class, _, job = parse(member)
+  if redis.call('HEXISTS', KEYS[L + 6], job) == 1 then return -1 end
+  local r = redis.call('ZRANK', line_of(L, class), member)
+  if not r then
+    if redis.call('ZSCORE', KEYS[L + 2], member) then return 0 end
+    return -2
+  end
+  local other = KEYS[L + 1]
+  if class ~= 'high' then other = KEYS[L] end
+  local o = redis.call('ZCARD', other)
+  local streak = tonumber(redis.call('HGET', KEYS[L + 3], 'streak') or 0)
+  local f = math.max(0, burst - streak)
+  if class ~= 'high' then
+    return r + math.min(o, f + burst * r) + 1
+  end
+  local normals = 0
+  if o > 0 and r >= f then normals = math.min(o, math.floor((r - f) / burst) + 1) end
+  return r + normals + 1
+end
+
+-- Put a job in line, or in the scheduled set until `due` (ms; 0 = now), and wake the
+-- dispatchers on `channel`. Returns 1 in line, 2 scheduled, 0 already dispatched. Safe to repeat.
+local function enqueue(L, member, due, channel)
+  local _, _, _, job = parse(member)
+  if redis.call('HEXISTS', KEYS[L + 6], job) == 1 then return 0 end
+  if due > now then
+    redis.call('ZADD', KEYS[L + 2], due, member)
+    return 2
+  end
+  place(L, member)
+  redis.call('PUBLISH', channel, 1)
+  return 1
+end
+
+-- A job's record beside the line (its poll snapshot), kept only if `rev` is not older than the
+-- stored one: `data`, and `member` while the job waits in line ('' = none). Returns 1 if written.
+local function write_record(key, rev, data, member, ttl_ms)
+  local cur = redis.call('HGET', key, 'rev')
+  if cur and tonumber(cur) > tonumber(rev) then return 0 end
+  redis.call('HSET', key, 'rev', rev, 'data', data)
+  if member ~= '' then
+    redis.call('HSET', key, 'member', member)
+  else
+    redis.call('HDEL', key, 'member')
+  end
+  redis.call('PEXPIRE', key, ttl_ms)
+  return 1
+end

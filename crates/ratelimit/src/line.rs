@@ -24,6 +24,10 @@ const DISPATCH: &str = concat!(
 const CLAIM: &str = concat!(include_str!("clock.lua"), include_str!("claim.lua"));
 const ABSENT: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("absent.lua"));
 const UNDISPATCH: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("undispatch.lua"));
+const SUBMIT: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("submit.lua"));
+const RECORD_READ: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("record_read.lua"));
+const RECORD_WRITE: &str =
+    concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("record_write.lua"));
 
 pub(crate) struct Scripts {
     enqueue: redis::Script,
@@ -32,6 +36,11 @@ pub(crate) struct Scripts {
     claim: redis::Script,
     undispatch: redis::Script,
     absent: redis::Script,
+    submit: redis::Script,
+    record_read: redis::Script,
+    record_write: redis::Script,
+    generations_add: redis::Script,
+    generations_mean: redis::Script,
 }
 
 impl Scripts {
@@ -43,6 +52,24 @@ impl Scripts {
             claim: redis::Script::new(CLAIM),
             undispatch: redis::Script::new(UNDISPATCH),
             absent: redis::Script::new(ABSENT),
+            submit: redis::Script::new(SUBMIT),
+            record_read: redis::Script::new(RECORD_READ),
+            record_write: redis::Script::new(RECORD_WRITE),
+            generations_add: redis::Script::new(concat!(
+                include_str!("clock.lua"),
+                "redis.call('ZADD', KEYS[1], now, ARGV[2]) \
+                 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1])) \
+                 redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1"
+            )),
+            generations_mean: redis::Script::new(concat!(
+                include_str!("clock.lua"),
+                "local sum, n = 0, 0 \
+                 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')) do \
+                   local s = tonumber(string.match(m, '^([^:]+):')) \
+                   if s then sum = sum + s n = n + 1 end \
+                 end \
+                 return {n, tostring(sum)}"
+            )),
         }
     }
 }
@@ -85,6 +112,29 @@ pub enum LinePlace {
     Dispatched,
     /// Not in line (finished, running, canceled — or the line lost it).
     Absent,
+}
+
+/// A job's record kept beside the line (its poll snapshot): opaque bytes, ordered by `rev` —
+/// an older revision never replaces a newer one — and the job's line member while it waits, so
+/// one round trip reads both the record and the job's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job: String,
+    pub rev: i64,
+    pub data: Vec<u8>,
+    /// The job's entry while it waits in line (or scheduled); `None` otherwise.
+    pub entry: Option<LineEntry>,
+    /// How long Redis keeps it after this write.
+    pub ttl: Duration,
+}
+
+fn place_from(code: i64) -> LinePlace {
+    match code {
+        p if p > 0 => LinePlace::Queued(p as u64),
+        0 => LinePlace::Scheduled,
+        -1 => LinePlace::Dispatched,
+        _ => LinePlace::Absent,
+    }
 }
 
 /// What [`Limiter::enqueue`] did.
@@ -182,12 +232,135 @@ impl Limiter {
         }
         inv.arg(entry.member()).arg(high_burst.max(1));
         let mut conn = self.conn.clone();
-        Ok(match self.timed(inv.invoke_async::<i64>(&mut conn)).await? {
-            p if p > 0 => LinePlace::Queued(p as u64),
-            0 => LinePlace::Scheduled,
-            -1 => LinePlace::Dispatched,
-            _ => LinePlace::Absent,
-        })
+        Ok(place_from(self.timed(inv.invoke_async::<i64>(&mut conn)).await?))
+    }
+
+    /// A submitted job in one round trip: [`Limiter::enqueue`] (until `due_unix_ms`), its
+    /// record written, and its [`Limiter::position`].
+    pub async fn submit(
+        &self,
+        entry: &LineEntry,
+        due_unix_ms: Option<i64>,
+        record: &JobRecord,
+        high_burst: u32,
+    ) -> Result<(Enqueued, LinePlace), LimitError> {
+        let mut inv = self.scripts.line.submit.prepare_invoke();
+        for k in self.line_keys() {
+            inv.key(k);
+        }
+        inv.key(self.record_key(&record.job));
+        inv.arg(entry.member())
+            .arg(due_unix_ms.unwrap_or(0).max(0))
+            .arg(self.channel())
+            .arg(high_burst.max(1))
+            .arg(record.rev)
+            .arg(&record.data[..])
+            .arg(record.ttl.as_millis().max(1) as u64);
+        let mut conn = self.conn.clone();
+        let (queued, place): (i64, i64) = self.timed(inv.invoke_async(&mut conn)).await?;
+        let queued = match queued {
+            1 => Enqueued::InLine,
+            2 => Enqueued::Scheduled,
+            _ => Enqueued::AlreadyDispatched,
+        };
+        Ok((queued, place_from(place)))
+    }
+
+    /// Where a job's record lives.
+    pub fn record_key(&self, job: &str) -> String {
+        self.k(&format!("job:{job}"))
+    }
+
+    /// Keep these records, each unless Redis holds a newer revision (one pipeline). How many
+    /// were written.
+    pub async fn write_records(&self, records: &[JobRecord]) -> Result<usize, LimitError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for r in records {
+            let member = r.entry.as_ref().map(LineEntry::member).unwrap_or_default();
+            pipe.invoke_script(
+                self.scripts
+                    .line
+                    .record_write
+                    .key(self.record_key(&r.job))
+                    .arg(r.rev)
+                    .arg(&r.data[..])
+                    .arg(member)
+                    .arg(r.ttl.as_millis().max(1) as u64),
+            );
+        }
+        let mut conn = self.conn.clone();
+        let written: Vec<i64> = match self.timed(pipe.query_async(&mut conn)).await {
+            Err(LimitError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // A pipeline does not load scripts by itself: load once, then again.
+                self.timed(self.scripts.line.record_write.prepare_invoke().load_async(&mut conn)).await?;
+                self.timed(pipe.query_async(&mut conn)).await?
+            }
+            other => other?,
+        };
+        Ok(written.iter().filter(|w| **w == 1).count())
+    }
+
+    /// A job's record and, while it waits, its place in line (one round trip). `None` when
+    /// Redis holds no record; the place is `None` when the record names no line entry.
+    pub async fn read_record(
+        &self,
+        job: &str,
+        high_burst: u32,
+    ) -> Result<Option<(Vec<u8>, Option<LinePlace>)>, LimitError> {
+        let mut inv = self.scripts.line.record_read.prepare_invoke();
+        for k in self.line_keys() {
+            inv.key(k);
+        }
+        inv.key(self.record_key(job)).arg(high_burst.max(1));
+        let mut conn = self.conn.clone();
+        let found: Option<(Vec<u8>, i64)> = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(found.map(|(data, place)| (data, (place != -3).then(|| place_from(place)))))
+    }
+
+    /// Keep these jobs' records for `ttl` more (one pipeline; records that are gone stay gone).
+    pub async fn touch_records(&self, jobs: &[String], ttl: Duration) -> Result<(), LimitError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.pexpire(self.record_key(job), ttl.as_millis().max(1) as i64).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Forget a job's record (the job is gone).
+    pub async fn drop_record(&self, job: &str) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        self.timed(redis::cmd("DEL").arg(self.record_key(job)).query_async::<()>(&mut conn)).await
+    }
+
+    /// Record how long one generation took (ETAs read the mean over `window`): kept in a sorted
+    /// set by finish time, trimmed to `window` at each write.
+    pub async fn record_generation(&self, took: Duration, window: Duration) -> Result<(), LimitError> {
+        let mut inv = self.scripts.line.generations_add.prepare_invoke();
+        inv.key(self.k("generations")).arg(window.as_millis() as u64).arg(format!(
+            "{:.3}:{}",
+            took.as_secs_f64(),
+            ulid::Ulid::generate()
+        ));
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// The mean of the generations recorded within `window` (`None` when there are none).
+    pub async fn mean_generation(&self, window: Duration) -> Result<Option<f64>, LimitError> {
+        let mut inv = self.scripts.line.generations_mean.prepare_invoke();
+        inv.key(self.k("generations")).arg(window.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let (n, sum): (u64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
+        let sum: f64 = sum.parse().map_err(|_| LimitError::Corrupt(format!("generation sum {sum:?}")))?;
+        Ok((n > 0).then(|| sum / n as f64))
     }
 
     /// Take a job out of line (canceled). True if it was there.

@@ -259,3 +259,60 @@ async fn absent_finds_what_redis_lost() {
     assert_eq!(absent, [jobs[0].job.clone(), jobs[5].job.clone()], "a handoff that never happened");
     assert_eq!(l.enqueue(&jobs[0], None).await.expect("re-line"), Enqueued::InLine);
 }
+
+fn record(job: &str, rev: i64, data: &str, entry: Option<LineEntry>) -> jewelshot_ratelimit::JobRecord {
+    jewelshot_ratelimit::JobRecord {
+        job: job.into(),
+        rev,
+        data: data.as_bytes().to_vec(),
+        entry,
+        ttl: Duration::from_secs(60),
+    }
+}
+
+/// A job's record (its poll snapshot) beside the line: an older revision never replaces a newer
+/// one, and one read gives the record with the job's place while it waits.
+#[tokio::test]
+async fn records_keep_the_newest_revision_and_read_with_their_place() {
+    let (l, prefix) = limiter(unlimited()).await;
+    let o = opts(&prefix);
+    assert_eq!(l.read_record("job-9", BURST).await.expect("read"), None, "no record yet");
+
+    // Submitted: in line, record written and place read, one script.
+    let first = job(1, "ana", false);
+    let second = job(2, "ana", false);
+    let (queued, place) =
+        l.submit(&first, None, &record("job-1", 1, "v1", Some(first.clone())), BURST).await.expect("submit");
+    assert_eq!((queued, place), (Enqueued::InLine, LinePlace::Queued(1)));
+    l.submit(&second, None, &record("job-2", 1, "w1", Some(second.clone())), BURST).await.expect("submit");
+    assert_eq!(l.read_record("job-2", BURST).await.expect("read"), Some((b"w1".to_vec(), Some(LinePlace::Queued(2)))));
+
+    // Writers race: rev 3 lands, then a late rev 2 is ignored; an equal revision rewrites.
+    let written = l
+        .write_records(&[record("job-1", 3, "v3", None), record("job-1", 2, "v2", Some(first.clone()))])
+        .await
+        .expect("write");
+    assert_eq!(written, 1, "only the newer of the two is kept");
+    assert_eq!(l.read_record("job-1", BURST).await.expect("read"), Some((b"v3".to_vec(), None)), "no line entry");
+    assert_eq!(l.write_records(&[record("job-1", 3, "v3", None)]).await.expect("write"), 1);
+
+    // The place follows the line: job-1 dispatched, job-2 goes from 2nd to "starting".
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+    assert_eq!(l.read_record("job-2", BURST).await.expect("read").and_then(|r| r.1), Some(LinePlace::Queued(1)));
+    assert!(matches!(l.dispatch(&o, false).await.expect("dispatch"), Dispatched::Job { .. }));
+    assert_eq!(l.read_record("job-2", BURST).await.expect("read").and_then(|r| r.1), Some(LinePlace::Dispatched));
+
+    // A pipeline of scripts survives Redis forgetting them (SCRIPT FLUSH: a restart, a failover).
+    let url = jewelshot_testkit::redis_url();
+    let mut raw =
+        redis::Client::open(url.as_str()).expect("url").get_multiplexed_async_connection().await.expect("redis");
+    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut raw).await.expect("flush scripts");
+    assert_eq!(l.write_records(&[record("job-1", 4, "v4", None)]).await.expect("write after flush"), 1);
+
+    // Renewed records live on; dropped ones are gone.
+    l.touch_records(&["job-1".into()], Duration::from_secs(600)).await.expect("touch");
+    let ttl: i64 = redis::cmd("PTTL").arg(l.record_key("job-1")).query_async(&mut raw).await.expect("pttl");
+    assert!(ttl > 60_000, "renewed past its first 60 s: {ttl} ms");
+    l.drop_record("job-1").await.expect("drop");
+    assert_eq!(l.read_record("job-1", BURST).await.expect("read"), None);
+}

@@ -28,8 +28,10 @@ pub struct TestDb {
 
 impl TestDb {
     /// Transactions Postgres has counted in this database (every statement outside a
-    /// transaction is one), read from the admin database so the reading does not count. Idle
-    /// backends flush their stats within a second, so this waits 1.5 s first.
+    /// transaction is one), read from the admin database so the reading does not count. A
+    /// backend reports its counts at most once a second while busy and within 10 s once idle
+    /// (PostgreSQL 15's `PGSTAT_IDLE_INTERVAL`), so this waits 11 s first: a count read sooner
+    /// can miss the last statements.
     pub async fn transactions(&self) -> anyhow::Result<i64> {
         transactions_in(&self.url).await
     }
@@ -45,7 +47,7 @@ impl TestDb {
 
 /// [`TestDb::transactions`] for the database `url` names.
 pub async fn transactions_in(url: &str) -> anyhow::Result<i64> {
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
     let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
         .await
         .context("connecting to Postgres")?;

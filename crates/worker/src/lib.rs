@@ -149,6 +149,10 @@ fn spawn_job_heartbeats(ctx: Arc<Ctx>, every: Duration) -> tokio::task::JoinHand
             if let Err(e) = ctx.db.heartbeat(&ctx.worker_id, &ids).await {
                 tracing::warn!(error = %e, jobs = ids.len(), "job heartbeat failed");
             }
+            // A running job's snapshot lives as long as its worker does (see snapshots).
+            if let Err(e) = ctx.snapshots.renew(&ids).await {
+                tracing::debug!(error = %e, jobs = ids.len(), "job snapshots not renewed");
+            }
         }
     })
 }
@@ -233,6 +237,8 @@ async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: Cance
     let client = FalClient::new(cfg.fal.client.clone())?;
     let upstream = upstream::Upstream::new(&client, upstream::resolve_pool(&cfg.fal.client)?, limiter_cfg, conn);
     until_ok("register the fal accounts", || upstream.limiter.register()).await;
+    let snapshots = jewelshot_queue::snapshots::Publisher::new(upstream.limiter.clone(), cfg.queue.snapshots.clone());
+    let db = db.with_changes(snapshots.clone());
     for k in upstream.limiter.keys() {
         tracing::info!(key = %k.id, max_per_minute = k.max_per_minute, max_concurrent = k.max_concurrent, "fal account in the pool");
     }
@@ -251,6 +257,7 @@ async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: Cance
         )?,
         shutdown: token,
         running: pipeline::Running::default(),
+        snapshots,
     })
 }
 
@@ -274,6 +281,8 @@ struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The webhook delivery loop: on shutdown it lets its attempts end instead of being aborted.
     deliveries: Option<tokio::task::JoinHandle<()>>,
+    /// Publishes job snapshots; flushed last, once nothing else changes jobs.
+    snapshots: Arc<jewelshot_queue::snapshots::Publisher>,
 }
 
 impl Background {
@@ -296,6 +305,7 @@ impl Background {
         };
         let current_name = Arc::new(std::sync::Mutex::new(ctx.worker_id.clone()));
         let tasks = vec![
+            tokio::spawn(ctx.snapshots.clone().run(ctx.db.clone())),
             limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone()),
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
@@ -304,7 +314,7 @@ impl Background {
             spawn_vacuum(conn, cfg.queue.clone(), s.vacuum_interval_secs),
         ];
         let deliveries = Some(deliveries::spawn(ctx.clone(), token));
-        Ok(Self { current_name, tasks, deliveries })
+        Ok(Self { current_name, tasks, deliveries, snapshots: ctx.snapshots.clone() })
     }
 
     /// Stop: webhook attempts in flight end (the loop stops claiming once the shutdown token is
@@ -312,6 +322,9 @@ impl Background {
     async fn finish(mut self) {
         if let Some(d) = self.deliveries.take() {
             let _ = d.await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.snapshots.flush()).await.is_err() {
+            tracing::warn!("job snapshots still unpublished at exit; polls may show those jobs' earlier state until their snapshots expire");
         }
     }
 }

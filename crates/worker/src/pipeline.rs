@@ -40,6 +40,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Jobs this process is running, whose heartbeats it keeps.
     pub running: Running,
+    /// Publishes the poll snapshots of the jobs `db` reports changed.
+    pub snapshots: Arc<jewelshot_queue::snapshots::Publisher>,
 }
 
 /// The jobs a worker process is running (their heartbeats are refreshed together).
@@ -180,6 +182,8 @@ async fn begin(ctx: &Ctx, job_id: JobId, grant: &mut Option<Grant>) -> Result<Op
         }
         Begun::Final(job) => {
             return_slot(ctx, grant).await;
+            // Its snapshot may predate the end (e.g. canceled while Redis was away).
+            ctx.db.changed(job_id);
             if let Some(job) = job.filter(|j| matches!(j.status, JobStatus::Complete | JobStatus::Failed)) {
                 announce(ctx, &job).await?;
             }

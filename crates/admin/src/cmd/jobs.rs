@@ -52,7 +52,8 @@ async fn cancel(app: &App, id: JobId) -> Result<(), Failure> {
             None
         }
     };
-    match jewelshot_queue::cancel(line.as_ref(), &app.db, id, None).await? {
+    let line = line.as_ref().map(|l| (l, &app.cfg.queue.snapshots));
+    match jewelshot_queue::cancel(line, &app.db, id, None).await? {
         CancelOutcome::Canceled(row) => {
             let steps = app.db.steps(id).await?;
             print(&Canceled(Shown::of(&row, steps, 0)), app.json)

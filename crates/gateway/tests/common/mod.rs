@@ -19,6 +19,8 @@ pub struct Api {
     /// The dispatch line the gateway puts jobs in.
     pub line: jewelshot_ratelimit::Limiter,
     pub files: tempfile::TempDir,
+    /// The gateway's configuration (replicas start from it).
+    pub cfg: Config,
 }
 
 impl Api {
@@ -54,12 +56,23 @@ impl Api {
             jewelshot_ratelimit::LimiterConfig::new(cfg.fal.prefix(&cfg.queue.name)),
             Vec::new(),
         );
-        let app = Application::build(cfg).await.expect("build");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let metrics = format!("http://127.0.0.1:{}", app.metrics_port().expect("metrics listener"));
-        tokio::spawn(app.run_until(std::future::pending()));
+        let (base, metrics) = serve(cfg.clone()).await;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        Self { base, metrics, http, db, queue, line, files }
+        Self { base, metrics, http, db, queue, line, files, cfg }
+    }
+
+    /// Another gateway over the same database, queue and storage, `tune`d; its base URL.
+    pub async fn replica(&self, tune: impl FnOnce(&mut Config)) -> String {
+        let mut cfg = self.cfg.clone();
+        tune(&mut cfg);
+        serve(cfg).await.0
+    }
+
+    /// GET `path` from the gateway at `base` as `key`.
+    pub async fn get_from(&self, base: &str, path: &str, key: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{base}{path}")).bearer_auth(key).send().await.expect("send");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn key(&self, email: &str) -> String {
@@ -119,4 +132,13 @@ impl Api {
         let (high, normal, scheduled) = self.line.line_lengths().await.expect("line");
         high + normal + scheduled
     }
+}
+
+/// Start a gateway on `cfg` (port 0): its base URL and its metrics URL.
+async fn serve(cfg: Config) -> (String, String) {
+    let app = Application::build(cfg).await.expect("build");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let metrics = format!("http://127.0.0.1:{}", app.metrics_port().expect("metrics listener"));
+    tokio::spawn(app.run_until(std::future::pending()));
+    (base, metrics)
 }

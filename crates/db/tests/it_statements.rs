@@ -1,0 +1,221 @@
+//! The record's statements, run both ways a process may reach Postgres (`JEWELSHOT_DATABASE__
+//! POOLER`): prepared once per connection, or one-round-trip unnamed statements behind a
+//! transaction pooler. Every test here runs in both modes.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use jewelshot_db::{
+    deliveries::{AttemptEnd, NewDelivery},
+    jobs::{Begun, CancelOutcome, Inserted},
+    snapshot::ChangeSink,
+    sql::Pooler,
+    Db, DbConfig, DbError,
+};
+use jewelshot_domain::{
+    edit::WebhookPolicy, DeliveryState, EditRequest, JobId, JobStatus, NewEdit, StepName, StepStatus, UserId,
+};
+use jewelshot_testkit::db::fresh_database;
+
+const MODES: [Pooler; 2] = [Pooler::None, Pooler::Transaction];
+
+/// A handle on a fresh database in `mode`, over one connection (so what it prepared is seen).
+async fn db_in(mode: Pooler) -> (Db, jewelshot_testkit::db::TestDb) {
+    let test = fresh_database().await.expect("database");
+    let cfg = DbConfig { url: test.url.clone(), max_connections: 1, pooler: mode, ..Default::default() };
+    let db = Db::connect(&cfg).expect("pool").with_keyring(test.db.keyring().clone());
+    (db, test)
+}
+
+fn edit(prompt: &str, webhook: bool) -> NewEdit {
+    let raw = EditRequest {
+        image_url: Some("https://example.com/ring.jpg".into()),
+        prompt: Some(prompt.into()),
+        webhook_url: webhook.then(|| "https://hooks.example.com/x".into()),
+        ..Default::default()
+    };
+    NewEdit::parse(raw, WebhookPolicy { allow_insecure: false }, Utc::now()).expect("valid edit")
+}
+
+async fn user(db: &Db) -> UserId {
+    db.create_user(&format!("{}@example.com", ulid::Ulid::generate()), "free").await.expect("user").id
+}
+
+#[tokio::test]
+async fn statements_are_prepared_once_per_connection_or_never_behind_a_transaction_pooler() {
+    for mode in MODES {
+        let (db, _test) = db_in(mode).await;
+        let owner = user(&db).await;
+        for i in 0..5 {
+            let id = JobId::generate();
+            db.insert_job(id, owner, &edit(&format!("p{i}"), false), 3, None).await.expect("insert");
+            assert!(db.job_snapshot(id, Some(owner)).await.expect("snapshot").is_some());
+        }
+        let prepared = db.prepared_statements().await.expect("prepared statements");
+        let submits = prepared.iter().filter(|s| s.contains("jewelshot_submit")).count();
+        let snapshots = prepared.iter().filter(|s| s.contains("snapshot_rev")).count();
+        match mode {
+            Pooler::None => {
+                assert_eq!((submits, snapshots), (1, 1), "each prepared once for five calls: {prepared:#?}")
+            }
+            Pooler::Transaction => assert!(prepared.is_empty(), "nothing prepared: {prepared:#?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn submits_replay_their_key_and_respect_the_cap_in_one_statement() {
+    for mode in MODES {
+        let (db, _test) = db_in(mode).await;
+        let owner = user(&db).await;
+        let first = JobId::generate();
+        let e = edit("enhance lighting", false);
+        let Inserted::New(job) = db.submit_job(first, owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("submit")
+        else {
+            panic!("{mode:?}: a new key makes a job")
+        };
+        assert_eq!((job.id, job.status, job.rev), (first, JobStatus::Queued, 1));
+        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("replay") {
+            Inserted::Existing { job, same_request: true } => assert_eq!(job.id, first),
+            other => panic!("{mode:?}: the same key and request replay the first job, not {other:?}"),
+        }
+        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "other"))).await.expect("reuse") {
+            Inserted::Existing { job, same_request: false } => assert_eq!(job.id, first),
+            other => panic!("{mode:?}: another request under the key is told so, not {other:?}"),
+        }
+        db.insert_job(JobId::generate(), owner, &e, 3, Some(2)).await.expect("second job");
+        let refused = db.insert_job(JobId::generate(), owner, &e, 3, Some(2)).await;
+        assert!(matches!(refused, Err(DbError::QueuedCapReached { cap: 2 })), "{mode:?}: {refused:?}");
+        // The key of a refused submit is not taken, and a replay still answers at the cap.
+        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("replay") {
+            Inserted::Existing { job, .. } => assert_eq!(job.id, first),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        let listed = db.list_jobs(Some(owner), None, None, 10).await.expect("list");
+        assert_eq!(listed.len(), 2, "{mode:?}: exactly the two jobs were written");
+    }
+}
+
+/// Collects what the handle reports changed.
+#[derive(Default)]
+struct Seen(Mutex<Vec<JobId>>);
+
+impl ChangeSink for Seen {
+    fn changed(&self, jobs: &[JobId]) {
+        self.0.lock().expect("lock").extend_from_slice(jobs);
+    }
+}
+
+impl Seen {
+    fn take(&self) -> Vec<JobId> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+}
+
+#[tokio::test]
+async fn a_jobs_life_reports_every_change_and_its_snapshot_revision_only_grows() {
+    for mode in MODES {
+        let (db, _test) = db_in(mode).await;
+        let seen = Arc::new(Seen::default());
+        let db = db.with_changes(seen.clone());
+        let owner = user(&db).await;
+        let id = JobId::generate();
+        let mut last = 0;
+        let mut step = |what: &str, snap: &jewelshot_db::snapshot::JobSnapshot, seen: &Seen| {
+            assert!(snap.rev > last, "{mode:?}: {what} raised the revision ({} after {last})", snap.rev);
+            last = snap.rev;
+            assert_eq!(seen.take(), vec![id], "{mode:?}: {what} was reported once");
+        };
+        let snap = |db: &Db| {
+            let db = db.clone();
+            async move { db.job_snapshot(id, None).await.expect("read").expect("exists") }
+        };
+
+        db.insert_job(id, owner, &edit("white background", true), 3, None).await.expect("insert");
+        let s = snap(&db).await;
+        assert_eq!(s.view.steps.iter().map(|s| s.status).collect::<Vec<_>>(), vec![StepStatus::Pending; 3]);
+        step("submit", &s, &seen);
+
+        let Begun::Started(_) = db.begin_attempt(id, "w1", std::time::Duration::from_secs(30)).await.expect("begin")
+        else {
+            panic!("{mode:?}: a queued job starts")
+        };
+        let s = snap(&db).await;
+        assert_eq!((s.view.status, s.view.attempts), (JobStatus::Processing, 1));
+        step("begin", &s, &seen);
+
+        db.start_step(id, StepName::GenerateImage).await.expect("start");
+        step("start generate", &snap(&db).await, &seen);
+        db.complete_step(id, StepName::GenerateImage, &serde_json::json!({"url": "x"})).await.expect("complete");
+        let s = snap(&db).await;
+        assert_eq!(s.view.steps[0].status, StepStatus::Complete);
+        assert!(s.view.steps[0].finished_at.is_some());
+        step("complete generate", &s, &seen);
+
+        db.complete_job(id, "results/u/j.jpg", "http://x/files/results/u/j.jpg").await.expect("complete job");
+        let s = snap(&db).await;
+        assert_eq!((s.view.status, s.result_key.as_deref()), (JobStatus::Complete, Some("results/u/j.jpg")));
+        assert!(s.view.notification.is_none(), "{mode:?}: no delivery recorded yet");
+        step("complete job", &s, &seen);
+
+        let message = format!("msg_{id}");
+        let d = NewDelivery {
+            job_id: id,
+            user_id: owner,
+            message_id: &message,
+            event: "job.completed",
+            url: "https://hooks.example.com/x",
+            max_attempts: 3,
+        };
+        db.enqueue_delivery(&d).await.expect("delivery");
+        let s = snap(&db).await;
+        assert_eq!(s.view.notification.as_ref().map(|n| n.state), Some(DeliveryState::Pending));
+        step("delivery owed", &s, &seen);
+
+        let claimed = db.claim_deliveries("w1", 10, 2, std::time::Duration::from_secs(60)).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        step("delivery claimed", &snap(&db).await, &seen);
+        let end = AttemptEnd::Failed {
+            code: "webhook-rejected",
+            message: "no",
+            retry_in: std::time::Duration::ZERO,
+            permanent: false,
+        };
+        assert!(db.end_attempt(id, "w1", end).await.expect("end"));
+        let s = snap(&db).await;
+        let n = s.view.notification.clone().expect("notification");
+        assert_eq!(
+            (n.state, n.attempts, n.error.map(|e| e.code)),
+            (DeliveryState::Pending, 1, Some("webhook-rejected".into()))
+        );
+        step("delivery failed once", &s, &seen);
+
+        // Heartbeats and checkpoints change nothing a client sees: not reported.
+        db.heartbeat("w1", &[id]).await.expect("heartbeat");
+        assert!(seen.take().is_empty(), "{mode:?}: a heartbeat is not a change");
+
+        let job = db.job(id).await.expect("job").expect("exists");
+        db.fail_job(id, "x", "y").await.expect("no-op on a finished job");
+        assert!(seen.take().is_empty(), "{mode:?}: a refused transition reports nothing");
+        let requeued = db.requeue_job(&job, true).await.expect("requeue").expect("requeued");
+        assert_eq!(requeued.status, JobStatus::Queued);
+        let s = snap(&db).await;
+        assert_eq!(
+            s.view.steps.iter().map(|s| (s.status, s.attempts)).collect::<Vec<_>>(),
+            vec![(StepStatus::Pending, 0); 3]
+        );
+        step("requeue from the start", &s, &seen);
+
+        let CancelOutcome::Canceled(_) = db.cancel_job(id, Some(owner)).await.expect("cancel") else {
+            panic!("{mode:?}: a queued job cancels")
+        };
+        assert_eq!(snap(&db).await.view.status, JobStatus::Canceled);
+        step("cancel", &snap(&db).await, &seen);
+
+        let other = user(&db).await;
+        assert!(db.job_snapshot(id, Some(other)).await.expect("read").is_none(), "another user's job reads as none");
+        let many = db.job_snapshots(&[id, JobId::generate()]).await.expect("batch");
+        assert_eq!(many.len(), 1);
+        assert_eq!(many[0], snap(&db).await, "{mode:?}: the batch read is the same snapshot");
+    }
+}
