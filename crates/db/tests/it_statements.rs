@@ -47,16 +47,20 @@ async fn statements_are_prepared_once_per_connection_or_never_behind_a_transacti
         let (db, _test) = db_in(mode).await;
         let owner = user(&db).await;
         for i in 0..5 {
-            let id = JobId::generate();
-            db.insert_job(id, owner, &edit(&format!("p{i}"), false), 3, None).await.expect("insert");
-            assert!(db.job_snapshot(id, Some(owner)).await.expect("snapshot").is_some());
+            // Without a cap the bare INSERT, with one the submit function.
+            for cap in [None, Some(100)] {
+                let id = JobId::generate();
+                db.insert_job(id, owner, &edit(&format!("p{i}"), false), 3, cap).await.expect("insert");
+                assert!(db.job_snapshot(id, Some(owner)).await.expect("snapshot").is_some());
+            }
         }
         let prepared = db.prepared_statements().await.expect("prepared statements");
-        let submits = prepared.iter().filter(|s| s.contains("jewelshot_submit")).count();
-        let snapshots = prepared.iter().filter(|s| s.contains("snapshot_rev")).count();
+        let count = |needle: &str| prepared.iter().filter(|s| s.contains(needle)).count();
+        let (inserts, submits, snapshots) =
+            (count("INSERT INTO jobs"), count("jewelshot_submit"), count("snapshot_rev"));
         match mode {
             Pooler::None => {
-                assert_eq!((submits, snapshots), (1, 1), "each prepared once for five calls: {prepared:#?}")
+                assert_eq!((inserts, submits, snapshots), (1, 1, 1), "each prepared once for five calls: {prepared:#?}")
             }
             Pooler::Transaction => assert!(prepared.is_empty(), "nothing prepared: {prepared:#?}"),
         }

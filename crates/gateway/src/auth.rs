@@ -80,21 +80,11 @@ async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User
     match credential {
         Credential::ApiKey(key) => {
             let hash = jewelshot_db::users::hash_key(&key);
-            match state.auth_cache.get(&hash) {
-                Some(crate::auth_cache::Cached::User(u)) => return Ok(Some(u)),
-                Some(crate::auth_cache::Cached::Unknown) => return Ok(None),
-                None => {}
-            }
-            match state.db.user_by_api_key(&key).await? {
-                Some((user, key_id)) => {
-                    state.auth_cache.put_user(hash, user.clone(), key_id);
-                    Ok(Some(user))
-                }
-                None => {
-                    state.auth_cache.put_unknown(hash);
-                    Ok(None)
-                }
-            }
+            let known = state.auth_cache.single_flight(&hash, || state.db.user_by_api_key(&key)).await?;
+            Ok(match known {
+                crate::auth_cache::Cached::User(u) => Some(u),
+                crate::auth_cache::Cached::Unknown => None,
+            })
         }
         Credential::Jwt(token) => {
             let Some(verifier) = &state.jwt else { return Ok(None) };

@@ -2,6 +2,9 @@
 //!
 //! - Hits are kept up to `auth_cache_ttl_ms` (bounded LRU, `auth_cache_entries`); unknown keys
 //!   are kept in a small LRU of their own for a shorter time, so guesses cannot evict real users.
+//! - Concurrent misses on one key make one lookup ([`AuthCache::single_flight`]): when a busy
+//!   key's entry expires, the hundreds of requests that find it gone wait for one query instead
+//!   of each sending their own.
 //! - A revoked key or a changed plan reaches every gateway at once through Redis pub/sub
 //!   (`jewelshot_queue::auth_channel`: the CLI announces `key:<id>`, `user:<id>` or `*`); when
 //!   the subscription is lost the cache is emptied and the TTL bounds what a missed message can
@@ -31,11 +34,40 @@ pub struct AuthCache {
     ttl: Duration,
     hits: Mutex<LruCache<String, Hit>>,
     misses: Mutex<LruCache<String, Instant>>,
+    /// Lookups in progress, by key hash.
+    inflight: Inflight,
 }
 
 impl std::fmt::Debug for AuthCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthCache").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+type Inflight = Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>;
+
+/// One caller's place at a key's lookup; the last to leave removes the key's entry.
+struct Gate<'a> {
+    map: &'a Inflight,
+    hash: &'a str,
+    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Gate<'a> {
+    fn enter(map: &'a Inflight, hash: &'a str) -> Self {
+        let gate = map.lock().map(|mut m| m.entry(hash.to_owned()).or_default().clone()).unwrap_or_default();
+        Self { map, hash, gate }
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            // Only the map's reference and ours left: nobody else is waiting.
+            if m.get(self.hash).is_some_and(|g| std::sync::Arc::strong_count(g) <= 2) {
+                m.remove(self.hash);
+            }
+        }
     }
 }
 
@@ -54,7 +86,45 @@ impl AuthCache {
             ttl,
             hits: Mutex::new(LruCache::new(cap(entries))),
             misses: Mutex::new(LruCache::new(cap(MISS_ENTRIES))),
+            inflight: Mutex::default(),
         }
+    }
+
+    /// What is known of `hash`, from the cache or else from `load` — which runs once for all
+    /// the concurrent callers asking about the same key (the others wait for it and read what it
+    /// cached). `load` answers the user and the key's id, or `None` for an unknown key.
+    pub async fn single_flight<E, F, Fut>(&self, hash: &str, load: F) -> Result<Cached, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<(User, String)>, E>>,
+    {
+        if !self.on() {
+            return Ok(match load().await? {
+                Some((user, _)) => Cached::User(user),
+                None => Cached::Unknown,
+            });
+        }
+        if let Some(known) = self.get(hash) {
+            return Ok(known);
+        }
+        let gate = Gate::enter(&self.inflight, hash);
+        let _turn = gate.gate.lock().await;
+        // Whoever went first may have filled it.
+        if let Some(known) = self.get(hash) {
+            return Ok(known);
+        }
+        let answer = match load().await {
+            Ok(Some((user, key_id))) => {
+                self.put_user(hash.to_owned(), user.clone(), key_id);
+                Ok(Cached::User(user))
+            }
+            Ok(None) => {
+                self.put_unknown(hash.to_owned());
+                Ok(Cached::Unknown)
+            }
+            Err(e) => Err(e),
+        };
+        answer
     }
 
     fn on(&self) -> bool {
@@ -190,6 +260,33 @@ mod tests {
         let off = AuthCache::new(Duration::ZERO, 8);
         off.put_user("h".into(), user(), "k".into());
         assert!(off.get("h").is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_on_one_key_make_one_lookup() {
+        let cache = std::sync::Arc::new(AuthCache::new(Duration::from_secs(60), 8));
+        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let u = user();
+        let calls = (0..50).map(|_| {
+            let (cache, lookups, u) = (cache.clone(), lookups.clone(), u.clone());
+            tokio::spawn(async move {
+                cache
+                    .single_flight("h", || async {
+                        lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, ()>(Some((u, "k".to_owned())))
+                    })
+                    .await
+            })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert!(matches!(call.expect("task"), Ok(Cached::User(_))));
+        }
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1, "one query for 50 concurrent misses");
+        assert!(cache.inflight.lock().expect("lock").is_empty(), "nothing left in flight");
+        // A failed lookup is not cached: the next caller asks again.
+        let failed = cache.single_flight("x", || async { Err::<Option<(User, String)>, _>("down") }).await;
+        assert!(failed.is_err() && cache.get("x").is_none());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`uploads`] — uploads (capped read, bounded compression, quota), gallery, storage use.
 //! - [`error`] — the one error shape, [`error::ApiError`] (and the `RateLimit` headers).
 //! - [`openapi`] — the generated OpenAPI document.
+//! - [`refresh`] — [`refresh::Refreshed`], a value read from a dependency now and then by one
+//!   request while the others use the last one (the ETA's inputs).
 //! - [`telemetry`] — Prometheus metrics and `/metrics`.
 //! - [`Application`] — build (bind) then run until shutdown.
 
@@ -26,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod jwt;
 pub mod openapi;
+pub mod refresh;
 pub mod routes;
 pub mod service;
 pub mod state;
@@ -74,7 +77,7 @@ impl Application {
         let metrics_listen = cfg.gateway.metrics_listen.clone();
         let mut state = AppState::new(db, queue, store, cfg);
         if state.cfg.jwt.enabled() {
-            state.jwt = Some(jwt::JwtVerifier::new(state.cfg.jwt.clone())?);
+            state.jwt = Some(std::sync::Arc::new(jwt::JwtVerifier::new(state.cfg.jwt.clone())?));
         }
         let state = web::Data::new(state);
         let auth = (state.auth_cache.clone(), state.cfg.queue.clone());
@@ -86,8 +89,13 @@ impl Application {
         let routes = openapi::Routes::from_document(&openapi::document(false));
         let mut server = HttpServer::new(move || {
             let routes = routes.clone();
+            let base = state.clone();
             App::new()
-                .app_data(state.clone())
+                // Each worker thread its own connections (see `AppState::for_worker`).
+                .data_factory(move || {
+                    let base = base.clone();
+                    async move { Ok::<_, std::convert::Infallible>(base.for_worker().await) }
+                })
                 .app_data(
                     web::JsonConfig::default().limit(limit).error_handler(move |e, _| error::json_error(e, limit)),
                 )

@@ -41,6 +41,15 @@ pub enum Submitted {
     Replayed(Option<RateHeaders>, SubmittedView),
 }
 
+/// What an `Idempotency-Key` is bound to: the request as parsed (aliases folded), so `imageUrl`
+/// and `image_url` hash alike. One that cannot be written back is an error, never the hash of
+/// nothing (every such request's).
+fn request_hash(raw: &EditRequest) -> Result<String, ApiError> {
+    use sha2::Digest;
+    let canonical = serde_json::to_vec(raw).map_err(|e| ApiError::Internal(format!("hashing the request: {e}")))?;
+    Ok(hex::encode(sha2::Sha256::digest(canonical)))
+}
+
 /// Count this submission against the user's per-minute quota (shared by every gateway). If Redis
 /// cannot answer, the submission is let through: the queue's own trouble answers it next.
 async fn submit_rate(state: &AppState, user: &User) -> Result<Option<RateHeaders>, ApiError> {
@@ -82,11 +91,7 @@ pub async fn submit(
     raw: EditRequest,
     idempotency_key: Option<String>,
 ) -> Result<Submitted, ApiError> {
-    use sha2::Digest;
-    // The request as parsed (aliases folded), so `imageUrl` and `image_url` hash alike. One that
-    // cannot be written back is an error, never the hash of nothing (every such request's).
-    let canonical = serde_json::to_vec(&raw).map_err(|e| ApiError::Internal(format!("hashing the request: {e}")))?;
-    let request_hash = hex::encode(sha2::Sha256::digest(canonical));
+    let request_hash = idempotency_key.as_ref().map(|_| request_hash(&raw)).transpose()?;
     let policy = WebhookPolicy { allow_insecure: state.cfg.webhook.allow_insecure };
     let edit = NewEdit::parse(raw, policy, Utc::now())?;
     let limits = &state.cfg.limits;
@@ -104,7 +109,7 @@ pub async fn submit(
     let id = JobId::generate();
     let max_attempts = state.cfg.jobs.max_attempts;
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
-    let idempotency = idempotency_key.as_deref().map(|k| (k, request_hash.as_str()));
+    let idempotency = idempotency_key.as_deref().zip(request_hash.as_deref());
     let job = match state.db.submit_job(id, user.id, &edit, max_attempts, cap, idempotency).await? {
         jewelshot_db::jobs::Inserted::New(job) => *job,
         jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {

@@ -14,6 +14,10 @@ use jewelshot_storage::ObjectStore;
 
 use crate::config::Config;
 
+/// What every handler shares. Each HTTP worker thread has its own (see [`AppState::for_worker`]):
+/// its own Postgres pool and Redis connection, driven on that thread, so a request never waits
+/// for another thread to carry its query; everything process-wide (caches, limits, slots) is
+/// shared between them.
 pub struct AppState {
     pub db: Db,
     pub queue: Queue,
@@ -22,11 +26,11 @@ pub struct AppState {
     /// Serves `/files/…` only when storage is the local filesystem.
     pub serve_files: bool,
     /// Bounds image compression to `uploads.image_workers` at once.
-    pub image_slots: tokio::sync::Semaphore,
-    mean_generation: Mutex<Option<(Instant, Option<f64>)>>,
+    pub image_slots: Arc<tokio::sync::Semaphore>,
+    mean_generation: Arc<crate::refresh::Refreshed<Option<f64>>>,
     /// Reads the workers' upstream limiter (no keys of its own).
     pub limiter: Limiter,
-    upstream: Mutex<Option<(Instant, Vec<KeyStatus>)>>,
+    upstream: Arc<crate::refresh::Refreshed<Vec<KeyStatus>>>,
     /// Per-user submissions per minute, shared by every gateway through Redis.
     pub submits: WindowLimiter,
     /// Uploads in progress per user on this gateway.
@@ -34,17 +38,17 @@ pub struct AppState {
     /// Failed key lookups per client address (shared through Redis), and the addresses this
     /// gateway has seen go over, until when.
     pub auth_failures: WindowLimiter,
-    blocked: Mutex<HashMap<std::net::IpAddr, Instant>>,
+    blocked: Arc<Mutex<HashMap<std::net::IpAddr, Instant>>>,
     /// `gateway.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Verifies `/files/…` URLs (the local store signs them with the same key).
     pub file_urls: jewelshot_storage::local::UrlSigner,
     /// Identity-provider tokens, when `jwt.jwks_url` is set.
-    pub jwt: Option<crate::jwt::JwtVerifier>,
+    pub jwt: Option<Arc<crate::jwt::JwtVerifier>>,
     /// API keys' users, kept for `auth_cache_ttl_ms`; dropped on announcements.
     pub auth_cache: Arc<crate::auth_cache::AuthCache>,
     /// When `/metrics` last read Postgres (held while a scrape refreshes).
-    pub metrics_refreshed: tokio::sync::Mutex<Option<Instant>>,
+    pub metrics_refreshed: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -69,18 +73,8 @@ impl Drop for UploadSlot {
 impl AppState {
     pub fn new(db: Db, queue: Queue, store: Arc<dyn ObjectStore>, cfg: Config) -> Self {
         let serve_files = cfg.storage.backend == "local";
-        let image_slots = tokio::sync::Semaphore::new(cfg.uploads.workers());
-        let limiter = cfg.fal.reader(queue.connection(), &cfg.queue.name, Duration::from_millis(cfg.queue.timeout_ms));
-        let submits = WindowLimiter::new(
-            queue.connection(),
-            format!("{}:limits:submits", cfg.queue.name),
-            Duration::from_millis(cfg.queue.timeout_ms),
-        );
-        let auth_failures = WindowLimiter::new(
-            queue.connection(),
-            format!("{}:limits:auth-failures", cfg.queue.name),
-            Duration::from_millis(cfg.queue.timeout_ms),
-        );
+        let image_slots = Arc::new(tokio::sync::Semaphore::new(cfg.uploads.workers()));
+        let (limiter, submits, auth_failures) = Self::redis_users(&cfg, &queue);
         let trusted_proxies = cfg.gateway.proxies().unwrap_or_default();
         let file_urls = jewelshot_storage::local::UrlSigner::new(&cfg.storage.local);
         let auth_cache = Arc::new(crate::auth_cache::AuthCache::new(
@@ -94,18 +88,72 @@ impl AppState {
             cfg,
             serve_files,
             image_slots,
-            mean_generation: Mutex::new(None),
+            mean_generation: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(10))),
             limiter,
-            upstream: Mutex::new(None),
+            upstream: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(2))),
             submits,
             uploading: Arc::default(),
             auth_failures,
-            blocked: Mutex::new(HashMap::new()),
-            metrics_refreshed: tokio::sync::Mutex::new(None),
+            blocked: Arc::default(),
+            metrics_refreshed: Arc::default(),
             auth_cache,
             trusted_proxies,
             file_urls,
             jwt: None,
+        }
+    }
+
+    /// What talks to Redis, over `queue`'s connection.
+    fn redis_users(cfg: &Config, queue: &Queue) -> (Limiter, WindowLimiter, WindowLimiter) {
+        let timeout = Duration::from_millis(cfg.queue.timeout_ms);
+        let limiter = cfg.fal.reader(queue.connection(), &cfg.queue.name, timeout);
+        let window =
+            |what: &str| WindowLimiter::new(queue.connection(), format!("{}:limits:{what}", cfg.queue.name), timeout);
+        (limiter, window("submits"), window("auth-failures"))
+    }
+
+    /// This state for one HTTP worker thread (call it on that thread): a Postgres pool of its
+    /// own (its share of `database.max_connections`) and a Redis connection of its own, both
+    /// driven by this thread; everything else shared with `self`. If Redis cannot be reached
+    /// now, the worker shares `self`'s connection (which reconnects by itself).
+    pub async fn for_worker(&self) -> Self {
+        let workers = match self.cfg.gateway.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let mut db_cfg = self.cfg.database.clone();
+        db_cfg.max_connections = db_cfg.max_connections.div_ceil(workers).max(1);
+        let db = match Db::connect(&db_cfg) {
+            Ok(db) => db.with_keyring(self.db.keyring().clone()),
+            Err(_) => self.db.clone(),
+        };
+        let queue = match Queue::connect(&self.cfg.queue).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "no Redis connection of this worker's own yet; sharing the process's");
+                self.queue.clone()
+            }
+        };
+        let (limiter, submits, auth_failures) = Self::redis_users(&self.cfg, &queue);
+        Self {
+            db,
+            queue,
+            limiter,
+            submits,
+            auth_failures,
+            store: self.store.clone(),
+            cfg: self.cfg.clone(),
+            serve_files: self.serve_files,
+            image_slots: self.image_slots.clone(),
+            mean_generation: self.mean_generation.clone(),
+            upstream: self.upstream.clone(),
+            uploading: self.uploading.clone(),
+            blocked: self.blocked.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            file_urls: self.file_urls.clone(),
+            jwt: self.jwt.clone(),
+            auth_cache: self.auth_cache.clone(),
+            metrics_refreshed: self.metrics_refreshed.clone(),
         }
     }
 
@@ -155,56 +203,35 @@ impl AppState {
         Some(UploadSlot { user, uploading: self.uploading.clone() })
     }
 
-    /// The pool's accounts as the limiter sees them, refreshed at most every 2 s (empty when
-    /// no worker has registered, or Redis is away).
+    /// The pool's accounts as the limiter sees them, refreshed at most every 2 s by one
+    /// request (empty when no worker has registered, or Redis is away).
     pub async fn upstream_keys(&self) -> Vec<KeyStatus> {
-        if let Ok(guard) = self.upstream.lock() {
-            if let Some((at, keys)) = guard.as_ref() {
-                if at.elapsed() < Duration::from_secs(2) {
-                    return keys.clone();
-                }
-            }
-        }
-        let fresh = match self.limiter.snapshot().await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream capacity unavailable");
-                Vec::new()
-            }
-        };
-        if let Ok(mut guard) = self.upstream.lock() {
-            *guard = Some((Instant::now(), fresh.clone()));
-        }
-        fresh
+        self.upstream
+            .get(|| async {
+                self.limiter.snapshot().await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "upstream capacity unavailable");
+                    Vec::new()
+                })
+            })
+            .await
     }
 
     /// Mean seconds a generation took over the last hour (None before any finished), refreshed
-    /// at most every 10 s so polls and `GET /api/queue` stay cheap.
+    /// at most every 10 s by one request, so polls and `GET /api/queue` stay cheap. The workers
+    /// record each generation in Redis; Postgres answers when Redis cannot (or lost them).
     pub async fn observed_generation_secs(&self) -> Option<f64> {
-        if let Ok(guard) = self.mean_generation.lock() {
-            if let Some((at, v)) = *guard {
-                if at.elapsed() < Duration::from_secs(10) {
-                    return v;
+        self.mean_generation
+            .get(|| async {
+                let window = Duration::from_secs(jewelshot_ratelimit::GENERATION_WINDOW_SECS);
+                match self.limiter.mean_generation(window).await {
+                    Ok(Some(mean)) => Some(mean),
+                    _ => self.db.mean_generation_seconds().await.unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "mean generation time unavailable");
+                        None
+                    }),
                 }
-            }
-        }
-        // The workers record each generation in Redis; Postgres answers when Redis cannot (or
-        // lost them).
-        let window = Duration::from_secs(jewelshot_ratelimit::GENERATION_WINDOW_SECS);
-        let fresh = match self.limiter.mean_generation(window).await {
-            Ok(Some(mean)) => Some(mean),
-            _ => match self.db.mean_generation_seconds().await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::debug!(error = %e, "mean generation time unavailable");
-                    None
-                }
-            },
-        };
-        if let Ok(mut guard) = self.mean_generation.lock() {
-            *guard = Some((Instant::now(), fresh));
-        }
-        fresh
+            })
+            .await
     }
 
     /// The observed mean generation time, or the configured default before any finished.

@@ -14,7 +14,7 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     get,
     middleware::Next,
-    web, HttpResponse,
+    web, HttpMessage, HttpResponse,
 };
 use jewelshot_domain::metric_names as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -55,6 +55,10 @@ pub fn describe_all() {
     }
 }
 
+/// The job a request created, for its access-log line (set by the handler).
+#[derive(Debug, Clone)]
+pub struct LoggedJob(pub String);
+
 /// Requests refused with 401 since the last summary line.
 static UNAUTHORIZED: AtomicU64 = AtomicU64::new(0);
 
@@ -79,7 +83,12 @@ pub async fn track(
     if status == 401 {
         UNAUTHORIZED.fetch_add(1, Ordering::Relaxed);
     } else if let Some((method, path)) = line {
-        tracing::info!(target: "access", %method, path, status, ms = elapsed.as_secs_f64() * 1000.0, "request");
+        let job = res.as_ref().ok().and_then(|r| r.request().extensions().get::<LoggedJob>().map(|j| j.0.clone()));
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        match job {
+            Some(job_id) => tracing::info!(target: "access", %method, path, status, ms, job_id, "request"),
+            None => tracing::info!(target: "access", %method, path, status, ms, "request"),
+        }
     }
     res
 }

@@ -219,6 +219,8 @@ pub struct Limiter {
     keys: Arc<Vec<PoolKey>>,
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
+    /// The dispatch line's seven keys (see `line.lua`), made once.
+    line_keys: Arc<[String; 7]>,
 }
 
 /// Every decision that reads the clock runs in Redis, on Redis's clock, so workers on machines
@@ -264,7 +266,18 @@ impl Limiter {
     /// A limiter over `keys`. Call [`Limiter::register`] once per process that dispatches and
     /// [`Limiter::spawn_waker`] so waiters wake on releases.
     pub fn new(conn: ConnectionManager, cfg: LimiterConfig, keys: Vec<PoolKey>) -> Self {
+        let line_keys = [
+            "line:high",
+            "line:normal",
+            "line:scheduled",
+            "line:state",
+            "line:tags:high",
+            "line:tags:normal",
+            "granted",
+        ]
+        .map(|k| format!("{}:{k}", cfg.prefix));
         Self {
+            line_keys: Arc::new(line_keys),
             conn,
             cfg: Arc::new(cfg),
             keys: Arc::new(keys),

@@ -95,10 +95,10 @@ end
 local function write_record(key, rev, data, member, ttl_ms)
   local cur = redis.call('HGET', key, 'rev')
   if cur and tonumber(cur) > tonumber(rev) then return 0 end
-  redis.call('HSET', key, 'rev', rev, 'data', data)
   if member ~= '' then
-    redis.call('HSET', key, 'member', member)
+    redis.call('HSET', key, 'rev', rev, 'data', data, 'member', member)
   else
+    redis.call('HSET', key, 'rev', rev, 'data', data)
     redis.call('HDEL', key, 'member')
   end
   redis.call('PEXPIRE', key, ttl_ms)

@@ -203,9 +203,8 @@ fn opt_ms(v: i64) -> Option<Duration> {
 }
 
 impl Limiter {
-    fn line_keys(&self) -> [String; 7] {
-        ["line:high", "line:normal", "line:scheduled", "line:state", "line:tags:high", "line:tags:normal", "granted"]
-            .map(|k| self.k(k))
+    fn line_keys(&self) -> &[String; 7] {
+        &self.line_keys
     }
 
     /// Put a job in line, or in the scheduled set until `due_unix_ms`. Idempotent: a job in line

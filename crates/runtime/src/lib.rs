@@ -6,11 +6,15 @@
 //! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter.
 //! - [`shutdown_signal`] — resolves on SIGTERM (deploys) or Ctrl-C.
 
-/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`).
+/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`); colours only on a
+/// terminal (and never with `NO_COLOR` set), so files and log collectors get plain lines.
 pub fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

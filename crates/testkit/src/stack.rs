@@ -248,6 +248,39 @@ impl Stack {
         })
     }
 
+    /// Stop the stack's processes, drop its database and its Redis keys (benchmarks leave large
+    /// ones behind).
+    pub async fn drop_database(mut self) -> anyhow::Result<()> {
+        for p in self.workers.iter_mut().chain(self.more_gateways.iter_mut()) {
+            p.sigkill();
+        }
+        self.gateway.sigkill();
+        let name = self.db.url.rsplit('/').next().unwrap_or_default().to_owned();
+        let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+        let mut redis = redis::Client::open(self.redis_url())?.get_multiplexed_async_connection().await?;
+        let pattern = format!("{}*", self.queue_name);
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut redis).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     /// The Redis this stack uses (its own, or the shared one).
     pub fn redis_url(&self) -> String {
         self.redis.as_ref().map_or_else(redis_url, |r| r.url.clone())
@@ -263,8 +296,15 @@ impl Stack {
 
     /// Start one more gateway replica over the same database, queue and storage; returns its URL.
     pub fn start_gateway(&mut self) -> anyhow::Result<String> {
+        self.start_gateway_with(&HashMap::new())
+    }
+
+    /// [`Stack::start_gateway`] with `extra` environment on top of the first gateway's.
+    pub fn start_gateway_with(&mut self, extra: &HashMap<String, String>) -> anyhow::Result<String> {
         let name = format!("gateway-{}", self.more_gateways.len() + 2);
-        let proc = Proc::spawn(&name, "jewelshot-gateway", &[], &self.gateway_env, &self.logs, true)?;
+        let mut env = self.gateway_env.clone();
+        env.extend(extra.clone());
+        let proc = Proc::spawn(&name, "jewelshot-gateway", &[], &env, &self.logs, true)?;
         let url = proc.url.clone().context("the gateway printed no URL")?;
         self.more_gateways.push(proc);
         Ok(url)

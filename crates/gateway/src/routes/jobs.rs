@@ -1,6 +1,6 @@
 //! `/api/ai/edit` and `/api/jobs…`.
 
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpMessage, HttpRequest, HttpResponse};
 use jewelshot_domain::{
     view::{JobPage, JobView, SubmittedView},
     EditRequest,
@@ -42,6 +42,7 @@ pub async fn submit(
         service::Submitted::Created(r, v) => (r, v, false),
         service::Submitted::Replayed(r, v) => (r, v, true),
     };
+    req.extensions_mut().insert(crate::telemetry::LoggedJob(view.job_id.clone()));
     let mut resp = HttpResponse::Accepted();
     resp.insert_header(("Location", view.status_url.clone()));
     if let Some(r) = rate {
