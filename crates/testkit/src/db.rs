@@ -17,6 +17,13 @@ pub fn redis_url() -> String {
     std::env::var("JEWELSHOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// How tests reach Postgres: `JEWELSHOT_DATABASE__POOLER` as the processes read it (`none`
+/// unless set), so `just test-pooler` runs tests with one-round-trip unnamed statements — every
+/// process a test starts inherits the variable.
+pub fn pooler() -> jewelshot_db::sql::Pooler {
+    std::env::var("JEWELSHOT_DATABASE__POOLER").ok().and_then(|v| v.parse().ok()).unwrap_or_default()
+}
+
 /// A database made for one test, with a keyring of its own (the processes a test starts on it
 /// get the same keys through [`TestDb::secrets`]).
 #[derive(Debug, Clone)]
@@ -77,8 +84,8 @@ pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
     let url = format!("{base}/{name}");
     let (keyring, secrets) = Keyring::random("test");
-    let db =
-        Db::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })?.with_keyring(keyring);
+    let db = Db::connect(&DbConfig { url: url.clone(), max_connections: 4, pooler: pooler(), ..Default::default() })?
+        .with_keyring(keyring);
     db.migrate().await?;
     Ok(TestDb { url, db, secrets })
 }

@@ -337,6 +337,7 @@ impl Stack {
         let mut c = WorkerConfig::default();
         c.database.url = self.db.url.clone();
         c.database.max_connections = 4;
+        c.database.pooler = crate::db::pooler();
         c.secrets = self.db.secrets.clone();
         c.queue.redis_url = self.redis_url();
         c.queue.name = self.queue_name.clone();

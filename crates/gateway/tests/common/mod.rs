@@ -42,6 +42,7 @@ impl Api {
         cfg.gateway.metrics_listen = "127.0.0.1:0".into();
         cfg.database.url = db.url.clone();
         cfg.database.max_connections = 4;
+        cfg.database.pooler = jewelshot_testkit::db::pooler();
         cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
         cfg.storage.local.root = files.path().to_path_buf();
         // Tests submit freely; the limit tests turn the limits back on.
