@@ -173,6 +173,18 @@ fn snapshot_from_row(row: &tokio_postgres::Row) -> Result<JobSnapshot> {
     })
 }
 
+fn readable(rows: &[tokio_postgres::Row]) -> Vec<JobSnapshot> {
+    rows.iter()
+        .filter_map(|r| match snapshot_from_row(r) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(job_id = r.get::<_, String>("id"), error = %e, "a job's row does not read; left out");
+                None
+            }
+        })
+        .collect()
+}
+
 impl Db {
     /// A job's snapshot — `owner`'s only, when given (another user's job reads as none).
     pub async fn job_snapshot(&self, id: JobId, owner: Option<UserId>) -> Result<Option<JobSnapshot>> {
@@ -181,12 +193,33 @@ impl Db {
         row.as_ref().map(snapshot_from_row).transpose()
     }
 
-    /// Several jobs' snapshots in one statement (those that exist).
+    /// Several jobs' snapshots in one statement (those that exist). A row that does not read
+    /// (corrupt) is left out with a warning, so one bad job cannot stop the others' snapshots.
     pub async fn job_snapshots(&self, ids: &[JobId]) -> Result<Vec<JobSnapshot>> {
         let ids: Vec<String> = ids.iter().map(|j| j.to_string()).collect();
         let sql = concat!(snapshot_select!(), " WHERE j.id = ANY($1)");
         let rows = self.conn().await?.query(sql, &[&ids]).await?;
-        rows.iter().map(snapshot_from_row).collect()
+        Ok(readable(&rows))
+    }
+
+    /// A page of `user`'s jobs as snapshots, newest first, strictly older than `before` when
+    /// given, in `status` when given — one statement, so the filter and what is shown agree.
+    pub async fn list_snapshots(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<JobSnapshot>> {
+        let sql = concat!(
+            snapshot_select!(),
+            " WHERE j.user_id = $1 AND ($2::text IS NULL OR j.status = $2) AND ($3::text IS NULL OR j.id < $3)
+              ORDER BY j.id DESC LIMIT $4"
+        );
+        let params: [&dyn crate::sql::Param; 4] =
+            [&user.to_string(), &status.map(|s| s.as_str()), &before.map(|b| b.to_string()), &limit];
+        let rows = self.conn().await?.query(sql, &params).await?;
+        Ok(readable(&rows))
     }
 
     /// Have the [`ChangeSink`] told of every job a write of this handle changes.

@@ -241,17 +241,22 @@ impl Sql for Tx<'_> {
         let stream = match self.pooler {
             Pooler::Transaction => self.tx.query_typed_raw(sql, typed(params)).await?,
             Pooler::None => {
-                let stmt = match self.tx.prepare_typed_cached(sql, &types(params)).await {
-                    Ok(s) => s,
+                // A cached statement meets the server only at Bind: staleness shows up there.
+                let sent = match self.tx.prepare_typed_cached(sql, &types(params)).await {
+                    Ok(stmt) => self.tx.query_raw(&stmt, values(params)).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(stream) => stream,
                     Err(e) => {
                         if stale_statement(&e) {
-                            // The transaction is lost; the next one prepares afresh.
+                            // This transaction is lost; the next one prepares afresh.
+                            tracing::info!(error = %e, "a cached statement went stale; the next transaction prepares afresh");
                             self.tx.statement_cache.clear();
                         }
                         return Err(e.into());
                     }
-                };
-                self.tx.query_raw(&stmt, values(params)).await?
+                }
             }
         };
         drain(stream).await

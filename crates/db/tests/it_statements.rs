@@ -223,3 +223,30 @@ async fn a_jobs_life_reports_every_change_and_its_snapshot_revision_only_grows()
         assert_eq!(many[0], snap(&db).await, "{mode:?}: the batch read is the same snapshot");
     }
 }
+
+/// Retries of one submit racing each other (the client timed out and sent it again): exactly one
+/// job, and every retry gets it — even when that job takes the user's last place under the cap.
+#[tokio::test]
+async fn concurrent_retries_of_one_key_get_the_first_job_even_at_the_cap() {
+    for mode in MODES {
+        let test = fresh_database().await.expect("database");
+        let cfg = DbConfig { url: test.url.clone(), max_connections: 16, pooler: mode, ..Default::default() };
+        let db = Db::connect(&cfg).expect("pool").with_keyring(test.db.keyring().clone());
+        let owner = user(&db).await;
+        let e = edit("one submit, sent many times", false);
+        let tries = (0..16).map(|_| {
+            let (db, e) = (db.clone(), e.clone());
+            async move { db.submit_job(JobId::generate(), owner, &e, 3, Some(1), Some(("retry-key", "h"))).await }
+        });
+        let mut ids = Vec::new();
+        for outcome in futures::future::join_all(tries).await {
+            match outcome {
+                Ok(Inserted::New(job)) | Ok(Inserted::Existing { job, same_request: true }) => ids.push(job.id),
+                other => panic!("{mode:?}: a retry must get the first job, not {other:?}"),
+            }
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{mode:?}: one job for all the retries");
+        assert_eq!(db.list_jobs(Some(owner), None, None, 10).await.expect("list").len(), 1);
+    }
+}

@@ -80,7 +80,18 @@ async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User
     match credential {
         Credential::ApiKey(key) => {
             let hash = jewelshot_db::users::hash_key(&key);
-            let known = state.auth_cache.single_flight(&hash, || state.db.user_by_api_key(&key)).await?;
+            let known = match state.auth_cache.single_flight(&hash, || state.db.user_by_api_key(&key)).await {
+                Ok(known) => known,
+                Err(Some(e)) => return Err(e.into()),
+                Err(None) => {
+                    return Err(ApiError::Unavailable {
+                        code: codes::DATABASE_UNAVAILABLE,
+                        what: "the database",
+                        retry_after_secs: 2,
+                        cause: "a concurrent lookup of this key just failed".into(),
+                    })
+                }
+            };
             Ok(match known {
                 crate::auth_cache::Cached::User(u) => Some(u),
                 crate::auth_cache::Cached::Unknown => None,

@@ -44,13 +44,17 @@ impl std::fmt::Debug for AuthCache {
     }
 }
 
-type Inflight = Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>;
+/// How long a failed lookup answers for the callers that were waiting on it.
+const SHARED_FAILURE: Duration = Duration::from_secs(1);
+
+/// Per key in flight: when its last lookup failed, if it did.
+type Inflight = Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>>>;
 
 /// One caller's place at a key's lookup; the last to leave removes the key's entry.
 struct Gate<'a> {
     map: &'a Inflight,
     hash: &'a str,
-    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    gate: std::sync::Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl<'a> Gate<'a> {
@@ -93,25 +97,33 @@ impl AuthCache {
     /// What is known of `hash`, from the cache or else from `load` — which runs once for all
     /// the concurrent callers asking about the same key (the others wait for it and read what it
     /// cached). `load` answers the user and the key's id, or `None` for an unknown key.
-    pub async fn single_flight<E, F, Fut>(&self, hash: &str, load: F) -> Result<Cached, E>
+    ///
+    /// `Err(Some(e))`: this call's lookup failed. `Err(None)`: the lookup this call waited for
+    /// failed moments ago — the callers that waited share that answer instead of each trying in
+    /// turn (a hung database would otherwise make the k-th of them wait k timeouts).
+    pub async fn single_flight<E, F, Fut>(&self, hash: &str, load: F) -> Result<Cached, Option<E>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<(User, String)>, E>>,
     {
         if !self.on() {
-            return Ok(match load().await? {
-                Some((user, _)) => Cached::User(user),
-                None => Cached::Unknown,
-            });
+            return match load().await {
+                Ok(Some((user, _))) => Ok(Cached::User(user)),
+                Ok(None) => Ok(Cached::Unknown),
+                Err(e) => Err(Some(e)),
+            };
         }
         if let Some(known) = self.get(hash) {
             return Ok(known);
         }
         let gate = Gate::enter(&self.inflight, hash);
-        let _turn = gate.gate.lock().await;
-        // Whoever went first may have filled it.
+        let mut turn = gate.gate.lock().await;
+        // Whoever went first may have filled it — or failed just now.
         if let Some(known) = self.get(hash) {
             return Ok(known);
+        }
+        if turn.is_some_and(|failed| failed.elapsed() < SHARED_FAILURE) {
+            return Err(None);
         }
         let answer = match load().await {
             Ok(Some((user, key_id))) => {
@@ -122,7 +134,10 @@ impl AuthCache {
                 self.put_unknown(hash.to_owned());
                 Ok(Cached::Unknown)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                *turn = Some(Instant::now());
+                Err(Some(e))
+            }
         };
         answer
     }
@@ -286,7 +301,24 @@ mod tests {
         assert!(cache.inflight.lock().expect("lock").is_empty(), "nothing left in flight");
         // A failed lookup is not cached: the next caller asks again.
         let failed = cache.single_flight("x", || async { Err::<Option<(User, String)>, _>("down") }).await;
-        assert!(failed.is_err() && cache.get("x").is_none());
+        assert!(matches!(failed, Err(Some("down"))) && cache.get("x").is_none());
+        // The callers waiting on a failing lookup share its failure instead of each trying in turn.
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = (0..20).map(|_| {
+            let (cache, tries) = (cache.clone(), tries.clone());
+            tokio::spawn(async move {
+                cache
+                    .single_flight("y", || async {
+                        tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Err::<Option<(User, String)>, _>("hung")
+                    })
+                    .await
+            })
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(Err(_)))));
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1, "one attempt for 20 waiting callers");
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl Application {
     /// Connect to the dependencies and bind `cfg.gateway.listen` (port 0 picks one).
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let mut cfg = cfg;
-        let db = Db::connect(&cfg.database)?.with_keyring(Keyring::load(&cfg.secrets)?);
+        // The process's own pool (metrics, background reads); requests use their worker thread's.
+        let mut base_db = cfg.database.clone();
+        base_db.max_connections = state::BASE_POOL.min(base_db.max_connections);
+        let db = Db::connect(&base_db)?.with_keyring(Keyring::load(&cfg.secrets)?);
         let queue = Queue::connect(&cfg.queue).await?;
         let listener = TcpListener::bind(&cfg.gateway.listen)?;
         let addr = listener.local_addr()?;

@@ -295,17 +295,12 @@ pub async fn list(
             message: "`cursor` is not a cursor this API returned".into(),
         })?
         .map(JobId);
-    let rows = state.db.list_jobs(Some(user.id), status, cursor, limit).await?;
-    let ids: Vec<JobId> = rows.iter().map(|r| r.id).collect();
-    let mut snaps: std::collections::HashMap<String, JobSnapshot> =
-        state.db.job_snapshots(&ids).await?.into_iter().map(|s| (s.view.job_id.clone(), s)).collect();
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(snap) = snaps.remove(&row.id.to_string()) {
-            jobs.push(render_from_postgres(state, snap).await?);
-        }
+    let snaps = state.db.list_snapshots(user.id, status, cursor, limit).await?;
+    let next_cursor = (snaps.len() as i64 == limit).then(|| snaps.last().map(|s| s.view.job_id.clone())).flatten();
+    let mut jobs = Vec::with_capacity(snaps.len());
+    for snap in snaps {
+        jobs.push(render_from_postgres(state, snap).await?);
     }
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
     Ok(JobPage { jobs, next_cursor })
 }
 

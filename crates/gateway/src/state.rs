@@ -14,6 +14,10 @@ use jewelshot_storage::ObjectStore;
 
 use crate::config::Config;
 
+/// Connections of a gateway's own pool (`/metrics`, background reads); the rest of
+/// `database.max_connections` is split between the HTTP worker threads.
+pub const BASE_POOL: usize = 2;
+
 /// What every handler shares. Each HTTP worker thread has its own (see [`AppState::for_worker`]):
 /// its own Postgres pool and Redis connection, driven on that thread, so a request never waits
 /// for another thread to carry its query; everything process-wide (caches, limits, slots) is
@@ -113,7 +117,8 @@ impl AppState {
     }
 
     /// This state for one HTTP worker thread (call it on that thread): a Postgres pool of its
-    /// own (its share of `database.max_connections`) and a Redis connection of its own, both
+    /// own (its share of `database.max_connections` after [`BASE_POOL`], at least one) and a
+    /// Redis connection of its own, both
     /// driven by this thread; everything else shared with `self`. If Redis cannot be reached
     /// now, the worker shares `self`'s connection (which reconnects by itself).
     pub async fn for_worker(&self) -> Self {
@@ -122,7 +127,7 @@ impl AppState {
             n => n,
         };
         let mut db_cfg = self.cfg.database.clone();
-        db_cfg.max_connections = db_cfg.max_connections.div_ceil(workers).max(1);
+        db_cfg.max_connections = (db_cfg.max_connections.saturating_sub(BASE_POOL) / workers).max(1);
         let db = match Db::connect(&db_cfg) {
             Ok(db) => db.with_keyring(self.db.keyring().clone()),
             Err(_) => self.db.clone(),

@@ -253,7 +253,7 @@ pub async fn cancel(
         // Before answering: the canceller's next poll must not read the job as still waiting.
         if let Err(e) = snapshots::publish(line, db, snapshot_cfg, &[job]).await {
             tracing::warn!(job_id = %job, error = %e, "could not publish a canceled job's snapshot");
-            let _ = line.drop_record(&job.to_string()).await;
+            let _ = line.invalidate_record(&job.to_string()).await;
         }
     }
     Ok(outcome)

@@ -94,7 +94,7 @@ pub async fn publish(limiter: &Limiter, db: &Db, cfg: &SnapshotConfig, jobs: &[J
     let snaps = db.job_snapshots(jobs).await?;
     write(limiter, cfg, &snaps).await?;
     for gone in jobs.iter().filter(|j| !snaps.iter().any(|s| s.view.job_id == j.to_string())) {
-        limiter.drop_record(&gone.to_string()).await?;
+        limiter.invalidate_record(&gone.to_string()).await?;
     }
     Ok(())
 }

@@ -91,10 +91,13 @@ local function enqueue(L, member, due, channel)
 end
 
 -- A job's record beside the line (its poll snapshot), kept only if `rev` is not older than the
--- stored one: `data`, and `member` while the job waits in line ('' = none). Returns 1 if written.
+-- stored one — and, once the record was invalidated (`tomb`), only if it is newer: `data`, and
+-- `member` while the job waits in line ('' = none). Returns 1 if written.
 local function write_record(key, rev, data, member, ttl_ms)
-  local cur = redis.call('HGET', key, 'rev')
-  if cur and tonumber(cur) > tonumber(rev) then return 0 end
+  local cur = redis.call('HMGET', key, 'rev', 'tomb')
+  local held, dead = tonumber(cur[1]), cur[2]
+  if held and (held > tonumber(rev) or (dead and held == tonumber(rev))) then return 0 end
+  if dead then redis.call('HDEL', key, 'tomb') end
   if member ~= '' then
     redis.call('HSET', key, 'rev', rev, 'data', data, 'member', member)
   else

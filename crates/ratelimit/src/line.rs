@@ -39,6 +39,7 @@ pub(crate) struct Scripts {
     submit: redis::Script,
     record_read: redis::Script,
     record_write: redis::Script,
+    record_invalidate: redis::Script,
     generations_add: redis::Script,
     generations_mean: redis::Script,
 }
@@ -55,20 +56,17 @@ impl Scripts {
             submit: redis::Script::new(SUBMIT),
             record_read: redis::Script::new(RECORD_READ),
             record_write: redis::Script::new(RECORD_WRITE),
+            record_invalidate: redis::Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then \
+                   redis.call('HDEL', KEYS[1], 'data', 'member') redis.call('HSET', KEYS[1], 'tomb', 1) end return 1",
+            ),
             generations_add: redis::Script::new(concat!(
                 include_str!("clock.lua"),
-                "redis.call('ZADD', KEYS[1], now, ARGV[2]) \
-                 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1])) \
-                 redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1"
+                include_str!("generations_add.lua")
             )),
             generations_mean: redis::Script::new(concat!(
                 include_str!("clock.lua"),
-                "local sum, n = 0, 0 \
-                 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')) do \
-                   local s = tonumber(string.match(m, '^([^:]+):')) \
-                   if s then sum = sum + s n = n + 1 end \
-                 end \
-                 return {n, tostring(sum)}"
+                include_str!("generations_mean.lua")
             )),
         }
     }
@@ -332,21 +330,30 @@ impl Limiter {
         self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Forget a job's record (the job is gone).
+    /// Forget a job's record at once, as if it had expired (polls then read Postgres and write
+    /// it back).
     pub async fn drop_record(&self, job: &str) -> Result<(), LimitError> {
         let mut conn = self.conn.clone();
         self.timed(redis::cmd("DEL").arg(self.record_key(job)).query_async::<()>(&mut conn)).await
     }
 
-    /// Record how long one generation took (ETAs read the mean over `window`): kept in a sorted
-    /// set by finish time, trimmed to `window` at each write.
+    /// Stop serving a job's record without forgetting its revision: reads find none (polls read
+    /// Postgres), and only a strictly newer revision may write it again — so a write from a read
+    /// made before the change that invalidated it cannot bring the old state back (a job gone,
+    /// or changed when its new record could not be written).
+    pub async fn invalidate_record(&self, job: &str) -> Result<(), LimitError> {
+        let mut inv = self.scripts.line.record_invalidate.prepare_invoke();
+        inv.key(self.record_key(job));
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Record how long one generation took (ETAs read the mean over `window`): a sum and a count
+    /// per minute, so reading the mean costs the same at any rate of jobs.
     pub async fn record_generation(&self, took: Duration, window: Duration) -> Result<(), LimitError> {
         let mut inv = self.scripts.line.generations_add.prepare_invoke();
-        inv.key(self.k("generations")).arg(window.as_millis() as u64).arg(format!(
-            "{:.3}:{}",
-            took.as_secs_f64(),
-            ulid::Ulid::generate()
-        ));
+        inv.key(self.k("generations")).arg(window.as_millis() as u64).arg(format!("{:.3}", took.as_secs_f64()));
         let mut conn = self.conn.clone();
         self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())

@@ -316,3 +316,35 @@ async fn records_keep_the_newest_revision_and_read_with_their_place() {
     l.drop_record("job-1").await.expect("drop");
     assert_eq!(l.read_record("job-1", BURST).await.expect("read"), None);
 }
+
+/// An invalidated record serves nothing, and only a newer revision may bring it back: a write
+/// from a read made before the change cannot restore the old state.
+#[tokio::test]
+async fn an_invalidated_record_takes_only_newer_revisions() {
+    let (l, _) = limiter(unlimited()).await;
+    l.write_records(&[record("job-7", 5, "before", None)]).await.expect("write");
+    l.invalidate_record("job-7").await.expect("invalidate");
+    assert_eq!(l.read_record("job-7", BURST).await.expect("read"), None, "nothing served");
+    assert_eq!(l.write_records(&[record("job-7", 5, "stale", None)]).await.expect("write"), 0, "equal refused");
+    assert_eq!(l.write_records(&[record("job-7", 4, "older", None)]).await.expect("write"), 0, "older refused");
+    assert_eq!(l.write_records(&[record("job-7", 6, "after", None)]).await.expect("write"), 1, "newer kept");
+    assert_eq!(l.read_record("job-7", BURST).await.expect("read"), Some((b"after".to_vec(), None)));
+    // Back to the ordinary rule: an equal revision rewrites again.
+    assert_eq!(l.write_records(&[record("job-7", 6, "after", None)]).await.expect("write"), 1);
+    // Invalidating a record that does not exist leaves nothing behind.
+    l.invalidate_record("job-8").await.expect("invalidate");
+    assert_eq!(l.write_records(&[record("job-8", 1, "first", None)]).await.expect("write"), 1);
+}
+
+/// ETAs' mean generation time: per-minute sums over the window, whatever the rate of jobs.
+#[tokio::test]
+async fn the_mean_generation_time_is_kept_per_minute() {
+    let (l, _) = limiter(unlimited()).await;
+    let hour = Duration::from_secs(3600);
+    assert_eq!(l.mean_generation(hour).await.expect("mean"), None, "none recorded yet");
+    for secs in [20.0, 30.0, 40.0, 50.0] {
+        l.record_generation(Duration::from_secs_f64(secs), hour).await.expect("record");
+    }
+    let mean = l.mean_generation(hour).await.expect("mean").expect("some");
+    assert!((mean - 35.0).abs() < 1e-6, "{mean}");
+}

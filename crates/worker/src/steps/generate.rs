@@ -42,6 +42,10 @@ pub struct Checkpoint {
     pub key_id: Option<String>,
     #[serde(default)]
     pub dispatch: Option<u64>,
+    /// When fal accepted the request (Unix ms): the generation is timed from here, across
+    /// retries and crashes.
+    #[serde(default)]
+    pub submitted_at_ms: Option<i64>,
 }
 
 impl Checkpoint {
@@ -61,6 +65,7 @@ pub async fn generate(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Res
             None => submit(ctx, job, grant.take()).await?,
         };
         let image = wait(ctx, job, &cp, &key_id).await?;
+        record_generation(ctx, &cp).await;
         Ok(Generated { request_id: cp.request.request_id, image, key_id: Some(key_id), dispatch: cp.dispatch })
     })
     .await
@@ -70,7 +75,12 @@ pub async fn generate(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Res
 async fn submit(ctx: &Ctx, job: &JobRow, grant: Option<Grant>) -> Result<(Checkpoint, String), StepFailure> {
     let input = EditInput { image_url: job.input_url.clone(), prompt: job.prompt.clone() };
     let (request, g) = ctx.upstream.submit(job, &input, grant, &ctx.shutdown).await?;
-    let cp = Checkpoint { request, key_id: Some(g.key_id.clone()), dispatch: Some(g.dispatch) };
+    let cp = Checkpoint {
+        request,
+        key_id: Some(g.key_id.clone()),
+        dispatch: Some(g.dispatch),
+        submitted_at_ms: Some(chrono::Utc::now().timestamp_millis()),
+    };
     checkpoint(ctx, job.id, STEP, &cp).await?;
     Ok((cp, g.key_id))
 }
@@ -121,6 +131,21 @@ async fn wait(ctx: &Ctx, job: &JobRow, cp: &Checkpoint, key_id: &str) -> Result<
     }
 }
 
+/// How long fal took with the request, from its acceptance to its image: what ETAs are made of
+/// (the gateways read the mean over the last hour from Redis). Samples over the window itself
+/// (a request resumed long after) would say nothing about fal's speed and are left out.
+async fn record_generation(ctx: &Ctx, cp: &Checkpoint) {
+    let Some(at) = cp.submitted_at_ms else { return };
+    let window = Duration::from_secs(jewelshot_ratelimit::GENERATION_WINDOW_SECS);
+    let took = Duration::from_millis((chrono::Utc::now().timestamp_millis() - at).max(0) as u64);
+    if took >= window {
+        return;
+    }
+    if let Err(e) = ctx.upstream.limiter.record_generation(took, window).await {
+        tracing::debug!(error = %e, "generation time not recorded for ETAs");
+    }
+}
+
 /// Resolves once the job is canceled (looked at every [`CANCEL_CHECK`]).
 async fn canceled(ctx: &Ctx, job: &JobRow) {
     let mut tick = tokio::time::interval(CANCEL_CHECK);
@@ -149,7 +174,8 @@ mod tests {
 
     #[test]
     fn the_checkpoint_stores_its_request_where_the_started_rule_looks() {
-        let cp = Checkpoint { request: request(), key_id: Some("a".into()), dispatch: Some(3) };
+        let cp =
+            Checkpoint { request: request(), key_id: Some("a".into()), dispatch: Some(3), submitted_at_ms: Some(1) };
         let stored = serde_json::to_value(&cp).expect("stored");
         assert!(stored.get(FAL_REQUEST_FIELD).is_some(), "{stored}");
         let back = Checkpoint::from_saved(Some(stored)).expect("resumable");

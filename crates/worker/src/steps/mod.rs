@@ -106,13 +106,9 @@ where
     if rec.status == StepStatus::Complete {
         return output_of(rec.output);
     }
-    let started = rec.started_at;
     match body(rec.output).await {
         Ok(out) => {
             ctx.db.complete_step(job, step, &to_output(&out)?).await?;
-            if step == StepName::GenerateImage {
-                record_generation(ctx, started).await;
-            }
             Ok(out)
         }
         Err(failure) => {
@@ -123,16 +119,6 @@ where
             }
             Err(failure)
         }
-    }
-}
-
-/// How long fal took, from the step's first start: what ETAs are made of (the gateways read the
-/// mean over the last hour from Redis).
-async fn record_generation(ctx: &Ctx, started: Option<chrono::DateTime<chrono::Utc>>) {
-    let Some(took) = started.and_then(|s| (chrono::Utc::now() - s).to_std().ok()) else { return };
-    let window = Duration::from_secs(jewelshot_ratelimit::GENERATION_WINDOW_SECS);
-    if let Err(e) = ctx.upstream.limiter.record_generation(took, window).await {
-        tracing::debug!(error = %e, "generation time not recorded for ETAs");
     }
 }
 
