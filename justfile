@@ -11,10 +11,12 @@ default:
 services:
     bash deploy/scripts/ensure-services.sh
 
-# Interop tools: fal's official Python and JS clients, Standard Webhooks (target/pytools, target/jstools).
+# Interop tools: fal's official Python and JS clients, Standard Webhooks (target/pytools, target/jstools);
+# operations tools: promtool.
 tools:
     bash deploy/scripts/python-tools.sh
     bash deploy/scripts/js-tools.sh
+    bash deploy/scripts/ensure-ops-tools.sh
 
 # Build tools the image codecs need (nasm for libjpeg-turbo's SIMD).
 build-deps:

@@ -297,6 +297,23 @@ impl Db {
         Ok(row.get(0))
     }
 
+    /// Seconds the longest-waiting due job has waited since it last became `queued` (submitted,
+    /// requeued or handed back); 0 when none waits. Reads the first 100 waiting jobs in `seq`
+    /// order through the partial index of waiting jobs — cheap at any depth.
+    pub async fn oldest_waiting_secs(&self) -> Result<f64> {
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT coalesce(max(extract(epoch FROM now() - updated_at)), 0)::float8 FROM (
+                    SELECT updated_at FROM jobs WHERE status = 'queued' AND (run_at IS NULL OR run_at <= now())
+                     ORDER BY seq LIMIT 100) t",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Count the open jobs (queued, scheduled, processing) through the partial index of open
     /// jobs — cheap however many jobs have ever run; the finished counts stay 0.
     pub async fn open_counts(&self) -> Result<QueueCounts> {

@@ -129,6 +129,31 @@ impl DbError {
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
+/// A pool's occupancy ([`Db::pool_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Most connections it may open.
+    pub max: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Open and not lent out.
+    pub idle: usize,
+    /// Callers waiting for one.
+    pub waiting: usize,
+}
+
+impl std::ops::Add for PoolStats {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            max: self.max + o.max,
+            open: self.open + o.open,
+            idle: self.idle + o.idle,
+            waiting: self.waiting + o.waiting,
+        }
+    }
+}
+
 /// A handle on the pool; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -216,5 +241,11 @@ impl Db {
     pub fn pool_status(&self) -> (usize, usize) {
         let s = self.pool.status();
         (s.size, s.max_size)
+    }
+
+    /// The pool's connections and waiters, for the database-connections metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        let s = self.pool.status();
+        PoolStats { max: s.max_size, open: s.size, idle: s.available, waiting: s.waiting }
     }
 }

@@ -15,7 +15,9 @@
 //! - [`net`] — which addresses a server-side fetch must never reach (SSRF guard).
 //! - [`view`] — camelCase response shapes shared by the gateway and the webhook
 //!   ([`view::JobView`], [`view::QueueView`], [`view::WebhookEvent`], …).
-//! - [`metric_names`] — every metric name and its description.
+//! - [`metric_names`] — every metric name, its kind and description, the seed's seven, the
+//!   histogram buckets.
+//! - [`monitoring`] — what the metrics compare against (capacities, quotas, the fal budget).
 //!
 //! The id, state and edit types above are re-exported at the crate root.
 
@@ -24,6 +26,7 @@ pub mod error_code;
 pub mod ids;
 pub mod job;
 pub mod metric_names;
+pub mod monitoring;
 pub mod net;
 pub mod view;
 

@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: UserLimits,
     /// `JEWELSHOT_JWT__*`: identity-provider tokens beside API keys (off by default).
     pub jwt: crate::jwt::JwtSettings,
+    /// `JEWELSHOT_MONITORING__*`: what the metrics compare against, how often they are sampled.
+    pub monitoring: jewelshot_domain::monitoring::MonitoringSettings,
 }
 
 /// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.
@@ -149,10 +151,6 @@ pub struct GatewaySettings {
     /// for want of a valid credential are never logged one by one (a token flood would flood the
     /// logs): they are counted, and summed up in one line every 10 s.
     pub access_log: bool,
-    /// How often `/metrics` refreshes what it reads from Postgres (open jobs, storage), in
-    /// milliseconds: scrapes in between serve the last values, so scraping costs Postgres at
-    /// most one read per interval however often it comes.
-    pub metrics_refresh_ms: u64,
     /// How long a known API key's user is reused without asking Postgres, in milliseconds
     /// (revocations and plan changes reach every gateway at once through Redis; this bounds
     /// what a missed announcement leaves behind). 0 = ask every time.
@@ -175,7 +173,6 @@ impl Default for GatewaySettings {
             trusted_proxies: Vec::new(),
             metrics_listen: "127.0.0.1:9464".into(),
             access_log: false,
-            metrics_refresh_ms: 1_000,
             auth_cache_ttl_ms: 5_000,
             auth_cache_entries: 10_000,
             poll_snapshots: true,

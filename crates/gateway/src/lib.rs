@@ -53,6 +53,8 @@ pub struct Application {
     metrics: Option<(Server, u16)>,
     /// The credential cache and where its announcements come from.
     auth: (std::sync::Arc<auth_cache::AuthCache>, jewelshot_queue::QueueConfig),
+    /// The fleet-wide gauges this process samples.
+    fleet: jewelshot_queue::fleet::Fleet,
 }
 
 impl Application {
@@ -84,6 +86,7 @@ impl Application {
         }
         let state = web::Data::new(state);
         let auth = (state.auth_cache.clone(), state.cfg.queue.clone());
+        let fleet = state.fleet();
         let metrics = if metrics_listen.is_empty() {
             None
         } else {
@@ -124,7 +127,7 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
-        Ok(Self { server: server.disable_signals().run(), port, metrics, auth })
+        Ok(Self { server: server.disable_signals().run(), port, metrics, auth, fleet })
     }
 
     pub fn port(&self) -> u16 {
@@ -142,6 +145,7 @@ impl Application {
         let metrics_handle = self.metrics.as_ref().map(|(s, _)| s.handle());
         let summary = tokio::spawn(telemetry::summarize_refusals(std::time::Duration::from_secs(10)));
         let follow = tokio::spawn(auth_cache::follow(self.auth.0.clone(), self.auth.1.clone()));
+        let fleet = tokio::spawn(self.fleet.run());
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");
@@ -160,6 +164,7 @@ impl Application {
         }
         summary.abort();
         follow.abort();
+        fleet.abort();
         Ok(())
     }
 }

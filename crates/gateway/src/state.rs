@@ -51,8 +51,8 @@ pub struct AppState {
     pub jwt: Option<Arc<crate::jwt::JwtVerifier>>,
     /// API keys' users, kept for `auth_cache_ttl_ms`; dropped on announcements.
     pub auth_cache: Arc<crate::auth_cache::AuthCache>,
-    /// When `/metrics` last read Postgres (held while a scrape refreshes).
-    pub metrics_refreshed: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// Every pool of this process (its own and each worker thread's), for the connection metrics.
+    pub pools: Arc<Mutex<Vec<Db>>>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -99,7 +99,7 @@ impl AppState {
             uploading: Arc::default(),
             auth_failures,
             blocked: Arc::default(),
-            metrics_refreshed: Arc::default(),
+            pools: Arc::default(),
             auth_cache,
             trusted_proxies,
             file_urls,
@@ -140,6 +140,9 @@ impl AppState {
             }
         };
         let (limiter, submits, auth_failures) = Self::redis_users(&self.cfg, &queue);
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.push(db.clone());
+        }
         Self {
             db,
             queue,
@@ -158,7 +161,26 @@ impl AppState {
             file_urls: self.file_urls.clone(),
             jwt: self.jwt.clone(),
             auth_cache: self.auth_cache.clone(),
-            metrics_refreshed: self.metrics_refreshed.clone(),
+            pools: self.pools.clone(),
+        }
+    }
+
+    /// What this process samples for the fleet-wide gauges (run it as a task of its own).
+    pub fn fleet(&self) -> jewelshot_queue::fleet::Fleet {
+        let (base, pools) = (self.db.clone(), self.pools.clone());
+        jewelshot_queue::fleet::Fleet {
+            limiter: self.limiter.clone(),
+            queue: self.queue.clone(),
+            db: self.db.clone(),
+            pools: Arc::new(move || {
+                let mut all = vec![base.pool_stats()];
+                if let Ok(p) = pools.lock() {
+                    all.extend(p.iter().map(Db::pool_stats));
+                }
+                all
+            }),
+            settings: self.cfg.monitoring.clone(),
+            model: self.cfg.jobs.model.clone(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         OnceLock,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use actix_web::{
@@ -17,42 +17,24 @@ use actix_web::{
     web, HttpMessage, HttpResponse,
 };
 use jewelshot_domain::metric_names as m;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::state::AppState;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's recorder (installed on first use; shared by every app in the process).
+/// The process's recorder (installed on first use; shared by every app in the process): every
+/// histogram with its buckets, every metric described (`jewelshot_runtime::metrics`).
 pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
-            )
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
+        let recorder = jewelshot_runtime::metrics::builder().build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
-        describe_all();
+        jewelshot_runtime::metrics::describe_all();
         handle
     })
-}
-
-/// Attach the descriptions from `metric_names::ALL` (the kind follows the name's suffix).
-pub fn describe_all() {
-    for (name, help) in m::ALL {
-        if name.ends_with("_total") {
-            metrics::describe_counter!(*name, *help);
-        } else if name.ends_with("_seconds") {
-            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
-        } else {
-            metrics::describe_gauge!(*name, *help);
-        }
-    }
 }
 
 /// The job a request created, for its access-log line (set by the handler).
@@ -122,31 +104,11 @@ pub fn metrics_server(listen: &str, state: web::Data<AppState>) -> anyhow::Resul
     Ok((server, port))
 }
 
-/// Prometheus text format; open jobs by state are counted at scrape time from the partial index
-/// of open jobs (never a scan of every job ever run). Served on the metrics listener only.
+/// Prometheus text format. Only renders: what comes from Postgres and Redis is sampled in the
+/// background (`jewelshot_queue::fleet`), so scraping costs them nothing. Served on the metrics
+/// listener only.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 #[get("/metrics")]
-pub async fn metrics_endpoint(state: web::Data<AppState>) -> HttpResponse {
-    refresh_gauges(&state).await;
+pub async fn metrics_endpoint() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus().render())
-}
-
-/// Read the gauges that come from Postgres, at most once per `metrics_refresh_ms`: one scrape
-/// refreshes them while the others (and scrapes within the interval) serve the last values.
-async fn refresh_gauges(state: &AppState) {
-    let Ok(mut last) = state.metrics_refreshed.try_lock() else { return };
-    let every = Duration::from_millis(state.cfg.gateway.metrics_refresh_ms);
-    if last.is_some_and(|t| t.elapsed() < every) {
-        return;
-    }
-    if let Ok(c) = state.db.open_counts().await {
-        for (label, v) in [("queued", c.queued), ("scheduled", c.scheduled), ("processing", c.processing)] {
-            metrics::gauge!(m::QUEUE_JOBS, "state" => label).set(v as f64);
-        }
-    }
-    if let Ok(total) = state.db.total_storage().await {
-        metrics::gauge!(m::STORAGE_BYTES).set(total.bytes as f64);
-        metrics::gauge!(m::STORAGE_OBJECTS).set(total.objects as f64);
-    }
-    *last = Some(Instant::now());
 }

@@ -152,6 +152,8 @@ pub async fn check_quota(state: &AppState, user: &User) -> Result<(), ApiError> 
 
 /// Compress on the bounded pool (never on an async thread), reserve quota, store, record.
 pub async fn upload(state: &AppState, user: &User, body: Bytes) -> Result<UploadView, ApiError> {
+    metrics::counter!(jewelshot_domain::metric_names::BANDWIDTH, "direction" => "uploads_received")
+        .increment(body.len() as u64);
     let limits = state.cfg.images;
     let wait = Duration::from_millis(state.cfg.uploads.queue_timeout_ms);
     let permit = tokio::time::timeout(wait, state.image_slots.acquire())

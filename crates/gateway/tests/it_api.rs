@@ -174,7 +174,7 @@ async fn it_serves_health_readiness_and_openapi() {
     let text =
         api.http.get(format!("{}/metrics", api.metrics)).send().await.expect("metrics").text().await.expect("text");
     assert!(text.contains("jewelshot_http_requests_total{route=\"/healthz\",status=\"200\"}"), "{text}");
-    assert!(text.contains("jewelshot_queue_jobs{state=\"queued\"}"), "{text}");
+    assert!(text.contains("jewelshot_queue_depth{state=\"waiting\"}"), "{text}");
     let (s, r) = api.call(reqwest::Method::GET, "/nope", None).await;
     assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not-found")));
 }

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use jewelshot_domain::JobId;
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
 pub mod snapshots;
 
 /// The payload of a queue task: which job to run. Nothing else — the job row has the rest.
@@ -399,6 +400,21 @@ impl Queue {
             .await
             .map_err(|_| QueueError::Timeout)??;
         Ok(())
+    }
+
+    /// Worker processes whose heartbeat apalis-redis's workers set saw within `within`.
+    pub async fn workers_alive(&self, within: Duration) -> Result<u64, QueueError> {
+        let cfg = self.storage.get_config();
+        let mut conn = self.conn.clone();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let since = now.saturating_sub(within.as_secs());
+        let n: u64 = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("ZCOUNT").arg(cfg.workers_set()).arg(since).arg("+inf").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout)??;
+        Ok(n)
     }
 
     /// Depths of the queue's Redis structures.

@@ -381,6 +381,12 @@ impl Limiter {
         Ok(a + b > 0)
     }
 
+    /// Jobs dispatched (holding their slot) and not yet claimed by the worker that runs them.
+    pub async fn dispatched_count(&self) -> Result<u64, LimitError> {
+        let mut conn = self.conn.clone();
+        self.timed(redis::cmd("HLEN").arg(&self.line_keys()[6]).query_async(&mut conn)).await
+    }
+
     /// Jobs in line per class and scheduled: `(high, normal, scheduled)`.
     pub async fn line_lengths(&self) -> Result<(u64, u64, u64), LimitError> {
         let [high, normal, scheduled, ..] = self.line_keys();

@@ -3,8 +3,11 @@
 //! The start and stop every binary shares, so they behave alike.
 //!
 //! ## Layout
+//! - [`metrics`] — the Prometheus recorder's histogram buckets and descriptions.
 //! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter.
 //! - [`shutdown_signal`] — resolves on SIGTERM (deploys) or Ctrl-C.
+
+pub mod metrics;
 
 /// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`); colours only on a
 /// terminal (and never with `NO_COLOR` set), so files and log collectors get plain lines.

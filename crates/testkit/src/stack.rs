@@ -325,7 +325,15 @@ impl Stack {
         }
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
-        let proc = Proc::spawn(&name, "jewelshot-worker", &[], &env, &self.logs, false)?;
+        // Its `url` is its metrics endpoint (the worker prints it first thing).
+        let path = crate::processes::bin_path("jewelshot-worker");
+        if !path.exists() {
+            anyhow::bail!(
+                "{} is missing: run `cargo build --workspace --bins` first (`just test` does)",
+                path.display()
+            );
+        }
+        let proc = Proc::spawn_path(&name, &path, &[], &env, &self.logs, Some("metrics on "))?;
         self.workers.push(proc);
         Ok(self.workers.len() - 1)
     }
@@ -363,6 +371,7 @@ impl Stack {
         w.vacuum_interval_secs = 1;
         w.job_heartbeat_secs = 1;
         w.orphan_after_secs = 3;
+        w.metrics_listen = "127.0.0.1:0".into();
         w.reconcile_interval_secs = 1;
         // The emulator serves results from loopback.
         w.allow_insecure_downloads = true;

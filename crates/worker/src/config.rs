@@ -25,6 +25,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// `JEWELSHOT_IMAGES__*`: how results are shrunk before they are stored.
     pub images: jewelshot_imaging::Limits,
+    /// `JEWELSHOT_MONITORING__*`: what the metrics compare against, how often they are sampled.
+    pub monitoring: jewelshot_domain::monitoring::MonitoringSettings,
 }
 
 /// `JEWELSHOT_FAL__*`: the client and account pool, and the dispatch line's settings (which
@@ -64,7 +66,8 @@ pub struct WorkerSettings {
     pub allow_insecure_downloads: bool,
     /// On SIGTERM, how long in-flight jobs get to finish, in seconds.
     pub shutdown_grace_secs: u64,
-    /// Address for Prometheus metrics (`GET /metrics`), e.g. `0.0.0.0:9100`; empty = off.
+    /// Address for Prometheus metrics (`GET /metrics`; `0.0.0.0:9465` in containers); empty = off.
+    /// A taken port (two workers on one machine) falls back to a free one, printed at start.
     pub metrics_listen: String,
     /// How often finished tasks' records are removed from Redis, in seconds (0 = never).
     pub vacuum_interval_secs: u64,
@@ -95,7 +98,7 @@ impl Default for WorkerSettings {
             max_result_bytes: 50 * 1024 * 1024,
             allow_insecure_downloads: false,
             shutdown_grace_secs: 30,
-            metrics_listen: String::new(),
+            metrics_listen: "127.0.0.1:9465".into(),
             vacuum_interval_secs: 30,
             dispatch_ahead: 0,
             job_heartbeat_secs: 5,

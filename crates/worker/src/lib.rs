@@ -54,17 +54,6 @@ use tracing::Instrument;
 pub use config::Config;
 use pipeline::Ctx;
 
-fn describe_metrics() {
-    use jewelshot_domain::metric_names as m;
-    for (name, help) in m::ALL {
-        if name.ends_with("_total") {
-            metrics::describe_counter!(*name, *help);
-        } else if name.ends_with("_seconds") {
-            metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
-        }
-    }
-}
-
 /// A name unique to this process, for apalis (which requires it) and for the job row.
 fn worker_name(configured: &str) -> String {
     if !configured.is_empty() {
@@ -112,7 +101,7 @@ fn spawn_keep_alive(
             let mut cmd = redis::cmd("ZADD");
             cmd.arg(&workers_set).arg("XX").arg(now).arg(&current);
             match tokio::time::timeout(every, cmd.query_async::<i64>(&mut c)).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => metrics::gauge!(jewelshot_domain::metric_names::WORKER_HEARTBEAT).set(now as f64),
                 Ok(Err(e)) => tracing::warn!(error = %e, "worker heartbeat failed"),
                 Err(_) => tracing::warn!("worker heartbeat timed out"),
             }
@@ -213,14 +202,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     Ok(())
 }
 
-/// The Prometheus exporter, when `metrics_listen` is set.
+/// The Prometheus exporter on `metrics_listen` (unless empty). When that port is taken (two
+/// workers on one machine) the exporter takes a free one and says which.
 fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
     if s.metrics_listen.is_empty() {
         return Ok(());
     }
-    let addr: std::net::SocketAddr = s.metrics_listen.parse()?;
-    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
-    describe_metrics();
+    let wanted: std::net::SocketAddr = s.metrics_listen.parse()?;
+    let free = |mut a: std::net::SocketAddr| -> std::io::Result<std::net::SocketAddr> {
+        a.set_port(0);
+        std::net::TcpListener::bind(a)?.local_addr()
+    };
+    let addr = if wanted.port() == 0 { free(wanted)? } else { wanted };
+    let addr = match jewelshot_runtime::metrics::builder().with_http_listener(addr).install() {
+        Ok(()) => addr,
+        Err(e) if wanted.port() != 0 => {
+            tracing::warn!(%addr, error = %e, "metrics port taken; using a free one");
+            let other = free(wanted)?;
+            jewelshot_runtime::metrics::builder().with_http_listener(other).install()?;
+            other
+        }
+        Err(e) => return Err(e.into()),
+    };
+    jewelshot_runtime::metrics::describe_all();
+    // Printed on stdout too, like the gateway's address: tests and scripts read it there.
+    println!("metrics on http://{addr}/metrics");
     tracing::info!(%addr, "serving metrics");
     Ok(())
 }
@@ -304,8 +310,20 @@ impl Background {
             scheduled_set: queue.scheduled_set(),
         };
         let current_name = Arc::new(std::sync::Mutex::new(ctx.worker_id.clone()));
+        let fleet = jewelshot_queue::fleet::Fleet {
+            limiter: limiter.clone(),
+            queue: queue.clone(),
+            db: ctx.db.clone(),
+            pools: {
+                let db = ctx.db.clone();
+                Arc::new(move || vec![db.pool_stats()])
+            },
+            settings: cfg.monitoring.clone(),
+            model: cfg.fal.client.model.clone(),
+        };
         let tasks = vec![
             tokio::spawn(ctx.snapshots.clone().run(ctx.db.clone())),
+            tokio::spawn(fleet.run()),
             limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone()),
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),

@@ -122,10 +122,17 @@ impl Reconciler {
                 let Some(open) = by_id.get(e.job.as_str()) else { continue };
                 // A processing job is past the line whatever its steps say.
                 let started = open.generate_started || open.job.status != JobStatus::Queued;
-                match jewelshot_queue::put_back(&self.limiter, &self.queue, &open.job, started).await? {
-                    Placed::Line => report.relined += 1,
-                    Placed::Task => report.repushed += 1,
-                }
+                let action = match jewelshot_queue::put_back(&self.limiter, &self.queue, &open.job, started).await? {
+                    Placed::Line => {
+                        report.relined += 1;
+                        "line"
+                    }
+                    Placed::Task => {
+                        report.repushed += 1;
+                        "task"
+                    }
+                };
+                metrics::counter!(jewelshot_domain::metric_names::RECONCILER_ACTIONS, "action" => action).increment(1);
                 tracing::info!(job_id = %e.job, status = %open.job.status, "reconciler: job put back");
             }
             if (batch.len() as i64) < BATCH {

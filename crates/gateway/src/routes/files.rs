@@ -37,6 +37,8 @@ pub async fn file(
         });
     };
     let obj = state.store.get(&key).await?.ok_or(ApiError::NotFound)?;
+    metrics::counter!(jewelshot_domain::metric_names::BANDWIDTH, "direction" => "files_served")
+        .increment(obj.body.len() as u64);
     Ok(HttpResponse::Ok()
         .content_type(obj.content_type)
         .insert_header(("Cache-Control", format!("private, max-age={valid_for}, immutable")))

@@ -141,6 +141,7 @@ async fn record_generation(ctx: &Ctx, cp: &Checkpoint) {
     if took >= window {
         return;
     }
+    metrics::histogram!(jewelshot_domain::metric_names::GENERATION_DURATION).record(took.as_secs_f64());
     if let Err(e) = ctx.upstream.limiter.record_generation(took, window).await {
         tracing::debug!(error = %e, "generation time not recorded for ETAs");
     }

@@ -36,6 +36,8 @@ pub async fn save(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Result<Save
     run_step(ctx, job.id, StepName::SaveToGallery, |_| async move {
         let body = download(ctx, &generated.image.url).await?;
         let original_bytes = body.len() as u64;
+        metrics::counter!(jewelshot_domain::metric_names::BANDWIDTH, "direction" => "results_downloaded")
+            .increment(original_bytes);
         let image = compress(ctx, body).await?;
         store(ctx, job, image, original_bytes).await
     })

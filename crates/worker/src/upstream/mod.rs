@@ -67,6 +67,8 @@ pub struct Upstream {
     pub disabled_recheck: Duration,
     /// How often an in-flight slot is renewed.
     pub renew_every: Duration,
+    /// The model every request runs (a metric label: fal prices per model).
+    pub model: String,
 }
 
 impl Upstream {
@@ -82,7 +84,14 @@ impl Upstream {
             pool.iter().map(|k| (k.limits.id.clone(), base.with_key(k.secret.clone()))).collect();
         let first = pool.first().map(|k| base.with_key(k.secret.clone())).unwrap_or_else(|| base.clone());
         let limiter = Limiter::new(conn, limiter_cfg, pool.into_iter().map(|k| k.limits).collect());
-        Self { limiter, clients, first, disabled_recheck: Duration::from_secs(cfg.disabled_recheck_secs), renew_every }
+        Self {
+            limiter,
+            clients,
+            first,
+            disabled_recheck: Duration::from_secs(cfg.disabled_recheck_secs),
+            renew_every,
+            model: cfg.model.clone(),
+        }
     }
 
     /// The pool's first account (a pool is never empty: [`resolve_pool`] refuses that).

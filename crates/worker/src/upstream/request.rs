@@ -132,7 +132,8 @@ impl Upstream {
             Ok(_) => "accepted",
             Err(e) => e.code(),
         };
-        metrics::counter!(m::FAL_SUBMITS, "outcome" => label, "key" => g.key_id.clone()).increment(1);
+        metrics::counter!(m::FAL_SUBMITS, "outcome" => label, "key" => g.key_id.clone(), "model" => self.model.clone())
+            .increment(1);
         match outcome {
             Ok(queued) => {
                 if let Err(e) = self.limiter.confirm(g).await {
