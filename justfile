@@ -54,6 +54,15 @@ lint: build-deps
     @# The worker's flows stay readable in one sitting: no function over 60 lines.
     python3 deploy/scripts/fn_lengths.py 60 crates/worker/src
     just audit
+    just alerts
+
+# The alert rules: valid, unit-tested (each fires on a series that breaks its threshold and stays
+# silent on one that does not), each linked to its runbook section.
+alerts:
+    bash deploy/scripts/ensure-ops-tools.sh
+    promtool check rules deploy/prometheus/alerts.yml
+    cd deploy/prometheus && promtool test rules alerts_test.yml alerts_test_monthly.yml
+    python3 deploy/prometheus/check_runbook.py
 
 # Check Cargo.lock against the vendored RustSec advisory snapshot and our policy entries, offline
 # (deploy/audit: ignores need a reason and a review date).
