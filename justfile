@@ -55,6 +55,18 @@ lint: build-deps
     python3 deploy/scripts/fn_lengths.py 60 crates/worker/src
     just audit
     just alerts
+    just deploy-check
+
+# What gets deployed: the Dockerfile (hadolint), the compose file (docker-compose config), the
+# Kubernetes overlays (kustomize, kubernetes-validate, KEDA's ScaledObject schema, our rules), the
+# Grafana board (current, every query over known metrics).
+deploy-check:
+    bash deploy/scripts/ensure-ops-tools.sh
+    target/opstools/bin/hadolint deploy/Dockerfile
+    docker-compose -f deploy/compose.yaml config -q
+    promtool check config deploy/prometheus/prometheus.yml
+    target/opstools/bin/python deploy/k8s/validate.py target/opstools/bin/kubernetes-validate
+    python3 deploy/grafana/build_dashboard.py --check
 
 # The alert rules: valid, unit-tested (each fires on a series that breaks its threshold and stays
 # silent on one that does not), each linked to its runbook section.

@@ -53,6 +53,14 @@ pub enum Cmd {
     Requeue(RequeueArgs),
     /// Run the upload compression pipeline on a file and report what it did.
     Compress(CompressArgs),
+    /// Exit 0 if URL answers 2xx within the timeout, else 1: the containers' health check
+    /// (`jewelshot probe http://127.0.0.1:8080/healthz`), with no curl in the image.
+    Probe {
+        url: String,
+        /// Longest wait, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     let json = cli.json;
     let result = match cli.cmd {
         Cmd::Compress(args) => cmd::compress::run(&args, json),
+        Cmd::Probe { url, timeout_ms } => cmd::probe::run(&url, timeout_ms, json),
         Cmd::Secrets { cmd: cli::SecretsCmd::NewKey { id } } => cmd::secrets::new_key(&id, json),
         cmd => run(cmd, json),
     };

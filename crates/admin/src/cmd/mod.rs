@@ -5,6 +5,7 @@ pub mod compress;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
+pub mod probe;
 pub mod queue;
 pub mod requeue;
 pub mod secrets;
@@ -28,5 +29,6 @@ pub async fn run(cmd: Cmd, app: &App) -> Result<(), Failure> {
         Cmd::Secrets { cmd } => secrets::run(cmd, app).await,
         Cmd::Requeue(args) => requeue::run(&args, app).await,
         Cmd::Compress(args) => compress::run(&args, app.json),
+        Cmd::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms, app.json).await,
     }
 }
