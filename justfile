@@ -37,10 +37,13 @@ test: services tools s3s build
     cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
     just test-pooler
 
-# The tests of submit, polls, dispatch, steps, requeue and the CLI again, every process sending
-# one-round-trip unnamed statements as it does behind PgBouncer/Supavisor in transaction mode.
+# The tests of submit, polls, dispatch, steps, the reconciler, requeue and the CLI again, with
+# every process connected through a real PgBouncer in transaction mode (as behind Supabase's
+# pooler), sending one-round-trip unnamed statements (`JEWELSHOT_DATABASE__POOLER=transaction`).
 test-pooler:
-    JEWELSHOT_DATABASE__POOLER=transaction cargo test --no-fail-fast -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2
+    bash deploy/scripts/pgbouncer.sh start 6439
+    JEWELSHOT_TEST_PGBOUNCER=127.0.0.1:6439 JEWELSHOT_DATABASE__POOLER=transaction cargo test --no-fail-fast -p jewelshot-db --test it_statements -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline --test e2e_recovery -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2 || { status=$?; bash deploy/scripts/pgbouncer.sh stop; exit $status; }
+    bash deploy/scripts/pgbouncer.sh stop
 
 # The whole system on this machine: emulator, gateway, two workers; a real edit of a shipped photo.
 demo: services build-deps

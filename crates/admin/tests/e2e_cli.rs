@@ -40,9 +40,17 @@ fn jewelshot(stack: &Stack, args: &[&str]) -> Run {
     let redis = stack.redis_url();
     // The stack's key, so the CLI seals secrets the workers can open.
     let key = stack.db.secrets.keys.get("test").cloned().unwrap_or_default();
+    // Migrations go to the database itself, never through a transaction pooler (as in production).
+    let migrate = args.contains(&"migrate");
+    let (url, pooler) = if migrate {
+        (stack.db.direct_url.as_str(), "none".to_owned())
+    } else {
+        (stack.db.url.as_str(), std::env::var("JEWELSHOT_DATABASE__POOLER").unwrap_or_else(|_| "none".into()))
+    };
     jewelshot_with(
         &[
-            ("JEWELSHOT_DATABASE__URL", stack.db.url.as_str()),
+            ("JEWELSHOT_DATABASE__POOLER", pooler.as_str()),
+            ("JEWELSHOT_DATABASE__URL", url),
             ("JEWELSHOT_QUEUE__NAME", stack.queue_name.as_str()),
             ("JEWELSHOT_QUEUE__REDIS_URL", redis.as_str()),
             ("JEWELSHOT_SECRETS__KEYS__TEST", key.as_str()),

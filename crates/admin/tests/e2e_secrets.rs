@@ -134,7 +134,7 @@ async fn e2e_webhook_secrets_are_sealed_and_rotate_with_an_overlap() {
 
     // Only the new key is needed now; the old one no longer opens anything.
     let k2_only = SecretsConfig { keys: [("k2".to_owned(), k2.clone())].into(), ..Default::default() };
-    let db = Db::connect(&DbConfig { url: stack.db.url.clone(), max_connections: 1, ..Default::default() })
+    let db = Db::connect(&DbConfig { url: stack.db.direct_url.clone(), max_connections: 1, ..Default::default() })
         .expect("db")
         .with_keyring(Keyring::from_config(&k2_only).expect("keyring"));
     let opened = db.signing_secrets(legacy).await.expect("legacy opens under k2");
@@ -143,8 +143,8 @@ async fn e2e_webhook_secrets_are_sealed_and_rotate_with_an_overlap() {
     let err = stack.db.db.signing_secrets(user).await.expect_err("the old keyring lacks k2");
     assert_eq!(err.code(), "secret-unavailable", "{err}");
     // A process without any key does not write plaintext into a database whose secrets are sealed.
-    let keyless =
-        Db::connect(&DbConfig { url: stack.db.url.clone(), max_connections: 1, ..Default::default() }).expect("db");
+    let keyless = Db::connect(&DbConfig { url: stack.db.direct_url.clone(), max_connections: 1, ..Default::default() })
+        .expect("db");
     let err = keyless.create_user("plain@example.com", "free").await.expect_err("refused without a key");
     assert_eq!(err.code(), "secret-unavailable", "{err}");
     assert!(keyless.user_by_email("plain@example.com").await.expect("read").is_none(), "nothing half-written");

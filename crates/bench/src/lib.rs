@@ -23,7 +23,7 @@ pub async fn fill_queue(
 ) -> anyhow::Result<Vec<jewelshot_ratelimit::LineEntry>> {
     use jewelshot_ratelimit::{Limiter, LimiterConfig, LineEntry};
     const BATCH: usize = 5_000;
-    let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut entries: Vec<LineEntry> = Vec::with_capacity(jobs);

@@ -177,7 +177,12 @@ impl Db {
             cfg.url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
         pg.connect_timeout(timeout);
-        pg.options(format!("-c statement_timeout={}", cfg.statement_timeout_ms));
+        // A transaction pooler hands out server connections its own clients set up: startup
+        // options would be refused or ignored. Behind one, the timeout is the role's
+        // (`ALTER ROLE … SET statement_timeout`, docs/configuration.md).
+        if cfg.pooler == sql::Pooler::None {
+            pg.options(format!("-c statement_timeout={}", cfg.statement_timeout_ms));
+        }
         pg.application_name("jewelshot");
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -213,6 +218,15 @@ impl Db {
     /// Apply pending migrations. Safe to run concurrently from several processes: refinery
     /// runs them in one transaction per migration and records them in `refinery_schema_history`.
     pub async fn migrate(&self) -> Result<Vec<String>> {
+        if self.pooler == sql::Pooler::Transaction {
+            // The migrators' lock is a session's: behind a transaction pooler it would be taken on
+            // one server connection and released (not) on another.
+            return Err(DbError::Config(
+                "migrations need a direct connection, not a transaction pooler: run `jewelshot migrate` \
+                 with JEWELSHOT_DATABASE__POOLER=none and the database's own address"
+                    .into(),
+            ));
+        }
         let mut conn = self.conn().await?;
         let client = conn.client_mut();
         // Serialise concurrent migrators (several workers starting at once).

@@ -19,10 +19,19 @@ use jewelshot_testkit::db::fresh_database;
 
 const MODES: [Pooler; 2] = [Pooler::None, Pooler::Transaction];
 
+/// Where `mode` connects: prepared statements need the database itself; unnamed ones also go
+/// through the test run's PgBouncer when there is one (`just test-pooler`).
+fn url_for(test: &jewelshot_testkit::db::TestDb, mode: Pooler) -> String {
+    match mode {
+        Pooler::None => test.direct_url.clone(),
+        Pooler::Transaction => test.url.clone(),
+    }
+}
+
 /// A handle on a fresh database in `mode`, over one connection (so what it prepared is seen).
 async fn db_in(mode: Pooler) -> (Db, jewelshot_testkit::db::TestDb) {
     let test = fresh_database().await.expect("database");
-    let cfg = DbConfig { url: test.url.clone(), max_connections: 1, pooler: mode, ..Default::default() };
+    let cfg = DbConfig { url: url_for(&test, mode), max_connections: 1, pooler: mode, ..Default::default() };
     let db = Db::connect(&cfg).expect("pool").with_keyring(test.db.keyring().clone());
     (db, test)
 }
@@ -230,7 +239,7 @@ async fn a_jobs_life_reports_every_change_and_its_snapshot_revision_only_grows()
 async fn concurrent_retries_of_one_key_get_the_first_job_even_at_the_cap() {
     for mode in MODES {
         let test = fresh_database().await.expect("database");
-        let cfg = DbConfig { url: test.url.clone(), max_connections: 16, pooler: mode, ..Default::default() };
+        let cfg = DbConfig { url: url_for(&test, mode), max_connections: 16, pooler: mode, ..Default::default() };
         let db = Db::connect(&cfg).expect("pool").with_keyring(test.db.keyring().clone());
         let owner = user(&db).await;
         let e = edit("one submit, sent many times", false);

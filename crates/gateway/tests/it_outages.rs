@@ -57,7 +57,7 @@ async fn it_answers_503_while_postgres_is_down_and_heals() {
     println!("the gateway answered 202 again {} ms after PostgreSQL returned", back.elapsed().as_millis());
 
     // Nothing half-written: the accepted jobs, and only they, are recorded and in line.
-    let (client, conn) = tokio_postgres::connect(&api.db.url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(&api.db.direct_url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     let rows: i64 = client.query_one("SELECT count(*) FROM jobs", &[]).await.expect("count").get(0);
     assert_eq!(rows, 2, "the refused submissions left no row");

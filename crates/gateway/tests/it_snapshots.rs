@@ -31,6 +31,8 @@ impl Pair {
         let api = Api::start_with(|c| {
             c.webhook.allow_insecure = true;
             c.gateway.auth_cache_ttl_ms = 60_000;
+            // The fleet gauges' background reads are not polls: sampled once, at start.
+            c.monitoring.sample_interval_ms = 3_600_000;
             // Both gateways sign file URLs alike, at one address.
             c.storage.local.public_base_url = "http://files.test/files".into();
             c.storage.local.signing_key = "snapshot-test".into();
@@ -40,10 +42,15 @@ impl Pair {
         let owner = api.db.db.create_user("ana@example.com", "free").await.expect("user");
         let key = api.db.db.create_api_key(owner.id, "t").await.expect("key").key;
         let publisher = Publisher::new(api.line.clone(), api.cfg.queue.snapshots.clone());
-        let worker = Db::connect(&DbConfig { url: api.db.url.clone(), max_connections: 2, ..Default::default() })
-            .expect("pool")
-            .with_keyring(api.db.db.keyring().clone())
-            .with_changes(publisher.clone());
+        let worker = Db::connect(&DbConfig {
+            url: api.db.url.clone(),
+            max_connections: 2,
+            pooler: jewelshot_testkit::db::pooler(),
+            ..Default::default()
+        })
+        .expect("pool")
+        .with_keyring(api.db.db.keyring().clone())
+        .with_changes(publisher.clone());
         tokio::spawn(publisher.clone().run(worker.clone()));
         Self { api, pg, key, user: owner.id, worker, publisher }
     }

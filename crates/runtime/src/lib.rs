@@ -9,16 +9,42 @@
 
 pub mod metrics;
 
-/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`); colours only on a
-/// terminal (and never with `NO_COLOR` set), so files and log collectors get plain lines.
+/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`). `JEWELSHOT_LOG_FORMAT`:
+/// `text` (the default; colours only on a terminal and never with `NO_COLOR`, so files and log
+/// collectors get plain lines) or `json` (one JSON object a line, the span's fields — `job_id`
+/// among them — beside the event's, for a log pipeline).
 pub fn init_tracing(default: &str) {
     use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match LogFormat::from_env() {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init()
+        }
+    }
+}
+
+/// How logs are written (`JEWELSHOT_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// `JEWELSHOT_LOG_FORMAT` (`text` or `json`; anything else is `text`, with a warning).
+    pub fn from_env() -> Self {
+        match std::env::var("JEWELSHOT_LOG_FORMAT").as_deref() {
+            Ok("json") => Self::Json,
+            Ok("text") | Err(_) => Self::Text,
+            Ok(other) => {
+                eprintln!("JEWELSHOT_LOG_FORMAT={other:?} is neither text nor json: writing text");
+                Self::Text
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

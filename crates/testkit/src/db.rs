@@ -24,11 +24,22 @@ pub fn pooler() -> jewelshot_db::sql::Pooler {
     std::env::var("JEWELSHOT_DATABASE__POOLER").ok().and_then(|v| v.parse().ok()).unwrap_or_default()
 }
 
+/// `JEWELSHOT_TEST_PGBOUNCER` (`host:port`): a transaction-mode PgBouncer in front of the shared
+/// server (`just test-pooler` starts one). When set, the processes and the test's [`TestDb::db`]
+/// reach a test's database through it, as they would behind Supabase's pooler; creating and
+/// migrating the database stays direct.
+pub fn pgbouncer() -> Option<String> {
+    std::env::var("JEWELSHOT_TEST_PGBOUNCER").ok().filter(|v| !v.is_empty())
+}
+
 /// A database made for one test, with a keyring of its own (the processes a test starts on it
 /// get the same keys through [`TestDb::secrets`]).
 #[derive(Debug, Clone)]
 pub struct TestDb {
+    /// What the processes connect to (through PgBouncer under `just test-pooler`).
     pub url: String,
+    /// The database itself, for the test's own SQL.
+    pub direct_url: String,
     pub db: Db,
     pub secrets: SecretsConfig,
 }
@@ -46,7 +57,7 @@ impl TestDb {
     /// A plain connection to this database, for a test's own SQL (what is stored, counters).
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) =
-            tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
+            tokio_postgres::connect(&self.direct_url, tokio_postgres::NoTls).await.context("connecting to Postgres")?;
         tokio::spawn(conn);
         Ok(client)
     }
@@ -81,13 +92,20 @@ pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     drop(client);
     let _ = task.await;
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-    let url = format!("{base}/{name}");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
+    let direct_url = format!("{base}/{name}");
     let (keyring, secrets) = Keyring::random("test");
+    // Migrations run over a direct connection (their lock is a session's); everything else the
+    // way the processes connect.
+    let direct = Db::connect(&DbConfig { url: direct_url.clone(), max_connections: 1, ..Default::default() })?;
+    direct.migrate().await?;
+    let url = match pgbouncer().filter(|_| admin == admin_database_url()) {
+        Some(bouncer) => format!("postgres://postgres@{bouncer}/{name}"),
+        None => direct_url.clone(),
+    };
     let db = Db::connect(&DbConfig { url: url.clone(), max_connections: 4, pooler: pooler(), ..Default::default() })?
         .with_keyring(keyring);
-    db.migrate().await?;
-    Ok(TestDb { url, db, secrets })
+    Ok(TestDb { url, direct_url, db, secrets })
 }
 
 /// A queue name no other test uses.

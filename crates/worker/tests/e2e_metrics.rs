@@ -62,6 +62,9 @@ async fn e2e_the_seven_metrics_move_under_load_on_a_gateway_and_a_worker() {
         StackOptions::emulator(&["--latency-ms", "300-600", "--max-concurrent", "4", "--max-per-minute", "0"]);
     opts.gateway_env = monitoring.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
     opts.gateway_env.insert("JEWELSHOT_GATEWAY__METRICS_LISTEN".into(), format!("127.0.0.1:{metrics_port}"));
+    // And the logs as a log pipeline reads them: one JSON object a line.
+    opts.gateway_env.insert("JEWELSHOT_LOG_FORMAT".into(), "json".into());
+    opts.gateway_env.insert("JEWELSHOT_GATEWAY__ACCESS_LOG".into(), "true".into());
     opts.worker = WorkerTweak::new(|c| {
         c.monitoring.sample_interval_ms = 200;
         c.monitoring.storage_capacity_bytes = 1_000_000_000;
@@ -149,4 +152,13 @@ async fn e2e_the_seven_metrics_move_under_load_on_a_gateway_and_a_worker() {
 
     promtool_check("gateway", &gateway);
     promtool_check("worker", &worker);
+
+    let log = std::fs::read_to_string(&stack.gateway.log).expect("gateway log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let submits = lines.iter().filter(|l| l["target"] == "access" && l["path"] == "/api/ai/edit").count();
+    assert_eq!(submits, 4, "one access line per submit");
+    assert!(lines.iter().any(|l| l["job_id"].as_str() == Some(ids[0].as_str())), "the submit's line names its job");
 }

@@ -12,9 +12,16 @@ pub fn jewelshot(stack: &Stack, args: &[&str]) -> (bool, String) {
 
 /// The same with more environment (`env` wins over the stack's).
 pub fn jewelshot_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jewelshot"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jewelshot"));
+    if args.contains(&"migrate") {
+        // Migrations go to the database itself, never through a transaction pooler (as in
+        // production: their lock is a session's).
+        cmd.env("JEWELSHOT_DATABASE__URL", &stack.db.direct_url).env("JEWELSHOT_DATABASE__POOLER", "none");
+    } else {
+        cmd.env("JEWELSHOT_DATABASE__URL", &stack.db.url);
+    }
+    let out = cmd
         .args(args)
-        .env("JEWELSHOT_DATABASE__URL", &stack.db.url)
         .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
         .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
         .envs(jewelshot_testkit::config_env("JEWELSHOT_SECRETS", &stack.db.secrets, &Default::default()).expect("env"))

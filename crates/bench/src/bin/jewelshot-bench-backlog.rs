@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     });
     let (ready_list, parked) = (apalis.active_jobs_list(), apalis.scheduled_jobs_set());
-    let (client, pg) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    let (client, pg) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(pg);
     let (mut deepest, mut peak_mem, mut last_report) = (0u64, mem_queued, Instant::now());
     let deadline = started + Duration::from_secs(3600);

@@ -152,11 +152,11 @@ async fn main() -> anyhow::Result<()> {
     // Warm up (connections, the credential cache, the statement caches).
     wrk(&format!("{base}/api/ai/edit"), &submit_lua, 50, 2, &env)?;
 
-    let ceiling_before = pgbench(&stack.db.url, &insert_sql, &user, secs)?;
+    let ceiling_before = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
     let tx0 = stack.db.transactions().await?;
     let submits = wrk(&format!("{base}/api/ai/edit"), &submit_lua, 50, secs, &env)?;
     let tx1 = stack.db.transactions().await?;
-    let ceiling_after = pgbench(&stack.db.url, &insert_sql, &user, secs)?;
+    let ceiling_after = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
     let ceiling = (ceiling_before + ceiling_after) / 2.0;
     let per_submit = (tx1 - tx0) as f64 / submits.requests as f64;
     if std::env::var("BENCH_ONLY").as_deref() == Ok("submits") {

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let fill = Instant::now();
     let owners: Vec<String> = users.iter().map(|u| u.0.clone()).collect();
     let entries = jewelshot_bench::fill_queue(&stack, &owners, jobs, "https://example.com/in.jpg").await?;
-    let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let redis = redis::Client::open(stack.redis_url().as_str())?;
     let mut rconn = redis.get_connection_manager().await?;

@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         window.as_secs_f64()
     );
 
-    let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     // Worst case: every job alone in a window, plus slack.
     let deadline = std::time::Instant::now() + window * (jobs as u32 / (KEYS as u32 * PER_MINUTE) + 4) * 2;

@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             pg_at = Some(t);
             println!("  {:>5.1} s  PostgreSQL crash-restarted (down {:.1} s)", t.as_secs_f64(), pg_down.as_secs_f64());
         }
-        if let Some(client) = pg(&stack.db.url).await {
+        if let Some(client) = pg(&stack.db.direct_url).await {
             if let Ok(row) = client
                 .query_one("SELECT count(*) FILTER (WHERE status IN ('complete', 'failed', 'canceled')) FROM jobs", &[])
                 .await
@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let took = started.elapsed();
 
-    let client = pg(&stack.db.url).await.context("postgres after the run")?;
+    let client = pg(&stack.db.direct_url).await.context("postgres after the run")?;
     let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
     for r in
         client.query("SELECT status || coalesce(' ' || error_code, ''), count(*) FROM jobs GROUP BY 1", &[]).await?

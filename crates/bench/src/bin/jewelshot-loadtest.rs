@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("running {} (install it with `just tools`)", k6().display()))?;
 
-    let (client, conn) = tokio_postgres::connect(&stack.db.url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     // k6 waited for every job it submitted; give the last notify steps a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
