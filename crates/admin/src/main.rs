@@ -45,7 +45,7 @@ fn run(cmd: Cmd, json: bool) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::failed(format!("starting the async runtime: {e}")))?;
     runtime.block_on(async {
-        jewelshot_runtime::init_tracing("warn");
+        let _telemetry = jewelshot_runtime::init_tracing("jewelshot-cli", "warn");
         let app = App::new(Config::load()?, json)?;
         let result = cmd::run(cmd, &app).await;
         app.publish_changes().await;

@@ -32,6 +32,9 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Bumped by every update of the row (V9): part of a snapshot's revision.
     pub rev: i64,
+    /// The W3C traceparent of the submit's span (V11), when traces are exported: each attempt
+    /// continues that trace.
+    pub trace_parent: Option<String>,
 }
 
 pub(crate) fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
@@ -62,6 +65,7 @@ pub(crate) fn job_from_row(row: &tokio_postgres::Row) -> Result<JobRow> {
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
         rev: row.get("rev"),
+        trace_parent: row.get("trace_parent"),
     })
 }
 
@@ -144,21 +148,26 @@ pub enum Inserted {
     },
 }
 
+/// How [`Db::submit_job`] records a job beside the edit itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Submission<'a> {
+    pub max_attempts: i32,
+    /// Refuse once the user has this many jobs waiting.
+    pub queued_cap: Option<i64>,
+    /// `(key, request hash)` of an `Idempotency-Key`.
+    pub idempotency: Option<(&'a str, &'a str)>,
+    /// The submit's trace ([`JobRow::trace_parent`]).
+    pub trace_parent: Option<&'a str>,
+}
+
 impl Db {
-    /// Record a new job in `queued`: one statement, one round trip (`jewelshot_submit`, V9).
+    /// Record a new job in `queued`: one statement, one round trip (`jewelshot_submit`, V9; V11 adds the trace).
     /// With `idempotency` (`key`, request hash), a key `user` used within the last 24 h answers
     /// with its first job instead; concurrent duplicates serialise on the key and make one job.
     /// With `queued_cap`, the user's submissions serialise on an advisory lock and the insert is
     /// refused ([`DbError::QueuedCapReached`]) once they have that many jobs waiting.
-    pub async fn submit_job(
-        &self,
-        id: JobId,
-        user: UserId,
-        edit: &NewEdit,
-        max_attempts: i32,
-        queued_cap: Option<i64>,
-        idempotency: Option<(&str, &str)>,
-    ) -> Result<Inserted> {
+    pub async fn submit_job(&self, id: JobId, user: UserId, edit: &NewEdit, how: &Submission<'_>) -> Result<Inserted> {
+        let Submission { max_attempts, queued_cap, idempotency, trace_parent } = *how;
         let cap = queued_cap.filter(|c| *c > 0).unwrap_or(0);
         if cap == 0 && idempotency.is_none() {
             // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
@@ -167,8 +176,8 @@ impl Db {
                 .conn()
                 .await?
                 .query_one(
-                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts)
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING *",
+                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent)
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING *",
                     &[
                         &id.to_string(),
                         &user.to_string(),
@@ -178,6 +187,7 @@ impl Db {
                         &edit.webhook_url.as_ref().map(|u| u.as_str()),
                         &edit.run_at,
                         &max_attempts,
+                        &trace_parent,
                     ],
                 )
                 .await?;
@@ -189,7 +199,7 @@ impl Db {
             .await?
             .query_one(
                 "SELECT s.outcome, s.same_request, (s.job).*
-                   FROM jewelshot_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) s",
+                   FROM jewelshot_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) s",
                 &[
                     &id.to_string(),
                     &user.to_string(),
@@ -202,6 +212,7 @@ impl Db {
                     &cap,
                     &idempotency.map(|(k, _)| k),
                     &idempotency.map(|(_, h)| h),
+                    &trace_parent,
                 ],
             )
             .await?;
@@ -229,7 +240,7 @@ impl Db {
         max_attempts: i32,
         queued_cap: Option<i64>,
     ) -> Result<JobRow> {
-        match self.submit_job(id, user, edit, max_attempts, queued_cap, None).await? {
+        match self.submit_job(id, user, edit, &Submission { max_attempts, queued_cap, ..Default::default() }).await? {
             Inserted::New(job) => Ok(*job),
             Inserted::Existing { .. } => Err(DbError::Corrupt("a submit without a key found an earlier job".into())),
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use jewelshot_db::{
     deliveries::{AttemptEnd, NewDelivery},
-    jobs::{Begun, CancelOutcome, Inserted},
+    jobs::{Begun, CancelOutcome, Inserted, Submission},
     snapshot::ChangeSink,
     sql::Pooler,
     Db, DbConfig, DbError,
@@ -44,6 +44,11 @@ fn edit(prompt: &str, webhook: bool) -> NewEdit {
         ..Default::default()
     };
     NewEdit::parse(raw, WebhookPolicy { allow_insecure: false }, Utc::now()).expect("valid edit")
+}
+
+/// Three attempts, a cap of `cap` and the idempotency key `key` for a request hashing to `hash`.
+fn how<'a>(cap: i64, key: &'a str, hash: &'a str) -> Submission<'a> {
+    Submission { max_attempts: 3, queued_cap: Some(cap), idempotency: Some((key, hash)), trace_parent: None }
 }
 
 async fn user(db: &Db) -> UserId {
@@ -83,16 +88,15 @@ async fn submits_replay_their_key_and_respect_the_cap_in_one_statement() {
         let owner = user(&db).await;
         let first = JobId::generate();
         let e = edit("enhance lighting", false);
-        let Inserted::New(job) = db.submit_job(first, owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("submit")
-        else {
+        let Inserted::New(job) = db.submit_job(first, owner, &e, &how(2, "k1", "h1")).await.expect("submit") else {
             panic!("{mode:?}: a new key makes a job")
         };
         assert_eq!((job.id, job.status, job.rev), (first, JobStatus::Queued, 1));
-        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("replay") {
+        match db.submit_job(JobId::generate(), owner, &e, &how(2, "k1", "h1")).await.expect("replay") {
             Inserted::Existing { job, same_request: true } => assert_eq!(job.id, first),
             other => panic!("{mode:?}: the same key and request replay the first job, not {other:?}"),
         }
-        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "other"))).await.expect("reuse") {
+        match db.submit_job(JobId::generate(), owner, &e, &how(2, "k1", "other")).await.expect("reuse") {
             Inserted::Existing { job, same_request: false } => assert_eq!(job.id, first),
             other => panic!("{mode:?}: another request under the key is told so, not {other:?}"),
         }
@@ -100,12 +104,52 @@ async fn submits_replay_their_key_and_respect_the_cap_in_one_statement() {
         let refused = db.insert_job(JobId::generate(), owner, &e, 3, Some(2)).await;
         assert!(matches!(refused, Err(DbError::QueuedCapReached { cap: 2 })), "{mode:?}: {refused:?}");
         // The key of a refused submit is not taken, and a replay still answers at the cap.
-        match db.submit_job(JobId::generate(), owner, &e, 3, Some(2), Some(("k1", "h1"))).await.expect("replay") {
+        match db.submit_job(JobId::generate(), owner, &e, &how(2, "k1", "h1")).await.expect("replay") {
             Inserted::Existing { job, .. } => assert_eq!(job.id, first),
             other => panic!("{mode:?}: {other:?}"),
         }
         let listed = db.list_jobs(Some(owner), None, None, 10).await.expect("list");
         assert_eq!(listed.len(), 2, "{mode:?}: exactly the two jobs were written");
+    }
+}
+
+#[tokio::test]
+async fn a_submit_records_its_trace_by_either_statement_and_a_replay_keeps_the_first() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for mode in MODES {
+        let (db, test) = db_in(mode).await;
+        let owner = user(&db).await;
+        let e = edit("white background", false);
+        // The bare INSERT (no cap, no key) and the submit function (a key).
+        let bare = Submission { max_attempts: 3, trace_parent: Some(tp), ..Default::default() };
+        let keyed = Submission { idempotency: Some(("t1", "h")), ..bare };
+        for how in [bare, keyed] {
+            let Inserted::New(job) = db.submit_job(JobId::generate(), owner, &e, &how).await.expect("submit") else {
+                panic!("{mode:?}: a new job")
+            };
+            assert_eq!(job.trace_parent.as_deref(), Some(tp), "{mode:?}: {how:?}");
+            let read = db.job(job.id).await.expect("read").expect("row");
+            assert_eq!(read.trace_parent.as_deref(), Some(tp), "{mode:?}: read back");
+        }
+        let replay =
+            Submission { trace_parent: Some("00-11111111111111111111111111111111-2222222222222222-01"), ..keyed };
+        match db.submit_job(JobId::generate(), owner, &e, &replay).await.expect("replay") {
+            Inserted::Existing { job, .. } => assert_eq!(job.trace_parent.as_deref(), Some(tp), "{mode:?}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        let untraced = db.insert_job(JobId::generate(), owner, &e, 3, None).await.expect("untraced");
+        assert_eq!(untraced.trace_parent, None);
+        // A gateway of the previous release calls the eleven-argument form during an upgrade.
+        let old = test.client().await.expect("client");
+        let row = old
+            .query_one(
+                "SELECT s.outcome, (s.job).trace_parent FROM jewelshot_submit($1, $2, 'normal', 'p', 'https://example.com/a.jpg',
+                        NULL, NULL, 3, 5::bigint, NULL, NULL) s",
+                &[&JobId::generate().to_string(), &owner.to_string()],
+            )
+            .await
+            .expect("the previous release's call");
+        assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), ("new".to_owned(), None));
     }
 }
 
@@ -245,7 +289,7 @@ async fn concurrent_retries_of_one_key_get_the_first_job_even_at_the_cap() {
         let e = edit("one submit, sent many times", false);
         let tries = (0..16).map(|_| {
             let (db, e) = (db.clone(), e.clone());
-            async move { db.submit_job(JobId::generate(), owner, &e, 3, Some(1), Some(("retry-key", "h"))).await }
+            async move { db.submit_job(JobId::generate(), owner, &e, &how(1, "retry-key", "h")).await }
         });
         let mut ids = Vec::new();
         for outcome in futures::future::join_all(tries).await {

@@ -5,7 +5,7 @@ use fal_emulator::EmulatorConfig;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    jewelshot_runtime::init_tracing("info");
+    let _telemetry = jewelshot_runtime::init_tracing(env!("CARGO_BIN_NAME"), "info");
     let cfg = EmulatorConfig::parse();
     let listener = std::net::TcpListener::bind(&cfg.listen)?;
     let addr = listener.local_addr()?;

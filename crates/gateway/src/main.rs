@@ -9,7 +9,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    jewelshot_runtime::init_tracing("info");
+    let _telemetry = jewelshot_runtime::init_tracing(env!("CARGO_BIN_NAME"), "info");
     let cfg = jewelshot_gateway::Config::load()?;
     let host = cfg.gateway.listen.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default();
     let app = jewelshot_gateway::Application::build(cfg).await?;

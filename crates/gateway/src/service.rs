@@ -5,7 +5,10 @@ use std::{net::IpAddr, time::Duration};
 
 use chrono::Utc;
 use jewelshot_db::snapshot::JobSnapshot;
-use jewelshot_db::{jobs::CancelOutcome, jobs::JobRow, users::User};
+use jewelshot_db::{
+    jobs::{CancelOutcome, JobRow, Submission},
+    users::User,
+};
 use jewelshot_domain::{
     edit::{forbidden_webhook, webhook_ip_allowed, WebhookPolicy},
     view::{JobPage, JobView, SubmittedView},
@@ -84,7 +87,9 @@ async fn submit_rate(state: &AppState, user: &User) -> Result<Option<RateHeaders
     }
 }
 
-/// Validate, record, enqueue. Never calls fal, never waits on the job.
+/// Validate, record, enqueue. Never calls fal, never waits on the job. Its span begins the
+/// job's trace (stored with the row when traces are exported).
+#[tracing::instrument(name = "submit", skip_all, fields(user_id = %user.id))]
 pub async fn submit(
     state: &AppState,
     user: &User,
@@ -110,7 +115,9 @@ pub async fn submit(
     let max_attempts = state.cfg.jobs.max_attempts;
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
     let idempotency = idempotency_key.as_deref().zip(request_hash.as_deref());
-    let job = match state.db.submit_job(id, user.id, &edit, max_attempts, cap, idempotency).await? {
+    let trace = jewelshot_runtime::telemetry::traceparent();
+    let how = Submission { max_attempts, queued_cap: cap, idempotency, trace_parent: trace.as_deref() };
+    let job = match state.db.submit_job(id, user.id, &edit, &how).await? {
         jewelshot_db::jobs::Inserted::New(job) => *job,
         jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
             let position = position(state, &job).await?;

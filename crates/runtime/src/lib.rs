@@ -4,26 +4,57 @@
 //!
 //! ## Layout
 //! - [`metrics`] — the Prometheus recorder's histogram buckets and descriptions.
-//! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter.
+//! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter;
+//!   OpenTelemetry traces over OTLP when configured ([`telemetry`]).
 //! - [`shutdown_signal`] — resolves on SIGTERM (deploys) or Ctrl-C.
 
 pub mod metrics;
+pub mod telemetry;
 
-/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`). `JEWELSHOT_LOG_FORMAT`:
-/// `text` (the default; colours only on a terminal and never with `NO_COLOR`, so files and log
-/// collectors get plain lines) or `json` (one JSON object a line, the span's fields — `job_id`
-/// among them — beside the event's, for a log pipeline).
-pub fn init_tracing(default: &str) {
+pub use telemetry::Telemetry;
+
+/// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`), and export traces
+/// when OTLP is configured ([`telemetry`]) as `service` (e.g. `jewelshot-gateway`).
+/// `JEWELSHOT_LOG_FORMAT`: `text` (the default; colours only on a terminal and never with
+/// `NO_COLOR`, so files and log collectors get plain lines) or `json` (one JSON object a line,
+/// the span's fields — `job_id` among them — beside the event's, for a log pipeline).
+///
+/// Keep the returned [`Telemetry`] alive until exit: dropping it exports the last spans.
+pub fn init_tracing(service: &str, default: &str) -> Telemetry {
     use std::io::IsTerminal;
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match LogFormat::from_env() {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match LogFormat::from_env() {
+        LogFormat::Json => {
+            fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).with_filter(filter).boxed()
+        }
         LogFormat::Text => {
             let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(ansi).init()
+            fmt.with_ansi(ansi).with_filter(filter).boxed()
         }
+    };
+    let (traces, telemetry, failure) = if telemetry::configured() {
+        match telemetry::provider(service) {
+            Ok((provider, tracer)) => {
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(tracing_subscriber::filter::filter_fn(telemetry::exported))
+                    .boxed();
+                (Some(layer), telemetry::wrap(provider), None)
+            }
+            Err(e) => (None, Telemetry::off(), Some(e)),
+        }
+    } else {
+        (None, Telemetry::off(), None)
+    };
+    tracing_subscriber::registry().with(logs).with(traces).init();
+    match failure {
+        Some(e) => tracing::warn!(error = %e, "traces are not exported"),
+        None if telemetry.is_on() => tracing::info!("exporting traces over OTLP"),
+        None => {}
     }
+    telemetry
 }
 
 /// How logs are written (`JEWELSHOT_LOG_FORMAT`).

@@ -18,6 +18,7 @@
 
 pub mod db;
 pub mod hooks;
+pub mod otlp;
 pub mod processes;
 pub mod servers;
 pub mod stack;

@@ -110,6 +110,8 @@ pub struct StackOptions {
     pub worker: WorkerTweak,
     /// `RUST_LOG` for the workers (the tests' default is `info`).
     pub worker_log: Option<String>,
+    /// Environment every worker gets beyond its config (e.g. `OTEL_*`).
+    pub worker_env: HashMap<String, String>,
     /// Run a Redis server of the stack's own instead of the shared one.
     pub own_redis: bool,
     /// Create the stack's database on this server instead of the shared one.
@@ -140,6 +142,7 @@ impl Default for StackOptions {
             gateway_env: HashMap::new(),
             worker: WorkerTweak::default(),
             worker_log: None,
+            worker_env: HashMap::new(),
             own_redis: false,
             admin_database_url: None,
             files_dir: None,
@@ -323,6 +326,7 @@ impl Stack {
         if let Some(level) = &self.opts.worker_log {
             env.insert("RUST_LOG".into(), level.clone());
         }
+        env.extend(self.opts.worker_env.clone());
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
         // Its `url` is its metrics endpoint (the worker prints it first thing).

@@ -64,7 +64,9 @@ fn worker_name(configured: &str) -> String {
 }
 
 async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
-    let span = tracing::info_span!("job", job_id = %task.job_id);
+    // Labels the log lines of the whole delivery; the exported span is `run-job`, made once
+    // the job's row (and the trace it belongs to) has been read.
+    let span = tracing::info_span!(target: "jewelshot_worker::untraced", "job", job_id = %task.job_id);
     pipeline::run_job(&ctx, task.job_id).instrument(span).await.map_err(|e| {
         tracing::warn!(error = %e, "handing the job back to the queue");
         e.into()

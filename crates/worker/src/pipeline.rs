@@ -5,6 +5,7 @@
 //! announced (`notify-user` records the webhook delivery; [`crate::deliveries`] sends it).
 
 use std::{sync::Arc, time::Duration};
+use tracing::Instrument;
 
 use jewelshot_db::{
     jobs::{Begun, JobRow},
@@ -112,7 +113,11 @@ pub async fn run_job(ctx: &Ctx, job_id: JobId) -> Result<(), HandBack> {
         let detail = format!("the job's worker stopped during each of {} attempts", job.max_attempts);
         return end_failed(ctx, &job, error_code::POISON_JOB, &detail, "").await;
     }
-    attempts(ctx, job, grant).await
+    // This delivery's part of the job's trace, under the submit that began it (the steps are
+    // its children).
+    let span = tracing::info_span!("run-job", job_id = %job.id, attempt = job.attempts, worker = %ctx.worker_id);
+    jewelshot_runtime::telemetry::follow(&span, job.trace_parent.as_deref());
+    attempts(ctx, job, grant).instrument(span).await
 }
 
 /// A job that will start a fal request needs an upstream slot, and waits for it *before* its
