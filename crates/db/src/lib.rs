@@ -40,6 +40,33 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
 
+mod tls {
+    //! Postgres over TLS (`sslmode=require`): rustls with the ring provider, the server's
+    //! certificate verified against the system's roots — or only those in `SSL_CERT_FILE` (a PEM
+    //! bundle, e.g. a managed service's CA) when that is set.
+
+    use crate::{DbError, Result};
+
+    pub(crate) fn connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+            return Err(DbError::Config(format!(
+                "sslmode=require, but no trusted root certificate was found{why}: install ca-certificates or set SSL_CERT_FILE to a PEM bundle"
+            )));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DbError::Config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    }
+}
+
 mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
@@ -183,8 +210,18 @@ impl Db {
         if cfg.pooler == sql::Pooler::None {
             pg.options(format!("-c statement_timeout={}", cfg.statement_timeout_ms));
         }
-        pg.application_name("jewelshot");
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        // Operators may name a process in its URL (`application_name=…`, shown in
+        // pg_stat_activity); otherwise it is `jewelshot`.
+        if pg.get_application_name().is_none() {
+            pg.application_name("jewelshot");
+        }
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        // TLS when the URL asks for it (`sslmode=require`), verified; `prefer` (libpq's and our
+        // default) stays plaintext: a local server's self-signed certificate would not verify.
+        let manager = match pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Manager::from_config(pg, tls::connector()?, recycling),
+            _ => Manager::from_config(pg, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.max_connections.max(1))
             .runtime(Runtime::Tokio1)

@@ -22,6 +22,7 @@ pub mod otlp;
 pub mod processes;
 pub mod servers;
 pub mod stack;
+pub mod tls;
 
 pub use db::{admin_database_url, fresh_database, fresh_database_on, redis_url, unique_queue_name, TestDb};
 pub use processes::{bin_path, fixture_photo, python, repo_root, venv_tool, Proc};

@@ -87,12 +87,40 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, logs: &Path) -> anyhow::Result<Proc> {
-        let args: Vec<String> =
+        Self::spawn_with(port, logs, &[])
+    }
+
+    fn spawn_with(port: u16, logs: &Path, extra: &[String]) -> anyhow::Result<Proc> {
+        let mut args: Vec<String> =
             ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+        args.extend(extra.iter().cloned());
         Proc::spawn_path("redis", Path::new("redis-server"), &args, &HashMap::new(), logs, Some("Ready to accept"))
+    }
+
+    /// [`RedisServer::start`] with a TLS port beside the plain one (the test's own tools use
+    /// `url`): returns the server and the `rediss://` URL of its TLS port.
+    pub fn start_tls(logs: &Path, ca: &crate::tls::TestCa) -> anyhow::Result<(Self, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let tls_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let path = |p: &Path| p.display().to_string();
+        let extra = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&ca.cert_file),
+            "--tls-key-file".into(),
+            path(&ca.key_file),
+            "--tls-ca-cert-file".into(),
+            path(&ca.ca_file),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let proc = Self::spawn_with(port, logs, &extra)?;
+        let server = Self { proc, port, url: format!("redis://127.0.0.1:{port}"), logs: logs.to_path_buf() };
+        Ok((server, format!("rediss://127.0.0.1:{tls_port}")))
     }
 
     /// Stop and start again on the same port, empty (it keeps nothing on disk): a restart.
@@ -113,6 +141,8 @@ pub struct PgServer {
     pub admin_url: String,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// More `-c name=value` settings.
+    settings: Vec<String>,
 }
 
 impl PgServer {
@@ -138,6 +168,16 @@ impl PgServer {
     }
 
     pub async fn start(logs: &Path) -> anyhow::Result<Self> {
+        Self::start_with(logs, None).await
+    }
+
+    /// [`PgServer::start`] that also accepts TLS connections with `ca`'s server certificate
+    /// (clients choose: `sslmode=require` gets TLS, the test's own plain connections still work).
+    pub async fn start_tls(logs: &Path, ca: &crate::tls::TestCa) -> anyhow::Result<Self> {
+        Self::start_with(logs, Some(ca)).await
+    }
+
+    async fn start_with(logs: &Path, ca: Option<&crate::tls::TestCa>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("jewelshot-pg-").tempdir()?;
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
         let data = dir.path().join("data");
@@ -149,6 +189,16 @@ impl PgServer {
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let mut settings = Vec::new();
+        if let Some(ca) = ca {
+            // Postgres wants its key owned by itself and private.
+            for (from, to) in [(&ca.cert_file, "server.crt"), (&ca.key_file, "server.key")] {
+                std::fs::copy(from, data.join(to))?;
+                let _ = Command::new("chown").args(["postgres:postgres"]).arg(data.join(to)).status();
+                let _ = Command::new("chmod").args(["600"]).arg(data.join(to)).status();
+            }
+            settings.extend(["ssl=on".to_owned(), "ssl_cert_file=server.crt".into(), "ssl_key_file=server.key".into()]);
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut pg = Self {
             child: None,
@@ -156,6 +206,7 @@ impl PgServer {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
             log: logs.join("postgres.log"),
+            settings,
         };
         pg.spawn().await?;
         Ok(pg)
@@ -169,6 +220,7 @@ impl PgServer {
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "max_connections=200", "-c"])
             .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

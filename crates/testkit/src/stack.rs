@@ -119,6 +119,9 @@ pub struct StackOptions {
     /// Storage root to use instead of a temporary directory (the demo keeps its results).
     pub files_dir: Option<PathBuf>,
     pub storage: StorageKind,
+    /// Postgres and Redis servers of the stack's own, the gateway and workers reaching both over
+    /// TLS only (`sslmode=require`, `rediss://`) with a CA of the test's own (`SSL_CERT_FILE`).
+    pub tls: bool,
 }
 
 impl StackOptions {
@@ -147,8 +150,19 @@ impl Default for StackOptions {
             admin_database_url: None,
             files_dir: None,
             storage: StorageKind::Local,
+            tls: false,
         }
     }
+}
+
+/// What a [`Stack`] with [`StackOptions::tls`] runs.
+pub struct StackTls {
+    pub ca: crate::tls::TestCa,
+    pub postgres: crate::servers::PgServer,
+    /// The processes' database URL (`sslmode=require`).
+    pub database_url: String,
+    /// The processes' Redis URL (`rediss://`, the TLS port).
+    pub redis_url: String,
 }
 
 /// Emulator + gateway on port 0 over a fresh database, queue and storage root. Workers are
@@ -166,6 +180,8 @@ pub struct Stack {
     pub s3: Option<S3Server>,
     /// The stack's own Redis, when asked for.
     pub redis: Option<RedisServer>,
+    /// With [`StackOptions::tls`]: the stack's Postgres, its CA and what the processes connect to.
+    pub tls: Option<StackTls>,
     /// Where this stack's services store images.
     /// The storage every process of the stack shares (its signing key included).
     pub storage: StorageConfig,
@@ -180,8 +196,26 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
-        let db = fresh_database_on(&opts.admin_database_url.clone().unwrap_or_else(admin_database_url)).await?;
         let queue_name = unique_queue_name();
+        let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
+        std::fs::create_dir_all(&logs)?;
+        let (mut tls, mut redis) = (None, None);
+        if opts.tls {
+            let ca = crate::tls::TestCa::generate()?;
+            let postgres = crate::servers::PgServer::start_tls(&logs, &ca).await?;
+            let (server, redis_url) = RedisServer::start_tls(&logs, &ca)?;
+            redis = Some(server);
+            tls = Some(StackTls { ca, postgres, database_url: String::new(), redis_url });
+        }
+        let admin = match &tls {
+            Some(t) => t.postgres.admin_url.clone(),
+            None => opts.admin_database_url.clone().unwrap_or_else(admin_database_url),
+        };
+        let db = fresh_database_on(&admin).await?;
+        if let Some(t) = &mut tls {
+            // Named, so a test can find the processes' own connections in pg_stat_ssl.
+            t.database_url = format!("{}?sslmode=require&application_name=jewelshot-tls", db.url);
+        }
         let (files, files_tmp) = match &opts.files_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
@@ -192,13 +226,13 @@ impl Stack {
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         };
-        let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
-        std::fs::create_dir_all(&logs)?;
         let mut eargs = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
         eargs.extend(opts.emulator_args.iter().cloned());
         let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
 
-        let redis = if opts.own_redis { Some(RedisServer::start(&logs)?) } else { None };
+        if opts.own_redis && redis.is_none() {
+            redis = Some(RedisServer::start(&logs)?);
+        }
         let redis_url = redis.as_ref().map_or_else(redis_url, |r| r.url.clone());
         let mut storage = StorageConfig::default();
         storage.local.root = files.clone();
@@ -222,6 +256,11 @@ impl Stack {
         ]);
         env.extend(config_env("JEWELSHOT_STORAGE", &storage, &StorageConfig::default())?);
         env.extend(config_env("JEWELSHOT_SECRETS", &db.secrets, &Default::default())?);
+        if let Some(t) = &tls {
+            env.insert("JEWELSHOT_DATABASE__URL".into(), t.database_url.clone());
+            env.insert("JEWELSHOT_QUEUE__REDIS_URL".into(), t.redis_url.clone());
+            env.insert("SSL_CERT_FILE".into(), t.ca.ca_file.display().to_string());
+        }
         env.insert("JEWELSHOT_GATEWAY__LISTEN".into(), "127.0.0.1:0".into());
         env.insert("JEWELSHOT_GATEWAY__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
@@ -242,6 +281,7 @@ impl Stack {
             workers: Vec::new(),
             s3,
             redis,
+            tls,
             storage,
             gateway_env,
             more_gateways: Vec::new(),
@@ -326,6 +366,9 @@ impl Stack {
         if let Some(level) = &self.opts.worker_log {
             env.insert("RUST_LOG".into(), level.clone());
         }
+        if let Some(t) = &self.tls {
+            env.insert("SSL_CERT_FILE".into(), t.ca.ca_file.display().to_string());
+        }
         env.extend(self.opts.worker_env.clone());
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
@@ -352,6 +395,10 @@ impl Stack {
         c.database.pooler = crate::db::pooler();
         c.secrets = self.db.secrets.clone();
         c.queue.redis_url = self.redis_url();
+        if let Some(t) = &self.tls {
+            c.database.url = t.database_url.clone();
+            c.queue.redis_url = t.redis_url.clone();
+        }
         c.queue.name = self.queue_name.clone();
         c.storage = self.storage.clone();
         c.storage.local.public_base_url = format!("{}/files", self.gateway_url());
