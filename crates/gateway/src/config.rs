@@ -31,6 +31,8 @@ pub struct Config {
     pub jwt: crate::jwt::JwtSettings,
     /// `JEWELSHOT_MONITORING__*`: what the metrics compare against, how often they are sampled.
     pub monitoring: jewelshot_domain::monitoring::MonitoringSettings,
+    /// `JEWELSHOT_CORS__*`: browsers on other origins (off until origins are listed).
+    pub cors: crate::cors::CorsSettings,
 }
 
 /// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.
@@ -222,6 +224,7 @@ impl Config {
         anyhow::ensure!(cfg.gateway.max_json_bytes >= 1024, "JEWELSHOT_GATEWAY__MAX_JSON_BYTES is too small");
         cfg.gateway.proxies().map_err(anyhow::Error::msg)?;
         cfg.jwt.validate().map_err(anyhow::Error::msg)?;
+        cfg.cors.validate().map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

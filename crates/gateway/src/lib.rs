@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod auth_cache;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod jwt;
 pub mod openapi;
@@ -93,6 +94,7 @@ impl Application {
             Some(telemetry::metrics_server(&metrics_listen, state.clone())?)
         };
         let routes = openapi::Routes::from_document(&openapi::document(false));
+        let cors = state.cfg.cors.clone();
         let mut server = HttpServer::new(move || {
             let routes = routes.clone();
             let base = state.clone();
@@ -111,6 +113,8 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|_, _| error::ApiError::NotFound.into()))
                 .wrap(middleware::from_fn(auth::authenticate))
                 .wrap(middleware::from_fn(telemetry::track))
+                // Outermost: a preflight is answered before authentication could refuse it.
+                .wrap(middleware::Condition::new(cors.enabled(), cors.middleware()))
                 .configure(routes::configure)
                 .default_service(web::to(move |req: actix_web::HttpRequest| {
                     let allowed = routes.allowed(req.path());

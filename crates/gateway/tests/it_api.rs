@@ -343,3 +343,61 @@ async fn it_limits_each_user_with_429_and_ratelimit_headers() {
     let pro_key = api.db.db.create_api_key(pro.id, "t").await.expect("key").key;
     assert_eq!(api.submit(&pro_key, high).await.0, 202);
 }
+
+/// Issue I, acceptance 5: a browser preflight from a listed origin is allowed (the methods and
+/// headers the API uses, cached for max-age); from another origin, and from any origin while
+/// CORS is off, the answer carries no `Access-Control-Allow-Origin`, which the browser refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_allows_cors_preflights_from_listed_origins_only() {
+    let app = "https://app.example.com";
+    let api = Api::start_with(|c| c.cors.allowed_origins = vec![app.into(), "http://localhost:3000".into()]).await;
+    let key = api.key("cors@example.com").await;
+    let preflight = |base: String, origin: &'static str| {
+        let http = api.http.clone();
+        async move {
+            http.request(reqwest::Method::OPTIONS, format!("{base}/api/ai/edit"))
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "POST")
+                .header("Access-Control-Request-Headers", "authorization, content-type, idempotency-key")
+                .send()
+                .await
+                .expect("preflight")
+        }
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase)
+    };
+
+    let ok = preflight(api.base.clone(), "https://app.example.com").await;
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(header(&ok, "access-control-allow-origin").as_deref(), Some(app));
+    let methods = header(&ok, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("post") && methods.contains("get") && methods.contains("delete"), "{methods}");
+    let headers = header(&ok, "access-control-allow-headers").unwrap_or_default();
+    assert!(["authorization", "content-type", "idempotency-key"].iter().all(|h| headers.contains(h)), "{headers}");
+    assert_eq!(header(&ok, "access-control-max-age").as_deref(), Some("600"));
+    assert_eq!(header(&ok, "access-control-allow-credentials"), None, "no credentials unless configured");
+
+    let refused = preflight(api.base.clone(), "https://evil.example.net").await;
+    assert_eq!(header(&refused, "access-control-allow-origin"), None, "an unlisted origin is not allowed");
+
+    // The request itself: the listed origin may read the answer and the rate headers.
+    let get = |origin: &'static str| {
+        let (http, url, key) = (api.http.clone(), format!("{}/api/queue", api.base), key.clone());
+        async move { http.get(url).bearer_auth(key).header("Origin", origin).send().await.expect("get") }
+    };
+    let r = get("https://app.example.com").await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin").as_deref(), Some(app));
+    let exposed = header(&r, "access-control-expose-headers").unwrap_or_default();
+    assert!(exposed.contains("retry-after") && exposed.contains("location"), "{exposed}");
+    // Another origin is served (non-browser clients send Origin too) but may not read it.
+    let r = get("https://evil.example.net").await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), None);
+
+    // CORS off (the default): no origin is allowed.
+    let off = api.replica(|c| c.cors = Default::default()).await;
+    let r = preflight(off, "https://app.example.com").await;
+    assert_eq!(header(&r, "access-control-allow-origin"), None);
+}
