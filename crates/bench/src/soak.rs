@@ -2,28 +2,34 @@
 //!
 //! Each series (a process's RSS or open descriptors, Redis's memory, Postgres's connections) is
 //! sampled once a minute. Over the judged part of the run — the last two thirds, where the system
-//! has warmed up (the last 40 minutes of an hour) — a least-squares line gives the slope; the
-//! series *grows* when the line rises over that span by more than the noise allows: three times
-//! the scatter around the line, 5 % of the series' mean, and `min_units` (one descriptor is not a
-//! leak).
+//! has warmed up (the last 40 minutes of an hour) — a least-squares line gives the slope and its
+//! standard error. A series *grows* when its line rises over that span by more than three
+//! standard errors (a slope the scatter cannot explain) **and** by more than a floor: 1 % of the
+//! series' mean or `min_units`, whichever is larger (one descriptor, or an allocator's step of a
+//! MiB, is not a leak). The floor grows with the process, so it is also printed as a rate a day.
 
 /// A least-squares fit of one series over the judged span.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Trend {
     /// Units per minute.
     pub slope: f64,
+    /// The slope's standard error (residuals over n − 2).
+    pub slope_se: f64,
     /// How far the line rises over the judged span (slope × span).
     pub rise: f64,
-    /// Standard deviation of the points around the line.
-    pub scatter: f64,
     pub mean: f64,
-    /// The rise the noise allows.
+    /// The rise the noise allows: max(3 standard errors, 1 % of the mean, `min_units`) over the span.
     pub tolerance: f64,
 }
 
 impl Trend {
     pub fn grows(&self) -> bool {
         self.rise > self.tolerance
+    }
+
+    /// The slope as a rate a day (what a leak of this size costs a long-running pod).
+    pub fn per_day(&self) -> f64 {
+        self.slope * 60.0 * 24.0
     }
 }
 
@@ -37,11 +43,15 @@ pub fn trend(points: &[(f64, f64)], from_minute: f64, min_units: f64) -> Option<
     let (mt, mv) = (judged.iter().map(|p| p.0).sum::<f64>() / n, judged.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = judged.iter().map(|(t, _)| (t - mt).powi(2)).sum();
     let sxy: f64 = judged.iter().map(|(t, v)| (t - mt) * (v - mv)).sum();
-    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    let scatter = (judged.iter().map(|(t, v)| (v - (mv + slope * (t - mt))).powi(2)).sum::<f64>() / n).sqrt();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let residuals: f64 = judged.iter().map(|(t, v)| (v - (mv + slope * (t - mt))).powi(2)).sum();
+    let slope_se = (residuals / (n - 2.0)).sqrt() / sxx.sqrt();
     let span = judged.last().map_or(0.0, |p| p.0) - judged[0].0;
-    let tolerance = (3.0 * scatter).max(0.05 * mv.abs()).max(min_units);
-    Some(Trend { slope, rise: slope * span, scatter, mean: mv, tolerance })
+    let tolerance = (3.0 * slope_se * span).max(0.01 * mv.abs()).max(min_units);
+    Some(Trend { slope, slope_se, rise: slope * span, mean: mv, tolerance })
 }
 
 /// Resident memory (MiB) and open descriptors of a live process, from `/proc`.
@@ -73,6 +83,17 @@ mod tests {
         let t = trend(&leak, 20.0, 1.0).expect("enough points");
         assert!(t.grows(), "{t:?}");
         assert!((t.slope - 0.2).abs() < 0.05, "{t:?}");
+    }
+
+    #[test]
+    fn a_slow_leak_in_a_large_process_is_not_hidden_by_its_size() {
+        // 0.25 MiB a minute on 200 MiB: 360 MiB a day, the kind that reaches a pod's limit.
+        let leak: Vec<(f64, f64)> = (0..60).map(|i| (i as f64, 200.0 + 0.25 * i as f64 + 2.0 * wobble(i))).collect();
+        let t = trend(&leak, 20.0, 1.0).expect("points");
+        assert!(t.grows(), "{t:?}");
+        assert!((t.per_day() - 360.0).abs() < 60.0, "{}", t.per_day());
+        let flat: Vec<(f64, f64)> = (0..60).map(|i| (i as f64, 200.0 + 2.0 * wobble(i))).collect();
+        assert!(!trend(&flat, 20.0, 1.0).expect("points").grows());
     }
 
     #[test]

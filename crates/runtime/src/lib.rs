@@ -24,37 +24,43 @@ pub fn init_tracing(service: &str, default: &str) -> Telemetry {
     use std::io::IsTerminal;
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let format = LogFormat::from_env();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (tracer, failure) = if telemetry::configured() {
+        match telemetry::provider(service) {
+            Ok(pair) => (Some(pair), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let Some((provider, tracer)) = tracer else {
+        // No export: the global filter, so callsites the filter rejects are cached as never.
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match format {
+            LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+            LogFormat::Text => builder.with_ansi(ansi).init(),
+        }
+        if let Some(e) = failure {
+            tracing::warn!(error = %e, "traces are not exported");
+        }
+        return Telemetry::off();
+    };
+    // Export: logs keep RUST_LOG's filter, the exporter its own (our spans at info and above,
+    // whatever the logs say).
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match LogFormat::from_env() {
+    let logs = match format {
         LogFormat::Json => {
             fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).with_filter(filter).boxed()
         }
-        LogFormat::Text => {
-            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            fmt.with_ansi(ansi).with_filter(filter).boxed()
-        }
+        LogFormat::Text => fmt.with_ansi(ansi).with_filter(filter).boxed(),
     };
-    let (traces, telemetry, failure) = if telemetry::configured() {
-        match telemetry::provider(service) {
-            Ok((provider, tracer)) => {
-                let layer = tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_filter(tracing_subscriber::filter::filter_fn(telemetry::exported))
-                    .boxed();
-                (Some(layer), telemetry::wrap(provider), None)
-            }
-            Err(e) => (None, Telemetry::off(), Some(e)),
-        }
-    } else {
-        (None, Telemetry::off(), None)
-    };
+    let exported = tracing_subscriber::filter::filter_fn(telemetry::exported)
+        .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO);
+    let traces = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exported);
     tracing_subscriber::registry().with(logs).with(traces).init();
-    match failure {
-        Some(e) => tracing::warn!(error = %e, "traces are not exported"),
-        None if telemetry.is_on() => tracing::info!("exporting traces over OTLP"),
-        None => {}
-    }
-    telemetry
+    tracing::info!("exporting traces over OTLP/HTTP");
+    telemetry::wrap(provider)
 }
 
 /// How logs are written (`JEWELSHOT_LOG_FORMAT`).

@@ -6,7 +6,8 @@
 //! `OTEL_SDK_DISABLED=true` turns it off again, `OTEL_TRACES_SAMPLER` samples.
 //!
 //! Only spans of JewelShot's own crates are exported (not hyper's, apalis's or the SDK's own),
-//! at `info` or above whatever `RUST_LOG` says about logs. A job's trace crosses processes in
+//! at `info` or above whatever `RUST_LOG` says about logs, with our warnings and errors as
+//! events on them. A job's trace crosses processes in
 //! its row: the gateway stores its `submit` span as a W3C `traceparent` ([`traceparent`]) and
 //! the worker that runs an attempt parents its span on it ([`follow`]).
 
@@ -31,6 +32,19 @@ pub fn configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// OTLP/HTTP with protobuf is what we speak; a collector set up for gRPC (port 4317) would
+/// receive HTTP, so that setting is refused rather than ignored.
+fn protocol_supported() -> Result<(), String> {
+    for name in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+        if let Ok(p) = std::env::var(name) {
+            if !p.is_empty() && p != "http/protobuf" {
+                return Err(format!("{name}={p:?}: only http/protobuf is supported (the collector's port 4318)"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The tracer provider; dropping it exports what is still buffered (at most a few seconds).
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -50,6 +64,7 @@ impl Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(p) = self.provider.take() {
+            // Longer than one export's timeout, so the last batch is tried once.
             if let Err(e) = p.shutdown_with_timeout(std::time::Duration::from_secs(5)) {
                 eprintln!("traces not all exported at exit: {e}");
             }
@@ -60,10 +75,11 @@ impl Drop for Telemetry {
 /// The provider and its tracer for `service`, exporting in batches on the SDK's own thread.
 pub(crate) fn provider(service: &str) -> Result<(SdkTracerProvider, opentelemetry_sdk::trace::Tracer), String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
+    protocol_supported()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_timeout(std::time::Duration::from_secs(10))
+        .with_timeout(std::time::Duration::from_secs(4))
         .build()
         .map_err(|e| format!("OTLP exporter: {e}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -71,7 +87,6 @@ pub(crate) fn provider(service: &str) -> Result<(SdkTracerProvider, opentelemetr
         resource = resource.with_service_name(service.to_owned());
     }
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("jewelshot");
     Ok((provider, tracer))
 }
@@ -80,10 +95,12 @@ pub(crate) fn wrap(provider: SdkTracerProvider) -> Telemetry {
     Telemetry { provider: Some(provider) }
 }
 
-/// Whether the exporter takes spans and events with this metadata.
+/// Whether the exporter takes spans and events with this metadata: our spans at `info` and
+/// above, and our warnings and errors as events on them (info lines stay in the logs).
 pub(crate) fn exported(meta: &tracing::Metadata<'_>) -> bool {
     let target = meta.target();
-    *meta.level() <= tracing::Level::INFO && target.starts_with("jewelshot") && !target.ends_with(UNTRACED)
+    let level = if meta.is_span() { tracing::Level::INFO } else { tracing::Level::WARN };
+    *meta.level() <= level && target.starts_with("jewelshot") && !target.ends_with(UNTRACED)
 }
 
 /// The current span as a W3C `traceparent` (`00-<trace>-<span>-<flags>`), to be stored with

@@ -77,6 +77,10 @@ impl Proc {
             .args(args)
             .env("RUST_LOG", std::env::var("JEWELSHOT_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            // What the test does not set, a developer's shell must not set either.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("SSL_CERT_FILE")
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(log_file)

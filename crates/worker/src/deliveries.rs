@@ -99,7 +99,7 @@ async fn claim_and_start(ctx: &Arc<Ctx>, slots: &Arc<Semaphore>, inflight: &mut 
     for row in claimed {
         let Ok(permit) = slots.clone().try_acquire_owned() else { break };
         let ctx = ctx.clone();
-        let span = tracing::info_span!("delivery", job_id = %row.job_id, attempt = row.attempts);
+        let span = tracing::info_span!(target: "jewelshot_worker::untraced", "delivery", job_id = %row.job_id, attempt = row.attempts);
         inflight.spawn(
             async move {
                 attempt(&ctx, row).await;

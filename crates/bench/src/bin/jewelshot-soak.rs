@@ -7,7 +7,8 @@
 //! `jewelshot_bench::soak`). Passes with 0 HTTP errors, every job final, nothing growing.
 //!
 //! `jewelshot-soak [minutes] [time-scale]` (defaults 60 and 0.05); `SOAK_SAMPLE_SECS` (60) and
-//! `SOAK_VUS` (50) change the sampling and the load.
+//! `SOAK_VUS` (50) change the sampling and the load. `jewelshot-soak --judge LOG [minutes]` judges
+//! the table of an earlier run's log again.
 
 use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
@@ -22,8 +23,40 @@ const WORKERS: usize = 2;
 /// One row of the table: minutes since the load began, and each series' value.
 type Sample = (f64, BTreeMap<String, f64>);
 
+/// The table a run printed (its log), read back: `(minute, {series: value})` rows.
+fn table_of(log: &str) -> anyhow::Result<Vec<Sample>> {
+    let mut lines = log.lines().skip_while(|l| !l.trim_start().starts_with("min ") || !l.contains("RSS MiB"));
+    let header = lines.next().context("no sample table in the log")?;
+    let names: Vec<String> = header
+        .get(8..)
+        .unwrap_or_default()
+        .as_bytes()
+        .chunks(22)
+        .map(|c| String::from_utf8_lossy(c).trim().to_owned())
+        .collect();
+    let mut samples = Vec::new();
+    for line in lines.take_while(|l| !l.trim().is_empty()) {
+        let t: f64 = line.get(..6).unwrap_or_default().trim().parse().context("a minute")?;
+        let row = names
+            .iter()
+            .zip(line.get(8..).unwrap_or_default().as_bytes().chunks(22))
+            .filter_map(|(n, c)| Some((n.clone(), String::from_utf8_lossy(c).trim().parse::<f64>().ok()?)))
+            .collect();
+        samples.push((t, row));
+    }
+    Ok(samples)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `jewelshot-soak --judge LOG MINUTES`: judge the table an earlier run printed again.
+    if std::env::args().nth(1).as_deref() == Some("--judge") {
+        let log = std::fs::read_to_string(std::env::args().nth(2).context("--judge LOG MINUTES")?)?;
+        let minutes: f64 = std::env::args().nth(3).and_then(|v| v.parse().ok()).unwrap_or(60.0);
+        let growing = report(&table_of(&log)?, minutes);
+        println!("{}", if growing.is_empty() { "nothing grows" } else { "growing" });
+        return Ok(());
+    }
     let minutes: f64 = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(60.0);
     let scale: f64 = std::env::args().nth(2).and_then(|v| v.parse().ok()).unwrap_or(0.05);
     let every: u64 = std::env::var("SOAK_SAMPLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
@@ -111,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         .env("DURATION_SECS", ((minutes * 60.0) as u64).to_string())
         .env("K6_NO_USAGE_REPORT", "true")
         .spawn()
-        .with_context(|| format!("running {} (install it with `just tools`)", k6.display()))?;
+        .with_context(|| format!("running {} (`just soak` installs it)", k6.display()))?;
 
     let start = tokio::time::Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
@@ -217,7 +250,7 @@ fn report(samples: &[Sample], minutes: f64) -> Vec<String> {
         println!("{t:>6.1}  {cells}");
     }
     let from = minutes / 3.0;
-    println!("\ntrend from minute {from:.0} (least squares): slope per minute, rise over the span, allowed rise");
+    println!("\ntrend from minute {from:.0} (least squares): slope per minute (± its standard error, a day), rise over the span, allowed rise");
     let mut growing = Vec::new();
     for name in &names {
         let points: Vec<(f64, f64)> = samples.iter().filter_map(|(t, r)| r.get(name).map(|v| (*t, *v))).collect();
@@ -234,8 +267,13 @@ fn report(samples: &[Sample], minutes: f64) -> Vec<String> {
                     (false, true) => "flat",
                 };
                 println!(
-                    "  {name:<26} {:>+9.3}/min  rise {:>+8.2}  allowed {:>7.2}  mean {:>8.1}  {verdict}",
-                    t.slope, t.rise, t.tolerance, t.mean
+                    "  {name:<26} {:>+9.3}/min (±{:.3}, {:>+8.1}/day)  rise {:>+8.2}  allowed {:>7.2}  mean {:>8.1}  {verdict}",
+                    t.slope,
+                    t.slope_se,
+                    t.per_day(),
+                    t.rise,
+                    t.tolerance,
+                    t.mean
                 );
                 if t.grows() && judged {
                     growing.push(name.clone());

@@ -57,7 +57,7 @@ impl Checkpoint {
 
 /// Run `generate-image` for `job`: resume its fal request, or submit one on `grant`'s account
 /// (a slot is acquired when there is none), then wait for the image.
-#[tracing::instrument(skip_all, fields(step = "generate-image", otel.name = "generate-image"))]
+#[tracing::instrument(name = "generate-image", skip_all, fields(step = "generate-image"))]
 pub async fn generate(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Generated, StepFailure> {
     run_step(ctx, job.id, STEP, |saved| async move {
         let (cp, key_id) = match Checkpoint::from_saved(saved) {

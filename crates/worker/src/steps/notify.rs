@@ -43,7 +43,7 @@ pub fn event_kind(job: &JobRow) -> &'static str {
 }
 
 /// Run `notify-user` for a final (`complete` or `failed`) job.
-#[tracing::instrument(skip_all, fields(step = "notify-user", otel.name = "notify-user"))]
+#[tracing::instrument(name = "notify-user", skip_all, fields(step = "notify-user"))]
 pub async fn notify(ctx: &Ctx, job: &JobRow) -> Result<Notified, StepFailure> {
     let notified = run_step(ctx, job.id, STEP, |_| async move {
         let Some(url) = &job.webhook_url else { return Ok(Notified::default()) };

@@ -31,7 +31,7 @@ pub struct Saved {
     pub height: u32,
 }
 
-#[tracing::instrument(skip_all, fields(step = "save-to-gallery", otel.name = "save-to-gallery"))]
+#[tracing::instrument(name = "save-to-gallery", skip_all, fields(step = "save-to-gallery"))]
 pub async fn save(ctx: &Ctx, job: &JobRow, generated: &Generated) -> Result<Saved, StepFailure> {
     run_step(ctx, job.id, StepName::SaveToGallery, |_| async move {
         let body = download(ctx, &generated.image.url).await?;
