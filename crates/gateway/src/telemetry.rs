@@ -29,6 +29,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = jewelshot_runtime::metrics::builder().build_recorder();
         let handle = recorder.handle();
+        jewelshot_runtime::metrics::spawn_upkeep(handle.clone(), jewelshot_runtime::metrics::UPKEEP_EVERY);
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
