@@ -87,9 +87,8 @@ async fn submit_rate(state: &AppState, user: &User) -> Result<Option<RateHeaders
     }
 }
 
-/// Validate, record, enqueue. Never calls fal, never waits on the job. Its span begins the
-/// job's trace (stored with the row when traces are exported).
-#[tracing::instrument(name = "submit", skip_all, fields(user_id = %user.id))]
+/// Validate, record, enqueue. Never calls fal, never waits on the job. The current span (the
+/// route's `submit`) is stored with the row as the job's trace when traces are exported.
 pub async fn submit(
     state: &AppState,
     user: &User,

@@ -1,6 +1,7 @@
 //! Issue H, acceptance 5: one job's trace, exported over OTLP/HTTP by the gateway and the worker
-//! and decoded here as a collector would: `submit` (gateway) → `run-job` (worker, parented on the
-//! traceparent stored with the job) → `generate-image`, `save-to-gallery`, `notify-user`.
+//! and decoded here as a collector would: the client's span → `submit` (gateway) → `run-job`
+//! (worker, parented on the traceparent stored with the job) → `generate-image`,
+//! `save-to-gallery`, `notify-user`.
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,19 @@ async fn e2e_one_trace_runs_from_the_submit_through_each_step_of_the_job() {
     stack.start_worker().expect("worker");
     let (_, key, _) = stack.user("traced@example.com").await.expect("user");
     let input = stack.input_photo_url(&key).await.expect("upload");
-    let (status, body) =
-        stack.submit(&key, &json!({"imageUrl": input, "prompt": "enhance lighting"})).await.expect("submit");
-    assert_eq!(status, 202, "{body}");
+    // The client's own trace: the submit joins it.
+    let client = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let r = stack
+        .http
+        .post(format!("{}/api/ai/edit", stack.gateway_url()))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{}-{}-01", client.0, client.1))
+        .json(&json!({"imageUrl": input, "prompt": "enhance lighting"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(r.status().as_u16(), 202);
+    let body: serde_json::Value = r.json().await.expect("body");
     let id = body["jobId"].as_str().expect("job id").to_owned();
     let done = stack.wait_final(&key, &id, Duration::from_secs(60)).await.expect("final");
     assert_eq!(done["status"], "complete", "{done}");
@@ -48,7 +59,8 @@ async fn e2e_one_trace_runs_from_the_submit_through_each_step_of_the_job() {
     let run = find("run-job");
     assert_eq!(submit.service, "jewelshot-gateway");
     assert_eq!(run.service, "jewelshot-worker");
-    assert_eq!(submit.parent_span_id, "", "the submit begins the trace");
+    assert_eq!(trace_id, client.0, "the job continues the client's trace");
+    assert_eq!(submit.parent_span_id, client.1, "the submit hangs under the client's span");
     assert_eq!(traceparent.split('-').nth(2), Some(submit.span_id.as_str()), "the row names the submit's span");
     assert_eq!(run.parent_span_id, submit.span_id, "the worker's run hangs under the submit");
     assert_eq!(run.attributes.get("job_id").map(String::as_str), Some(id.as_str()));

@@ -6,6 +6,7 @@ use jewelshot_domain::{
     EditRequest,
 };
 use serde::Deserialize;
+use tracing::Instrument;
 use utoipa::IntoParams;
 
 use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state::AppState};
@@ -14,7 +15,10 @@ use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, service, state:
 #[utoipa::path(
     post, path = "/api/ai/edit", tag = "jobs",
     request_body = EditRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user within 24 h returns the first job")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user within 24 h returns the first job"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: when traces are exported, the job's trace continues the caller's (a malformed value is ignored)"),
+    ),
     responses(
         (status = 202, description = "Accepted and queued", body = SubmittedView,
             headers(("Location" = String, description = "The job's status URL"))),
@@ -38,7 +42,11 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let header = req.headers().get("idempotency-key").map(|v| v.to_str().unwrap_or("\u{0}"));
     let key = service::parse_idempotency_key(header)?;
-    let (rate, view, replayed) = match service::submit(&state, &user.0, body.into_inner(), key).await? {
+    // The job's trace begins here, inside the client's when it sent a W3C `traceparent`.
+    let span = tracing::info_span!("submit", user_id = %user.0.id);
+    jewelshot_runtime::telemetry::follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let submitted = service::submit(&state, &user.0, body.into_inner(), key).instrument(span).await?;
+    let (rate, view, replayed) = match submitted {
         service::Submitted::Created(r, v) => (r, v, false),
         service::Submitted::Replayed(r, v) => (r, v, true),
     };
