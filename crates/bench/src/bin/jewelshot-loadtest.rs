@@ -6,16 +6,13 @@
 //!
 //! `jewelshot-loadtest [time-scale]` (default 0.1: the 9-minute scenario in about a minute).
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context};
-use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions, WorkerTweak};
+use jewelshot_bench::{k6_path, K6Users};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 
 const USERS: usize = 50;
-
-fn k6() -> PathBuf {
-    venv_tool("JEWELSHOT_K6", "k6", "k6")
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,30 +43,17 @@ async fn main() -> anyhow::Result<()> {
         ])
     };
     let mut stack = Stack::start(opts).await?;
-    let mut keys = Vec::with_capacity(USERS);
-    for i in 0..USERS {
-        keys.push(stack.user(&format!("vu{i}@example.com")).await?.1);
-    }
-    let image_url = stack.input_photo_url(&keys[0]).await?;
+    let k6_users = K6Users::create(&stack, USERS, "vu").await?;
     stack.start_worker()?;
     stack.start_worker()?;
-    let keys_file = stack.logs.join("loadtest-keys.txt");
-    std::fs::write(&keys_file, keys.join("\n"))?;
 
-    let script = repo_root().join("deploy/loadtest/edit.js");
-    println!("k6 {} against {} (time scale {scale})", script.display(), stack.gateway_url());
-    let status = tokio::process::Command::new(k6())
-        .arg("run")
-        .arg("--quiet")
-        .arg(&script)
-        .env("BASE_URL", stack.gateway_url())
-        .env("KEYS_FILE", &keys_file)
-        .env("IMAGE_URL", &image_url)
+    println!("k6 deploy/loadtest/edit.js against {} (time scale {scale})", stack.gateway_url());
+    let status = k6_users
+        .k6(&stack, "edit.js")
         .env("TIME_SCALE", scale.to_string())
-        .env("K6_NO_USAGE_REPORT", "true")
         .status()
         .await
-        .with_context(|| format!("running {} (install it with `just tools`)", k6().display()))?;
+        .with_context(|| format!("running {} (`just loadtest` installs it)", k6_path().display()))?;
 
     let (client, conn) = tokio_postgres::connect(&stack.db.direct_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);

@@ -14,8 +14,8 @@ use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context};
 use jewelshot_bench::soak::{process_sample, trend};
-use jewelshot_fal::{PoolKeyConfig, Secret};
-use jewelshot_testkit::{repo_root, venv_tool, Stack, StackOptions, WorkerTweak};
+use jewelshot_bench::{k6_path, K6Users};
+use jewelshot_testkit::{Stack, StackOptions, WorkerTweak};
 
 const ACCOUNTS: usize = 5;
 const WORKERS: usize = 2;
@@ -61,12 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let scale: f64 = std::env::args().nth(2).and_then(|v| v.parse().ok()).unwrap_or(0.05);
     let every: u64 = std::env::var("SOAK_SAMPLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let vus: usize = std::env::var("SOAK_VUS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let keys: Vec<String> = (1..=ACCOUNTS).map(|i| format!("soak-key-{i}")).collect();
-    let pool: Vec<PoolKeyConfig> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| PoolKeyConfig { id: format!("acct{}", i + 1), key: Secret(k.clone()), ..Default::default() })
-        .collect();
+    let (keys, pool) = jewelshot_bench::fal_pool("soak-key", ACCOUNTS);
     // Finished jobs' poll snapshots live an hour, time-scaled like the upstream, so the run
     // reaches its steady state well before the judged span.
     let final_ttl = ((3600.0 * scale) as u64).max(60);
@@ -109,16 +104,10 @@ async fn main() -> anyhow::Result<()> {
         ..StackOptions::default()
     };
     let mut stack = Stack::start(opts).await?;
-    let mut api_keys = Vec::with_capacity(vus);
-    for i in 0..vus {
-        api_keys.push(stack.user(&format!("soak{i}@example.com")).await?.1);
-    }
-    let image_url = stack.input_photo_url(&api_keys[0]).await?;
+    let k6_users = K6Users::create(&stack, vus, "soak").await?;
     for _ in 0..WORKERS {
         stack.start_worker()?;
     }
-    let keys_file = stack.logs.join("soak-keys.txt");
-    std::fs::write(&keys_file, api_keys.join("\n"))?;
 
     let mut procs: Vec<(String, u32)> =
         vec![("gateway".into(), stack.gateway.pid()), ("emulator".into(), stack.emulator.pid())];
@@ -127,24 +116,16 @@ async fn main() -> anyhow::Result<()> {
     let mut redis = redis::aio::ConnectionManager::new(redis).await?;
     let pg = stack.db.client().await?;
 
-    let script = repo_root().join("deploy/loadtest/soak.js");
-    let k6 = venv_tool("JEWELSHOT_K6", "k6", "k6");
     println!(
         "soak: {minutes} min, {vus} users against {} (upstream time scale {scale}, faults: 5 % submit 500s, 1 % hangs, 3 % failed generations); a sample every {every} s",
         stack.gateway_url()
     );
-    let mut run = tokio::process::Command::new(&k6)
-        .arg("run")
-        .arg("--quiet")
-        .arg(&script)
-        .env("BASE_URL", stack.gateway_url())
-        .env("KEYS_FILE", &keys_file)
-        .env("IMAGE_URL", &image_url)
+    let mut run = k6_users
+        .k6(&stack, "soak.js")
         .env("VUS", vus.to_string())
         .env("DURATION_SECS", ((minutes * 60.0) as u64).to_string())
-        .env("K6_NO_USAGE_REPORT", "true")
         .spawn()
-        .with_context(|| format!("running {} (`just soak` installs it)", k6.display()))?;
+        .with_context(|| format!("running {} (`just soak` installs it)", k6_path().display()))?;
 
     let start = tokio::time::Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
