@@ -27,10 +27,12 @@ pub struct Config {
 
 impl Config {
     pub fn load() -> Result<Self, Failure> {
-        Figment::from(Serialized::defaults(Config::default()))
+        let cfg: Self = Figment::from(Serialized::defaults(Config::default()))
             .merge(Env::prefixed("JEWELSHOT_").split("__"))
             .extract()
-            .map_err(|e| Failure::usage(format!("reading JEWELSHOT_* configuration: {e}")))
+            .map_err(|e| Failure::usage(format!("reading JEWELSHOT_* configuration: {e}")))?;
+        cfg.queue.check_line(&cfg.fal).map_err(Failure::usage)?;
+        Ok(cfg)
     }
 }
 

@@ -225,6 +225,7 @@ impl Config {
         cfg.gateway.proxies().map_err(anyhow::Error::msg)?;
         cfg.jwt.validate().map_err(anyhow::Error::msg)?;
         cfg.cors.validate().map_err(anyhow::Error::msg)?;
+        cfg.queue.check_line(&cfg.fal).map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
 }

@@ -26,9 +26,10 @@ use apalis_core::{
     backend::TaskSink,
     task::{builder::TaskBuilder, task_id::TaskId},
 };
-use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use apalis_redis::{Config, RedisStorage};
 use chrono::{DateTime, Utc};
 use jewelshot_domain::JobId;
+pub use jewelshot_ratelimit::conn::{check_cluster_key, RedisConn, CLUSTER_SLOT_KEY, CLUSTER_TAG};
 use serde::{Deserialize, Serialize};
 
 pub mod fleet;
@@ -44,7 +45,12 @@ pub struct EditTask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QueueConfig {
+    /// `redis://` or `rediss://`; with [`QueueConfig::cluster`], one or more of the cluster's
+    /// nodes, comma-separated (the client learns the rest from them).
     pub redis_url: String,
+    /// Redis Cluster: every key in one hash slot, which the queue name must choose with the tag
+    /// [`CLUSTER_TAG`] (checked at connect).
+    pub cluster: bool,
     /// Prefix of every Redis key of the queue.
     pub name: String,
     /// Longest wait for one Redis command, in milliseconds.
@@ -57,10 +63,24 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             name: "jewelshot:edits".into(),
             timeout_ms: 3_000,
             snapshots: Default::default(),
         }
+    }
+}
+
+impl QueueConfig {
+    /// In cluster mode, the dispatch line's and the limiter's keys (`JEWELSHOT_FAL__LIMITER_PREFIX`,
+    /// by default under the queue name) must share the queue's slot: scripts use both at once.
+    /// Every binary checks this with its configuration, at start.
+    pub fn check_line(&self, line: &jewelshot_ratelimit::LineSettings) -> Result<(), String> {
+        if !self.cluster {
+            return Ok(());
+        }
+        check_cluster_key("JEWELSHOT_QUEUE__NAME", &self.name)?;
+        check_cluster_key("JEWELSHOT_FAL__LIMITER_PREFIX", &line.prefix(&self.name))
     }
 }
 
@@ -72,6 +92,8 @@ pub enum QueueError {
     Push(String),
     #[error("queue did not answer in time")]
     Timeout,
+    #[error("queue misconfigured: {0}")]
+    Config(String),
 }
 
 impl QueueError {
@@ -80,7 +102,7 @@ impl QueueError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        true
+        !matches!(self, Self::Config(_))
     }
 }
 
@@ -98,8 +120,8 @@ pub struct QueueDepths {
 /// A handle for pushing jobs; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    storage: RedisStorage<EditTask>,
-    conn: ConnectionManager,
+    storage: RedisStorage<EditTask, RedisConn>,
+    conn: RedisConn,
     timeout: Duration,
 }
 
@@ -120,11 +142,7 @@ impl std::fmt::Debug for Queue {
 /// the ready list) — keeps its payload: apalis-redis's fetch fails outright ("invalid job data
 /// format") on an id without one, and that worker stops. It goes back to the done set for a later
 /// round. Ready ids that lost their payload anyway are dropped from the list.
-pub async fn vacuum_finished(
-    conn: &mut ConnectionManager,
-    cfg: &QueueConfig,
-    batch: usize,
-) -> Result<usize, QueueError> {
+pub async fn vacuum_finished(conn: &mut RedisConn, cfg: &QueueConfig, batch: usize) -> Result<usize, QueueError> {
     const SCRIPT: &str = r"
         local removed = 0
         local workers = redis.call('ZRANGE', KEYS[6], 0, -1)
@@ -296,11 +314,7 @@ pub fn auth_channel(cfg: &QueueConfig) -> String {
 
 /// Announce a credential change (`key:<id>`, `user:<id>`, `*`) to every gateway; how many
 /// gateways were listening.
-pub async fn announce_auth_change(
-    conn: &mut ConnectionManager,
-    cfg: &QueueConfig,
-    what: &str,
-) -> Result<u64, QueueError> {
+pub async fn announce_auth_change(conn: &mut RedisConn, cfg: &QueueConfig, what: &str) -> Result<u64, QueueError> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let n: u64 =
         tokio::time::timeout(timeout, redis::cmd("PUBLISH").arg(auth_channel(cfg)).arg(what).query_async(conn))
@@ -312,7 +326,7 @@ pub async fn announce_auth_change(
 /// Listen on [`auth_channel`]: a subscription of its own (pub/sub takes a whole connection).
 pub async fn subscribe_auth_changes(cfg: &QueueConfig) -> Result<redis::aio::PubSub, QueueError> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let client = pubsub_client(cfg)?;
     let mut pubsub =
         tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(|_| QueueError::Timeout)??;
     tokio::time::timeout(timeout, pubsub.subscribe(auth_channel(cfg))).await.map_err(|_| QueueError::Timeout)??;
@@ -324,9 +338,35 @@ pub fn apalis_config(cfg: &QueueConfig) -> Config {
     Config::default().queue(&cfg.name)
 }
 
-/// Open a Redis connection manager (it reconnects by itself) with command timeouts.
-pub async fn connect(cfg: &QueueConfig) -> Result<ConnectionManager, QueueError> {
+/// The nodes `redis_url` names (one, or in cluster mode any number, comma-separated).
+fn nodes(cfg: &QueueConfig) -> Vec<&str> {
+    cfg.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// A client for subscriptions (they take a connection of their own). In a cluster, a message
+/// published on any node reaches subscribers on every node, so the first node serves.
+pub fn pubsub_client(cfg: &QueueConfig) -> Result<redis::Client, QueueError> {
+    let first = nodes(cfg).first().copied().ok_or_else(|| QueueError::Config("queue.redis_url is empty".into()))?;
+    Ok(redis::Client::open(first)?)
+}
+
+/// Open a Redis connection that reconnects by itself, with command timeouts: to one server, or
+/// with [`QueueConfig::cluster`] to a Redis Cluster (after checking the queue name's slot).
+pub async fn connect(cfg: &QueueConfig) -> Result<RedisConn, QueueError> {
     let timeout = Duration::from_millis(cfg.timeout_ms);
+    if cfg.cluster {
+        check_cluster_key("JEWELSHOT_QUEUE__NAME", &cfg.name).map_err(QueueError::Config)?;
+        let client = redis::cluster::ClusterClientBuilder::new(nodes(cfg))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()?;
+        return tokio::time::timeout(timeout, client.get_async_connection())
+            .await
+            .map_err(|_| QueueError::Timeout)?
+            .map(RedisConn::from)
+            .map_err(QueueError::from);
+    }
     let client = redis::Client::open(cfg.redis_url.as_str())?;
     let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
@@ -335,6 +375,7 @@ pub async fn connect(cfg: &QueueConfig) -> Result<ConnectionManager, QueueError>
     tokio::time::timeout(timeout, client.get_connection_manager_with_config(mgr_cfg))
         .await
         .map_err(|_| QueueError::Timeout)?
+        .map(RedisConn::from)
         .map_err(QueueError::from)
 }
 
@@ -344,7 +385,7 @@ impl Queue {
     }
 
     /// A queue over an open connection.
-    pub fn with_connection(conn: ConnectionManager, cfg: &QueueConfig) -> Self {
+    pub fn with_connection(conn: RedisConn, cfg: &QueueConfig) -> Self {
         let storage = RedisStorage::new(conn.clone()).with_config(apalis_config(cfg));
         Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms) }
     }
@@ -439,7 +480,7 @@ impl Queue {
     }
 
     /// The Redis connection (shared, auto-reconnecting).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 }

@@ -45,16 +45,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod capacity;
+pub mod conn;
 mod line;
 
 pub use capacity::{Capacity, KeyStatus, RateWindow};
+pub use conn::RedisConn;
 
 /// ETAs use the mean generation time over this many seconds.
 pub const GENERATION_WINDOW_SECS: u64 = 3_600;
@@ -122,7 +123,7 @@ impl LineSettings {
 
     /// A limiter that reads the line and the pool but holds no keys of its own (gateways, the
     /// CLI): positions, capacity, enqueue and remove.
-    pub fn reader(&self, conn: ConnectionManager, queue_name: &str, timeout: Duration) -> Limiter {
+    pub fn reader(&self, conn: impl Into<RedisConn>, queue_name: &str, timeout: Duration) -> Limiter {
         let mut cfg = LimiterConfig::new(self.prefix(queue_name));
         cfg.timeout = timeout;
         Limiter::new(conn, cfg, Vec::new())
@@ -214,7 +215,7 @@ pub enum Decision {
 /// The fleet-wide limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     cfg: Arc<LimiterConfig>,
     keys: Arc<Vec<PoolKey>>,
     scripts: Arc<Scripts>,
@@ -233,6 +234,9 @@ struct Scripts {
     hold: redis::Script,
     /// Set a key's `cool_until`/`disabled_until` and drop one grant's window entry and lease.
     until: redis::Script,
+    /// Redis's clock, read on the node that holds `KEYS[1]` (in a cluster, the one every other
+    /// script runs on).
+    clock: redis::Script,
     line: line::Scripts,
 }
 
@@ -251,6 +255,7 @@ impl Scripts {
                 "{NOW} redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2])) \
                  redis.call('ZREM', KEYS[2], ARGV[3]) redis.call('ZREM', KEYS[3], ARGV[4]) return 1"
             )),
+            clock: redis::Script::new("local t = redis.call('TIME') return {tonumber(t[1]), tonumber(t[2])}"),
             line: line::Scripts::new(),
         }
     }
@@ -265,7 +270,7 @@ impl std::fmt::Debug for Limiter {
 impl Limiter {
     /// A limiter over `keys`. Call [`Limiter::register`] once per process that dispatches and
     /// [`Limiter::spawn_waker`] so waiters wake on releases.
-    pub fn new(conn: ConnectionManager, cfg: LimiterConfig, keys: Vec<PoolKey>) -> Self {
+    pub fn new(conn: impl Into<RedisConn>, cfg: LimiterConfig, keys: Vec<PoolKey>) -> Self {
         let line_keys = [
             "line:high",
             "line:normal",
@@ -278,7 +283,7 @@ impl Limiter {
         .map(|k| format!("{}:{k}", cfg.prefix));
         Self {
             line_keys: Arc::new(line_keys),
-            conn,
+            conn: conn.into(),
             cfg: Arc::new(cfg),
             keys: Arc::new(keys),
             scripts: Arc::new(Scripts::new()),
@@ -539,7 +544,8 @@ impl Limiter {
             })
             .collect();
         keys.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        let (secs, micros): (u64, u64) = self.timed(redis::cmd("TIME").query_async(&mut conn)).await?;
+        let (secs, micros): (u64, u64) =
+            self.timed(self.scripts.clock.key(self.k("registry")).invoke_async(&mut conn)).await?;
         let now = secs as f64 * 1000.0 + micros as f64 / 1000.0;
         let mut pipe = redis::pipe();
         for (key, window) in &keys {
@@ -602,7 +608,7 @@ pub struct WindowHit {
 /// across every process sharing the prefix.
 #[derive(Clone)]
 pub struct WindowLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     script: Arc<redis::Script>,
     timeout: Duration,
@@ -615,8 +621,13 @@ impl std::fmt::Debug for WindowLimiter {
 }
 
 impl WindowLimiter {
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>, timeout: Duration) -> Self {
-        Self { conn, prefix: prefix.into(), script: Arc::new(redis::Script::new(include_str!("window.lua"))), timeout }
+    pub fn new(conn: impl Into<RedisConn>, prefix: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            conn: conn.into(),
+            prefix: prefix.into(),
+            script: Arc::new(redis::Script::new(include_str!("window.lua"))),
+            timeout,
+        }
     }
 
     /// Count one event for `subject` if the limit allows it.

@@ -27,7 +27,7 @@ pub mod tls;
 pub use db::{admin_database_url, fresh_database, fresh_database_on, redis_url, unique_queue_name, TestDb};
 pub use processes::{bin_path, fixture_photo, python, repo_root, venv_tool, Proc};
 pub use servers::{
-    s3s_bin, serve_files, serve_shared_files, PgServer, RedisServer, S3Server, SharedFiles, S3_ACCESS_KEY,
-    S3_SECRET_KEY,
+    s3s_bin, serve_files, serve_shared_files, PgServer, RedisCluster, RedisServer, S3Server, SharedFiles,
+    S3_ACCESS_KEY, S3_SECRET_KEY,
 };
 pub use stack::{config_env, Stack, StackOptions, StorageKind, WorkerTweak};

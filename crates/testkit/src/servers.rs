@@ -131,6 +131,99 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster of the test's own: three masters (`redis-server --cluster-enabled yes`, no
+/// replicas) on free loopback ports, the 16,384 slots spread over them by
+/// `redis-cli --cluster create`, nothing kept on disk beyond each node's `nodes.conf` in `logs`.
+pub struct RedisCluster {
+    pub nodes: Vec<Proc>,
+    pub ports: Vec<u16>,
+    /// Every node, comma-separated: what `JEWELSHOT_QUEUE__REDIS_URL` takes in cluster mode.
+    pub url: String,
+}
+
+impl RedisCluster {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        let (mut nodes, mut ports) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let free =
+                || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+            let (port, bus) = (free()?, free()?);
+            let conf = logs.join(format!("nodes-{port}.conf"));
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &conf.display().to_string(),
+                "--cluster-node-timeout",
+                "5000",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let name = format!("redis-cluster-{port}");
+            nodes.push(Proc::spawn_path(
+                &name,
+                Path::new("redis-server"),
+                &args,
+                &HashMap::new(),
+                logs,
+                Some("Ready to accept"),
+            )?);
+            ports.push(port);
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every node must agree that all slots are served before a client may rely on the map.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for p in &ports {
+            loop {
+                let info =
+                    std::process::Command::new("redis-cli").args(["-p", &p.to_string(), "cluster", "info"]).output()?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                anyhow::ensure!(std::time::Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        let url = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        Ok(Self { nodes, ports, url })
+    }
+
+    /// `redis-cli` on every node: `CLUSTER COUNTKEYSINSLOT slot` → (port, keys) for the node
+    /// that serves `slot` (the others answer 0).
+    pub fn keys_in_slot(&self, slot: u16) -> anyhow::Result<Vec<(u16, u64)>> {
+        let mut out = Vec::new();
+        for p in &self.ports {
+            let o = std::process::Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "cluster", "countkeysinslot", &slot.to_string()])
+                .output()?;
+            out.push((*p, String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)));
+        }
+        Ok(out)
+    }
+}
+
 /// A PostgreSQL server of the run's own (so a fault-injection run may restart it): `initdb` into
 /// a temporary directory, `postgres` on a free loopback port, trust auth, no fsync. As root it
 /// runs as the `postgres` user (PostgreSQL refuses root).

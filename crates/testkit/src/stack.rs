@@ -122,6 +122,9 @@ pub struct StackOptions {
     /// Postgres and Redis servers of the stack's own, the gateway and workers reaching both over
     /// TLS only (`sslmode=require`, `rediss://`) with a CA of the test's own (`SSL_CERT_FILE`).
     pub tls: bool,
+    /// A Redis Cluster of the stack's own (three masters): the processes run in cluster mode and
+    /// the queue name carries the hash tag cluster mode requires.
+    pub redis_cluster: bool,
 }
 
 impl StackOptions {
@@ -151,6 +154,7 @@ impl Default for StackOptions {
             files_dir: None,
             storage: StorageKind::Local,
             tls: false,
+            redis_cluster: false,
         }
     }
 }
@@ -182,6 +186,8 @@ pub struct Stack {
     pub redis: Option<RedisServer>,
     /// With [`StackOptions::tls`]: the stack's Postgres, its CA and what the processes connect to.
     pub tls: Option<StackTls>,
+    /// With [`StackOptions::redis_cluster`]: the cluster.
+    pub cluster: Option<crate::servers::RedisCluster>,
     /// Where this stack's services store images.
     /// The storage every process of the stack shares (its signing key included).
     pub storage: StorageConfig,
@@ -196,7 +202,10 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
-        let queue_name = unique_queue_name();
+        let mut queue_name = unique_queue_name();
+        if opts.redis_cluster {
+            queue_name = format!("{}:{queue_name}", jewelshot_queue::CLUSTER_TAG);
+        }
         let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
         std::fs::create_dir_all(&logs)?;
         let (mut tls, mut redis) = (None, None);
@@ -233,7 +242,11 @@ impl Stack {
         if opts.own_redis && redis.is_none() {
             redis = Some(RedisServer::start(&logs)?);
         }
-        let redis_url = redis.as_ref().map_or_else(redis_url, |r| r.url.clone());
+        let cluster = if opts.redis_cluster { Some(crate::servers::RedisCluster::start(&logs)?) } else { None };
+        let redis_url = match &cluster {
+            Some(c) => c.url.clone(),
+            None => redis.as_ref().map_or_else(redis_url, |r| r.url.clone()),
+        };
         let mut storage = StorageConfig::default();
         storage.local.root = files.clone();
         // One key for the stack's gateway and workers: a worker's URLs verify at the gateway.
@@ -252,6 +265,7 @@ impl Stack {
             ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "4".into()),
             ("JEWELSHOT_QUEUE__REDIS_URL".into(), redis_url.clone()),
             ("JEWELSHOT_QUEUE__NAME".into(), queue_name.clone()),
+            ("JEWELSHOT_QUEUE__CLUSTER".into(), cluster.is_some().to_string()),
             ("JEWELSHOT_WEBHOOK__ALLOW_INSECURE".into(), "true".into()),
         ]);
         env.extend(config_env("JEWELSHOT_STORAGE", &storage, &StorageConfig::default())?);
@@ -282,6 +296,7 @@ impl Stack {
             s3,
             redis,
             tls,
+            cluster,
             storage,
             gateway_env,
             more_gateways: Vec::new(),
@@ -302,6 +317,9 @@ impl Stack {
         let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+        if self.cluster.is_some() {
+            return Ok(()); // the cluster is the stack's own and goes with it
+        }
         let mut redis = redis::Client::open(self.redis_url())?.get_multiplexed_async_connection().await?;
         let pattern = format!("{}*", self.queue_name);
         let mut cursor = 0u64;
@@ -324,8 +342,11 @@ impl Stack {
         }
     }
 
-    /// The Redis this stack uses (its own, or the shared one).
+    /// The Redis this stack uses (its own, the shared one, or its cluster's nodes comma-separated).
     pub fn redis_url(&self) -> String {
+        if let Some(c) = &self.cluster {
+            return c.url.clone();
+        }
         self.redis.as_ref().map_or_else(redis_url, |r| r.url.clone())
     }
 
@@ -395,6 +416,7 @@ impl Stack {
         c.database.pooler = crate::db::pooler();
         c.secrets = self.db.secrets.clone();
         c.queue.redis_url = self.redis_url();
+        c.queue.cluster = self.cluster.is_some();
         if let Some(t) = &self.tls {
             c.database.url = t.database_url.clone();
             c.queue.redis_url = t.redis_url.clone();

@@ -169,6 +169,7 @@ impl Config {
             "JEWELSHOT_WORKER__ORPHAN_AFTER_SECS must exceed twice JEWELSHOT_WORKER__JOB_HEARTBEAT_SECS (≥ 1)"
         );
         self.fal.line.validate().map_err(anyhow::Error::msg)?;
+        self.queue.check_line(&self.fal.line).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(self.worker.poll_interval_ms > 0, "JEWELSHOT_WORKER__POLL_INTERVAL_MS must be at least 1");
         let w = &self.webhook;
         anyhow::ensure!(

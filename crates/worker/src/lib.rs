@@ -84,7 +84,7 @@ async fn handle(task: EditTask, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> 
 /// one (see [`run`]), and the old record, no longer refreshed, expires so that apalis's orphan
 /// recovery hands its in-flight tasks to others.
 fn spawn_keep_alive(
-    conn: redis::aio::ConnectionManager,
+    conn: jewelshot_queue::RedisConn,
     workers_set: String,
     name: Arc<std::sync::Mutex<String>>,
     heartbeat_secs: u64,
@@ -151,7 +151,7 @@ fn spawn_job_heartbeats(ctx: Arc<Ctx>, every: Duration) -> tokio::task::JoinHand
 /// Remove finished tasks' records from Redis every `interval_secs` (see
 /// [`jewelshot_queue::vacuum_finished`]), at most 20 batches of 500 a round.
 fn spawn_vacuum(
-    mut conn: redis::aio::ConnectionManager,
+    mut conn: jewelshot_queue::RedisConn,
     queue: jewelshot_queue::QueueConfig,
     interval_secs: u64,
 ) -> tokio::task::JoinHandle<()> {
@@ -235,7 +235,7 @@ fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
 
 /// What every job of this process shares: Postgres, storage, the fal pool behind the fleet's
 /// limiter (its accounts registered in Redis), webhook deliveries.
-async fn context(cfg: &Config, conn: redis::aio::ConnectionManager, token: CancellationToken) -> anyhow::Result<Ctx> {
+async fn context(cfg: &Config, conn: jewelshot_queue::RedisConn, token: CancellationToken) -> anyhow::Result<Ctx> {
     let db = Db::connect(&cfg.database)?.with_keyring(Keyring::load(&cfg.secrets)?);
     db.ping().await?;
     let store = jewelshot_storage::open(&cfg.storage).await?;
@@ -299,7 +299,7 @@ impl Background {
     fn spawn(
         cfg: &Config,
         ctx: &Arc<Ctx>,
-        conn: redis::aio::ConnectionManager,
+        conn: jewelshot_queue::RedisConn,
         token: CancellationToken,
     ) -> anyhow::Result<Self> {
         let s = &cfg.worker;
@@ -326,7 +326,7 @@ impl Background {
         let tasks = vec![
             tokio::spawn(ctx.snapshots.clone().run(ctx.db.clone())),
             tokio::spawn(fleet.run()),
-            limiter.spawn_waker(redis::Client::open(cfg.queue.redis_url.as_str())?, token.clone()),
+            limiter.spawn_waker(jewelshot_queue::pubsub_client(&cfg.queue)?, token.clone()),
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
             reconciler(cfg, ctx, queue, conn.clone()).spawn(token.clone()),
@@ -361,7 +361,7 @@ fn reconciler(
     cfg: &Config,
     ctx: &Ctx,
     queue: jewelshot_queue::Queue,
-    conn: redis::aio::ConnectionManager,
+    conn: jewelshot_queue::RedisConn,
 ) -> reconciler::Reconciler {
     let apalis = jewelshot_queue::apalis_config(&cfg.queue);
     reconciler::Reconciler {
@@ -391,11 +391,11 @@ fn reconciler(
 fn monitor(
     cfg: &Config,
     ctx: Arc<Ctx>,
-    conn: redis::aio::ConnectionManager,
+    conn: jewelshot_queue::RedisConn,
     current_name: Arc<std::sync::Mutex<String>>,
 ) -> Monitor {
     let s = &cfg.worker;
-    let storage = RedisStorage::<EditTask>::new(conn).with_config(backend_config(cfg));
+    let storage = RedisStorage::<EditTask, jewelshot_queue::RedisConn>::new(conn).with_config(backend_config(cfg));
     let (concurrency, poll_every) = (s.concurrency, Duration::from_millis(s.poll_interval_ms));
     let name = ctx.worker_id.clone();
     let restarts = std::sync::atomic::AtomicUsize::new(0);

@@ -35,7 +35,7 @@ pub struct Reconciler {
     pub limiter: Limiter,
     pub queue: Queue,
     pub keys: QueueKeys,
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: jewelshot_queue::RedisConn,
     /// `<queue>:reconciler`: who leads.
     pub lease_key: String,
     pub worker: String,

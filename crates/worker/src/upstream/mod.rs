@@ -76,7 +76,7 @@ impl Upstream {
         base: &FalClient,
         pool: Vec<ResolvedKey>,
         limiter_cfg: LimiterConfig,
-        conn: redis::aio::ConnectionManager,
+        conn: jewelshot_queue::RedisConn,
     ) -> Self {
         let cfg = base.config();
         let renew_every = (limiter_cfg.lease / 3).max(Duration::from_millis(100));
