@@ -36,6 +36,7 @@ test: services tools s3s build
     -psql postgres://postgres@127.0.0.1:5432/postgres -qAt -c "select 'DROP DATABASE IF EXISTS ' || datname || ';' from pg_database where datname like 'jewelshot_test_%'" 2>/dev/null | psql postgres://postgres@127.0.0.1:5432/postgres -q >/dev/null 2>&1
     cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
     just test-pooler
+    just test-cluster
 
 # The tests of submit, polls, dispatch, steps, the reconciler, requeue and the CLI again, with
 # every process connected through a real PgBouncer in transaction mode (as behind Supabase's
@@ -44,6 +45,17 @@ test-pooler:
     bash deploy/scripts/pgbouncer.sh start 6439
     JEWELSHOT_TEST_PGBOUNCER=127.0.0.1:6439 JEWELSHOT_DATABASE__POOLER=transaction cargo test --no-fail-fast -p jewelshot-db --test it_statements -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline --test e2e_recovery -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2 || { status=$?; bash deploy/scripts/pgbouncer.sh stop; exit $status; }
     bash deploy/scripts/pgbouncer.sh stop
+
+# The same subset on a three-master Redis Cluster this recipe starts (ports from
+# JEWELSHOT_CLUSTER_PORT, 7101): every process in cluster mode, each test's own Redis a cluster of
+# its own (the FLUSHALL and outage tests), every queue name under the cluster's hash tag.
+test-cluster:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    nodes="$(bash deploy/scripts/redis-cluster.sh start "${JEWELSHOT_CLUSTER_PORT:-7101}")"
+    trap 'bash deploy/scripts/redis-cluster.sh stop' EXIT
+    echo "Redis Cluster: $nodes"
+    JEWELSHOT_TEST_REDIS_CLUSTER="$nodes" cargo test --no-fail-fast -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline --test e2e_recovery --test e2e_cluster -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2
 
 # The whole system on this machine: emulator, gateway, two workers; a real edit of a shipped photo.
 demo: services build-deps

@@ -53,6 +53,7 @@ fn jewelshot(stack: &Stack, args: &[&str]) -> Run {
             ("JEWELSHOT_DATABASE__URL", url),
             ("JEWELSHOT_QUEUE__NAME", stack.queue_name.as_str()),
             ("JEWELSHOT_QUEUE__REDIS_URL", redis.as_str()),
+            ("JEWELSHOT_QUEUE__CLUSTER", if stack.cluster_mode { "true" } else { "false" }),
             ("JEWELSHOT_SECRETS__KEYS__TEST", key.as_str()),
         ],
         args,

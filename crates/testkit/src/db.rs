@@ -13,8 +13,31 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The shared Redis: `JEWELSHOT_TEST_REDIS_URL`, or the cluster's nodes under
+/// [`redis_cluster`], or the local server.
 pub fn redis_url() -> String {
+    if let Some(nodes) = redis_cluster() {
+        return nodes;
+    }
     std::env::var("JEWELSHOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `JEWELSHOT_TEST_REDIS_CLUSTER` (the nodes, comma-separated): a Redis Cluster the run shares
+/// (`just test-cluster` starts one). Under it every process a test starts runs in cluster mode,
+/// every queue name carries the cluster's hash tag, and a test's "own Redis" is a cluster too.
+pub fn redis_cluster() -> Option<String> {
+    std::env::var("JEWELSHOT_TEST_REDIS_CLUSTER").ok().filter(|v| !v.is_empty())
+}
+
+/// A queue configuration on the shared Redis (cluster mode under [`redis_cluster`]) with a
+/// name of its own.
+pub fn queue_config() -> jewelshot_queue::QueueConfig {
+    jewelshot_queue::QueueConfig {
+        redis_url: redis_url(),
+        cluster: redis_cluster().is_some(),
+        name: unique_queue_name(),
+        ..Default::default()
+    }
 }
 
 /// How tests reach Postgres: `JEWELSHOT_DATABASE__POOLER` as the processes read it (`none`
@@ -110,5 +133,9 @@ pub async fn fresh_database_on(admin: &str) -> anyhow::Result<TestDb> {
 
 /// A queue name no other test uses.
 pub fn unique_queue_name() -> String {
-    format!("jewelshot-test:{}", ulid::Ulid::generate())
+    let name = format!("jewelshot-test:{}", ulid::Ulid::generate());
+    match redis_cluster() {
+        Some(_) => format!("{}:{name}", jewelshot_queue::CLUSTER_TAG),
+        None => name,
+    }
 }

@@ -24,7 +24,10 @@ pub mod servers;
 pub mod stack;
 pub mod tls;
 
-pub use db::{admin_database_url, fresh_database, fresh_database_on, redis_url, unique_queue_name, TestDb};
+pub use db::{
+    admin_database_url, fresh_database, fresh_database_on, queue_config, redis_cluster, redis_url, unique_queue_name,
+    TestDb,
+};
 pub use processes::{bin_path, fixture_photo, python, repo_root, venv_tool, Proc};
 pub use servers::{
     s3s_bin, serve_files, serve_shared_files, PgServer, RedisCluster, RedisServer, S3Server, SharedFiles,

@@ -139,14 +139,21 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
     /// Every node, comma-separated: what `JEWELSHOT_QUEUE__REDIS_URL` takes in cluster mode.
     pub url: String,
+    args: Vec<Vec<String>>,
+    logs: PathBuf,
 }
 
 impl RedisCluster {
     pub fn start(logs: &Path) -> anyhow::Result<Self> {
-        let (mut nodes, mut ports) = (Vec::new(), Vec::new());
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            url: String::new(),
+            args: Vec::new(),
+            logs: logs.to_path_buf(),
+        };
         for _ in 0..3 {
-            let free =
-                || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
             let (port, bus) = (free()?, free()?);
             let conf = logs.join(format!("nodes-{port}.conf"));
             let args: Vec<String> = [
@@ -170,20 +177,13 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let name = format!("redis-cluster-{port}");
-            nodes.push(Proc::spawn_path(
-                &name,
-                Path::new("redis-server"),
-                &args,
-                &HashMap::new(),
-                logs,
-                Some("Ready to accept"),
-            )?);
-            ports.push(port);
+            cluster.nodes.push(Self::spawn(port, &args, logs)?);
+            cluster.ports.push(port);
+            cluster.args.push(args);
         }
         let mut create = std::process::Command::new("redis-cli");
         create.arg("--cluster").arg("create");
-        for p in &ports {
+        for p in &cluster.ports {
             create.arg(format!("127.0.0.1:{p}"));
         }
         let out = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output()?;
@@ -193,21 +193,56 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // Every node must agree that all slots are served before a client may rely on the map.
+        cluster.wait_ok()?;
+        cluster.url = cluster.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        Ok(cluster)
+    }
+
+    fn spawn(port: u16, args: &[String], logs: &Path) -> anyhow::Result<Proc> {
+        let name = format!("redis-cluster-{port}");
+        Proc::spawn_path(&name, Path::new("redis-server"), args, &HashMap::new(), logs, Some("Ready to accept"))
+    }
+
+    fn cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+        let out = std::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every node must agree that all slots are served before a client may rely on the map.
+    fn wait_ok(&self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        for p in &ports {
-            loop {
-                let info =
-                    std::process::Command::new("redis-cli").args(["-p", &p.to_string(), "cluster", "info"]).output()?;
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
+        for p in &self.ports {
+            while !Self::cli(*p, &["cluster", "info"])?.contains("cluster_state:ok") {
                 anyhow::ensure!(std::time::Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        let url = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        Ok(Self { nodes, ports, url })
+        Ok(())
+    }
+
+    /// `FLUSHALL` on every node.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        for p in &self.ports {
+            anyhow::ensure!(Self::cli(*p, &["flushall"])?.trim() == "OK", "FLUSHALL on {p}");
+        }
+        Ok(())
+    }
+
+    /// Kill every node (an outage of the whole cluster).
+    pub fn kill(&mut self) {
+        for n in &mut self.nodes {
+            n.sigkill();
+        }
+    }
+
+    /// Start every node again on its port, empty; each rejoins with its `nodes.conf` (its id and
+    /// slots), as a restarted cluster does.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        for (i, args) in self.args.iter().enumerate() {
+            self.nodes[i] = Self::spawn(self.ports[i], args, &self.logs)?;
+        }
+        self.wait_ok()
     }
 
     /// `redis-cli` on every node: `CLUSTER COUNTKEYSINSLOT slot` → (port, keys) for the node
@@ -215,12 +250,19 @@ impl RedisCluster {
     pub fn keys_in_slot(&self, slot: u16) -> anyhow::Result<Vec<(u16, u64)>> {
         let mut out = Vec::new();
         for p in &self.ports {
-            let o = std::process::Command::new("redis-cli")
-                .args(["-p", &p.to_string(), "cluster", "countkeysinslot", &slot.to_string()])
-                .output()?;
-            out.push((*p, String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)));
+            let n = Self::cli(*p, &["cluster", "countkeysinslot", &slot.to_string()])?;
+            out.push((*p, n.trim().parse().unwrap_or(0)));
         }
         Ok(out)
+    }
+
+    /// `DBSIZE` summed over the nodes.
+    pub fn keys(&self) -> anyhow::Result<u64> {
+        let mut all = 0;
+        for p in &self.ports {
+            all += Self::cli(*p, &["dbsize"])?.trim().parse::<u64>().unwrap_or(0);
+        }
+        Ok(all)
     }
 }
 

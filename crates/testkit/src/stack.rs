@@ -186,8 +186,11 @@ pub struct Stack {
     pub redis: Option<RedisServer>,
     /// With [`StackOptions::tls`]: the stack's Postgres, its CA and what the processes connect to.
     pub tls: Option<StackTls>,
-    /// With [`StackOptions::redis_cluster`]: the cluster.
+    /// With [`StackOptions::redis_cluster`] (or `own_redis` under `just test-cluster`): the
+    /// stack's own cluster.
     pub cluster: Option<crate::servers::RedisCluster>,
+    /// The processes run in Redis Cluster mode (on [`Stack::cluster`] or the run's cluster).
+    pub cluster_mode: bool,
     /// Where this stack's services store images.
     /// The storage every process of the stack shares (its signing key included).
     pub storage: StorageConfig,
@@ -202,8 +205,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
+        // Cluster mode: asked for, or the run's Redis is a cluster (`just test-cluster`), where a
+        // test's own Redis is a cluster of its own.
+        let cluster_mode = opts.redis_cluster || (crate::db::redis_cluster().is_some() && !opts.tls);
+        let own_cluster = opts.redis_cluster || (cluster_mode && opts.own_redis);
         let mut queue_name = unique_queue_name();
-        if opts.redis_cluster {
+        if cluster_mode && !queue_name.starts_with(jewelshot_queue::CLUSTER_TAG) {
             queue_name = format!("{}:{queue_name}", jewelshot_queue::CLUSTER_TAG);
         }
         let logs = std::env::temp_dir().join(format!("jewelshot-test-logs/{}", queue_name.replace(':', "-")));
@@ -239,10 +246,10 @@ impl Stack {
         eargs.extend(opts.emulator_args.iter().cloned());
         let emulator = Proc::spawn("emulator", "fal-emulator", &eargs, &HashMap::new(), &logs, true)?;
 
-        if opts.own_redis && redis.is_none() {
+        if opts.own_redis && redis.is_none() && !own_cluster {
             redis = Some(RedisServer::start(&logs)?);
         }
-        let cluster = if opts.redis_cluster { Some(crate::servers::RedisCluster::start(&logs)?) } else { None };
+        let cluster = if own_cluster { Some(crate::servers::RedisCluster::start(&logs)?) } else { None };
         let redis_url = match &cluster {
             Some(c) => c.url.clone(),
             None => redis.as_ref().map_or_else(redis_url, |r| r.url.clone()),
@@ -265,7 +272,7 @@ impl Stack {
             ("JEWELSHOT_DATABASE__MAX_CONNECTIONS".into(), "4".into()),
             ("JEWELSHOT_QUEUE__REDIS_URL".into(), redis_url.clone()),
             ("JEWELSHOT_QUEUE__NAME".into(), queue_name.clone()),
-            ("JEWELSHOT_QUEUE__CLUSTER".into(), cluster.is_some().to_string()),
+            ("JEWELSHOT_QUEUE__CLUSTER".into(), cluster_mode.to_string()),
             ("JEWELSHOT_WEBHOOK__ALLOW_INSECURE".into(), "true".into()),
         ]);
         env.extend(config_env("JEWELSHOT_STORAGE", &storage, &StorageConfig::default())?);
@@ -297,6 +304,7 @@ impl Stack {
             redis,
             tls,
             cluster,
+            cluster_mode,
             storage,
             gateway_env,
             more_gateways: Vec::new(),
@@ -317,8 +325,8 @@ impl Stack {
         let (client, conn) = tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
-        if self.cluster.is_some() {
-            return Ok(()); // the cluster is the stack's own and goes with it
+        if self.cluster_mode {
+            return Ok(()); // a cluster is the stack's own or the run's, and goes with it
         }
         let mut redis = redis::Client::open(self.redis_url())?.get_multiplexed_async_connection().await?;
         let pattern = format!("{}*", self.queue_name);
@@ -348,6 +356,50 @@ impl Stack {
             return c.url.clone();
         }
         self.redis.as_ref().map_or_else(redis_url, |r| r.url.clone())
+    }
+
+    /// The queue configuration the stack's processes use (cluster mode included).
+    pub fn queue_config(&self) -> jewelshot_queue::QueueConfig {
+        jewelshot_queue::QueueConfig {
+            redis_url: self.tls.as_ref().map_or_else(|| self.redis_url(), |t| t.redis_url.clone()),
+            cluster: self.cluster_mode,
+            name: self.queue_name.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A connection to the stack's Redis, single node or cluster.
+    pub async fn redis_conn(&self) -> anyhow::Result<jewelshot_queue::RedisConn> {
+        Ok(jewelshot_queue::connect(&self.queue_config()).await?)
+    }
+
+    /// `FLUSHALL` on the stack's own Redis (every node of its own cluster).
+    pub async fn flush_redis(&self) -> anyhow::Result<()> {
+        if let Some(c) = &self.cluster {
+            return c.flush();
+        }
+        let server = self.redis.as_ref().ok_or_else(|| anyhow::anyhow!("the stack has no Redis of its own"))?;
+        let mut conn = redis::Client::open(server.url.as_str())?.get_multiplexed_async_connection().await?;
+        Ok(redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?)
+    }
+
+    /// Kill the stack's own Redis (every node of its own cluster).
+    pub fn kill_redis(&mut self) -> anyhow::Result<()> {
+        match (&mut self.cluster, &mut self.redis) {
+            (Some(c), _) => c.kill(),
+            (None, Some(r)) => r.proc.sigkill(),
+            (None, None) => anyhow::bail!("the stack has no Redis of its own"),
+        }
+        Ok(())
+    }
+
+    /// Start the stack's own Redis again, empty, on the same port(s).
+    pub fn restart_redis(&mut self) -> anyhow::Result<()> {
+        match (&mut self.cluster, &mut self.redis) {
+            (Some(c), _) => c.restart(),
+            (None, Some(r)) => r.restart(),
+            (None, None) => anyhow::bail!("the stack has no Redis of its own"),
+        }
     }
 
     pub fn gateway_url(&self) -> &str {
@@ -416,7 +468,7 @@ impl Stack {
         c.database.pooler = crate::db::pooler();
         c.secrets = self.db.secrets.clone();
         c.queue.redis_url = self.redis_url();
-        c.queue.cluster = self.cluster.is_some();
+        c.queue.cluster = self.cluster_mode;
         if let Some(t) = &self.tls {
             c.database.url = t.database_url.clone();
             c.queue.redis_url = t.redis_url.clone();

@@ -117,8 +117,7 @@ async fn twenty_edits(storage: StorageKind) {
 /// Retention: once the jobs are final, the workers' vacuum (every second here) removes their
 /// task records from Redis — nothing of theirs stays but the queue's bookkeeping.
 async fn assert_redis_forgets_finished_tasks(stack: &Stack) {
-    let client = redis::Client::open(jewelshot_testkit::redis_url().as_str()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let mut conn = stack.redis_conn().await.expect("redis");
     let pattern = format!("{}*", stack.queue_name);
     let started = Instant::now();
     loop {

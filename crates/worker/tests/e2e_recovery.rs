@@ -42,9 +42,7 @@ async fn e2e_redis_flushall_mid_run_every_job_completes() {
         assert!(started.elapsed() < Duration::from_secs(60), "nothing completes:\n{}", stack.worker_logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let client = redis::Client::open(stack.redis_url().as_str()).expect("url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.expect("FLUSHALL");
+    stack.flush_redis().await.expect("FLUSHALL");
     let flushed = Instant::now();
 
     let mut done: HashMap<String, Value> = HashMap::new();
@@ -92,7 +90,7 @@ async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
     let input = stack.input_photo_url(&key).await.expect("input");
     stack.start_worker().expect("worker");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stack.redis.as_mut().expect("own redis").proc.sigkill();
+    stack.kill_redis().expect("kill redis");
 
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -108,7 +106,7 @@ async fn e2e_submissions_while_redis_is_down_run_when_it_returns() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back = Instant::now();
-    stack.redis.as_mut().expect("own redis").restart().expect("restart redis");
+    stack.restart_redis().expect("restart redis");
     for id in &ids {
         let job = stack.wait_final(&key, id, Duration::from_secs(60)).await.expect("final");
         assert_eq!(job["status"], "complete", "{job}\n{}", stack.worker_logs());

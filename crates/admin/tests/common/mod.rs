@@ -23,7 +23,8 @@ pub fn jewelshot_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> (bo
     let out = cmd
         .args(args)
         .env("JEWELSHOT_QUEUE__NAME", &stack.queue_name)
-        .env("JEWELSHOT_QUEUE__REDIS_URL", jewelshot_testkit::redis_url())
+        .env("JEWELSHOT_QUEUE__REDIS_URL", stack.redis_url())
+        .env("JEWELSHOT_QUEUE__CLUSTER", stack.cluster_mode.to_string())
         .envs(jewelshot_testkit::config_env("JEWELSHOT_SECRETS", &stack.db.secrets, &Default::default()).expect("env"))
         .envs(env.iter().copied())
         .output()

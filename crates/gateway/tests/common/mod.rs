@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use jewelshot_gateway::{Application, Config};
-use jewelshot_queue::{Queue, QueueConfig};
-use jewelshot_testkit::{redis_url, unique_queue_name, TestDb};
+use jewelshot_queue::Queue;
+use jewelshot_testkit::TestDb;
 use serde_json::Value;
 
 pub struct Api {
@@ -43,7 +43,7 @@ impl Api {
         cfg.database.url = db.url.clone();
         cfg.database.max_connections = 4;
         cfg.database.pooler = jewelshot_testkit::db::pooler();
-        cfg.queue = QueueConfig { redis_url: redis_url(), name: unique_queue_name(), ..Default::default() };
+        cfg.queue = jewelshot_testkit::db::queue_config();
         cfg.storage.local.root = files.path().to_path_buf();
         // Tests submit freely; the limit tests turn the limits back on.
         cfg.limits.submits_per_minute = 0;
