@@ -144,6 +144,12 @@ bench-gateway SECS="10": services build-deps
     cargo build --release --workspace --bins
     ./target/release/jewelshot-bench-gateway {{SECS}}
 
+# I: what idle live-status streams cost a gateway — N streams open (one per queued job), its RSS
+# per stream, its CPU while they idle, how soon a change reaches its stream with all of them open.
+bench-streams N="2000": services build-deps
+    cargo build --release --workspace --bins
+    ./target/release/jewelshot-bench-streams {{N}}
+
 # Thin-path latency under upload load: 4 clients upload a 4 MB photo while one polls its job.
 bench-uploads SECS="20": services build-deps
     cargo build --release --workspace --bins

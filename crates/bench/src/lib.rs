@@ -7,10 +7,34 @@
 //! - [`fill_queue`] — queue a large backlog straight into Postgres and the dispatch line.
 //! - [`redis_footprint`] — bytes and keys Redis holds under a prefix.
 //! - [`soak`] — the soak's samples and its leak test (a slope against the noise).
-//! - `src/bin/` — `jewelshot-demo`, `jewelshot-bench-{uploads,upstream,position,backlog}`,
+//! - [`rss_mb`], [`cpu_secs`] — a process's memory and CPU time.
+//! - `src/bin/` — `jewelshot-demo`, `jewelshot-bench-{uploads,upstream,position,backlog,streams}`,
 //!   `jewelshot-loadtest`, `jewelshot-chaos` (the `just` recipes of the same names run them).
 
 pub mod soak;
+
+/// Resident and peak memory of a process, in MB (`/proc/<pid>/status`; 0 when unreadable).
+pub fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// CPU seconds a process has used (user + system, `/proc/<pid>/stat`; 0 when unreadable).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
 
 use jewelshot_testkit::{redis_url, Stack};
 

@@ -51,6 +51,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (STORAGE_CAPACITY, Kind::Gauge, "The configured capacity of object storage in bytes (0 = unknown)"),
     (BANDWIDTH, Kind::Counter, "Bytes moved, by direction: files_served (GET /files), uploads_received, results_downloaded (from fal)"),
     (BANDWIDTH_QUOTA, Kind::Gauge, "The configured monthly bandwidth quota in bytes (0 = none)"),
+    (EVENT_STREAMS, Kind::Gauge, "Live status streams (GET /api/jobs/{id}/events) this gateway holds open"),
 ];
 
 /// The seed's seven critical metrics, in its order, and the names that carry each.
@@ -92,6 +93,7 @@ pub const STORAGE_OBJECTS: &str = "jewelshot_storage_objects";
 pub const STORAGE_CAPACITY: &str = "jewelshot_storage_capacity_bytes";
 pub const BANDWIDTH: &str = "jewelshot_bandwidth_bytes_total";
 pub const BANDWIDTH_QUOTA: &str = "jewelshot_bandwidth_quota_bytes";
+pub const EVENT_STREAMS: &str = "jewelshot_gateway_event_streams";
 
 /// Buckets of the request and step histograms, in seconds.
 pub const LATENCY_BUCKETS: &[f64] =

@@ -162,6 +162,14 @@ pub struct GatewaySettings {
     /// Answer polls from the job snapshots kept in Redis (one round trip, no Postgres); off,
     /// every poll reads Postgres (the same answer, slower).
     pub poll_snapshots: bool,
+    /// Live status streams (`GET /api/jobs/{id}/events`): a comment this often keeps an idle
+    /// connection open through proxies, in seconds.
+    pub events_heartbeat_secs: u64,
+    /// A waiting job's stream re-reads its place in line at most this often while the line
+    /// moves, in milliseconds.
+    pub events_line_interval_ms: u64,
+    /// A stream ends after this long (the client reconnects with `Last-Event-ID`), in seconds.
+    pub events_max_secs: u64,
 }
 
 impl Default for GatewaySettings {
@@ -178,6 +186,9 @@ impl Default for GatewaySettings {
             auth_cache_ttl_ms: 5_000,
             auth_cache_entries: 10_000,
             poll_snapshots: true,
+            events_heartbeat_secs: 15,
+            events_line_interval_ms: 500,
+            events_max_secs: 3_600,
         }
     }
 }

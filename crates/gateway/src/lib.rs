@@ -27,6 +27,7 @@ pub mod auth_cache;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod events;
 pub mod jwt;
 pub mod openapi;
 pub mod refresh;
@@ -56,6 +57,8 @@ pub struct Application {
     auth: (std::sync::Arc<auth_cache::AuthCache>, jewelshot_queue::QueueConfig),
     /// The fleet-wide gauges this process samples.
     fleet: jewelshot_queue::fleet::Fleet,
+    /// Live status: the hub and the channel it follows.
+    events: (std::sync::Arc<events::EventHub>, String),
 }
 
 impl Application {
@@ -88,6 +91,7 @@ impl Application {
         let state = web::Data::new(state);
         let auth = (state.auth_cache.clone(), state.cfg.queue.clone());
         let fleet = state.fleet();
+        let events = (state.events.clone(), state.limiter.events_channel());
         let metrics = if metrics_listen.is_empty() {
             None
         } else {
@@ -131,7 +135,7 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
-        Ok(Self { server: server.disable_signals().run(), port, metrics, auth, fleet })
+        Ok(Self { server: server.disable_signals().run(), port, metrics, auth, fleet, events })
     }
 
     pub fn port(&self) -> u16 {
@@ -150,9 +154,13 @@ impl Application {
         let summary = tokio::spawn(telemetry::summarize_refusals(std::time::Duration::from_secs(10)));
         let follow = tokio::spawn(auth_cache::follow(self.auth.0.clone(), self.auth.1.clone()));
         let fleet = tokio::spawn(self.fleet.run());
+        let (hub, channel) = self.events;
+        let live = tokio::spawn(events::follow(hub.clone(), self.auth.1.clone(), channel));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");
+            // Live status streams end now (clients reconnect elsewhere) instead of holding the drain.
+            hub.close();
             handle.stop(true).await;
             if let Some(m) = metrics_handle {
                 m.stop(true).await;
@@ -169,6 +177,7 @@ impl Application {
         summary.abort();
         follow.abort();
         fleet.abort();
+        live.abort();
         Ok(())
     }
 }

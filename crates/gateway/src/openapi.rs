@@ -49,6 +49,7 @@ impl Modify for BearerAuth {
     paths(
         crate::routes::jobs::submit,
         crate::routes::jobs::get,
+        crate::routes::jobs::events,
         crate::routes::jobs::list,
         crate::routes::jobs::cancel,
         crate::routes::queue::queue,

@@ -53,6 +53,8 @@ pub struct AppState {
     pub auth_cache: Arc<crate::auth_cache::AuthCache>,
     /// Every pool of this process (its own and each worker thread's), for the connection metrics.
     pub pools: Arc<Mutex<Vec<Db>>>,
+    /// Job announcements for this process's live status streams.
+    pub events: Arc<crate::events::EventHub>,
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -100,6 +102,7 @@ impl AppState {
             auth_failures,
             blocked: Arc::default(),
             pools: Arc::default(),
+            events: crate::events::EventHub::new(),
             auth_cache,
             trusted_proxies,
             file_urls,
@@ -162,6 +165,7 @@ impl AppState {
             jwt: self.jwt.clone(),
             auth_cache: self.auth_cache.clone(),
             pools: self.pools.clone(),
+            events: self.events.clone(),
         }
     }
 

@@ -93,7 +93,8 @@ end
 -- A job's record beside the line (its poll snapshot), kept only if `rev` is not older than the
 -- stored one — and, once the record was invalidated (`tomb`), only if it is newer: `data`, and
 -- `member` while the job waits in line ('' = none). Returns 1 if written.
-local function write_record(key, rev, data, member, ttl_ms)
+-- A written record is announced on `events` (its job id, the key's last part) for live status.
+local function write_record(key, rev, data, member, ttl_ms, events)
   local cur = redis.call('HMGET', key, 'rev', 'tomb')
   local held, dead = tonumber(cur[1]), cur[2]
   if held and (held > tonumber(rev) or (dead and held == tonumber(rev))) then return 0 end
@@ -105,5 +106,6 @@ local function write_record(key, rev, data, member, ttl_ms)
     redis.call('HDEL', key, 'member')
   end
   redis.call('PEXPIRE', key, ttl_ms)
+  if events and events ~= '' then redis.call('PUBLISH', events, string.match(key, '[^:]+$')) end
   return 1
 end

@@ -252,7 +252,8 @@ impl Limiter {
             .arg(high_burst.max(1))
             .arg(record.rev)
             .arg(&record.data[..])
-            .arg(record.ttl.as_millis().max(1) as u64);
+            .arg(record.ttl.as_millis().max(1) as u64)
+            .arg(self.events_channel());
         let mut conn = self.conn.clone();
         let (queued, place): (i64, i64) = self.timed(inv.invoke_async(&mut conn)).await?;
         let queued = match queued {
@@ -264,6 +265,12 @@ impl Limiter {
     }
 
     /// Where a job's record lives.
+    /// The channel on which every written job record is announced (the job's id): what live
+    /// status streams follow.
+    pub fn events_channel(&self) -> String {
+        self.k("events")
+    }
+
     pub fn record_key(&self, job: &str) -> String {
         self.k(&format!("job:{job}"))
     }
@@ -285,7 +292,8 @@ impl Limiter {
                     .arg(r.rev)
                     .arg(&r.data[..])
                     .arg(member)
-                    .arg(r.ttl.as_millis().max(1) as u64),
+                    .arg(r.ttl.as_millis().max(1) as u64)
+                    .arg(self.events_channel()),
             );
         }
         let mut conn = self.conn.clone();

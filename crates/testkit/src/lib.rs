@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod otlp;
 pub mod processes;
 pub mod servers;
+pub mod sse;
 pub mod stack;
 pub mod tls;
 

@@ -19,6 +19,7 @@
 use std::{collections::HashMap, path::Path, process::Command};
 
 use anyhow::{bail, Context};
+use jewelshot_bench::rss_mb;
 use jewelshot_testkit::{Stack, StackOptions};
 
 /// One `wrk` run.
@@ -100,20 +101,6 @@ fn pgbench(url: &str, script: &Path, user: &str, secs: u64) -> anyhow::Result<f6
     text.lines()
         .find_map(|l| l.strip_prefix("tps = ").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
         .with_context(|| format!("no tps in pgbench's report:\n{text}"))
-}
-
-/// Resident and peak memory of a process, in MB.
-fn rss_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -83,6 +83,47 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(service::get(&state, &user.0, id).await?))
 }
 
+/// Follow a job live, as Server-Sent Events: each event (`event: job`) carries the whole job as
+/// `GET /api/jobs/{jobId}` answers it, sent when it changes — the place in line counting down,
+/// `processing`, the steps, the final state — and the stream ends after a final state. Its `id`
+/// names the state: reconnecting with `Last-Event-ID` sends the current state at once unless
+/// the client already has it (a state carries its steps, so nothing is missed). A `: keep-alive`
+/// comment comes every 15 s; a stream ends after an hour (reconnect). Any gateway serves any job.
+#[utoipa::path(
+    get, path = "/api/jobs/{job_id}/events", tag = "jobs",
+    params(
+        ("job_id" = String, Path, description = "The job's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event received"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`; each event's `data` is a job", content_type = "text/event-stream", body = JobView),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such job, or not yours", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/api/jobs/{job_id}/events")]
+pub async fn events(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = service::parse_job_id(&path)?;
+    let last =
+        req.headers().get("Last-Event-ID").and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 64).map(str::to_owned);
+    let (stream, view) = crate::events::Stream::open(state, user.0, id, last).await?;
+    let body = futures::stream::unfold((stream, Some(view)), |(mut stream, view)| async move {
+        let bytes = stream.next(view).await?;
+        Some((Ok::<_, actix_web::Error>(bytes), (stream, None)))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {

@@ -13,6 +13,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(jobs::submit)
         .service(jobs::list)
         .service(jobs::get)
+        .service(jobs::events)
         .service(jobs::cancel)
         .service(queue::queue)
         .service(uploads::upload)
