@@ -37,6 +37,7 @@ test: services tools s3s build
     cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
     just test-pooler
     just test-cluster
+    just test-browser
 
 # The tests of submit, polls, dispatch, steps, the reconciler, requeue and the CLI again, with
 # every process connected through a real PgBouncer in transaction mode (as behind Supabase's
@@ -45,6 +46,12 @@ test-pooler:
     bash deploy/scripts/pgbouncer.sh start 6439
     JEWELSHOT_TEST_PGBOUNCER=127.0.0.1:6439 JEWELSHOT_DATABASE__POOLER=transaction cargo test --no-fail-fast -p jewelshot-db --test it_statements -p jewelshot-gateway --test it_api --test it_snapshots -p jewelshot-worker --test e2e_pipeline --test e2e_recovery -p jewelshot-admin --test e2e_requeue --test e2e_cli -- --test-threads 2 || { status=$?; bash deploy/scripts/pgbouncer.sh stop; exit $status; }
     bash deploy/scripts/pgbouncer.sh stop
+
+# Browser tests in headless Chromium (installed if missing; no network but loopback): the API
+# reference at /docs renders the spec offline. Screenshots go to target/browser/.
+test-browser: services build
+    bash deploy/scripts/ensure-browser.sh >/dev/null
+    cargo test --no-fail-fast -p jewelshot-gateway --test browser_docs -- --ignored --test-threads 1
 
 # The same subset on a three-master Redis Cluster this recipe starts (ports from
 # JEWELSHOT_CLUSTER_PORT, 7101): every process in cluster mode, each test's own Redis a cluster of

@@ -16,6 +16,7 @@
 //! - [`stack`] — [`Stack`] (emulator + gateway, workers on demand, wired to one database and
 //!   queue), [`StackOptions`], [`StorageKind`], [`WorkerTweak`], [`config_env`].
 
+pub mod browser;
 pub mod db;
 pub mod hooks;
 pub mod otlp;

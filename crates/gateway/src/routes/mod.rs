@@ -1,5 +1,6 @@
 //! HTTP routes. Handlers only extract, call one service function, and shape the answer.
 
+pub mod docs;
 pub mod files;
 pub mod health;
 pub mod jobs;
@@ -22,5 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(crate::openapi::openapi_json)
+        .service(docs::page)
+        .service(docs::redoc)
         .service(files::file);
 }
