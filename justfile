@@ -48,10 +48,11 @@ test-pooler:
     bash deploy/scripts/pgbouncer.sh stop
 
 # Browser tests in headless Chromium (installed if missing; no network but loopback): the API
-# reference at /docs renders the spec offline. Screenshots go to target/browser/.
+# reference at /docs renders the spec offline; the web client at / uploads, submits, follows the
+# job live and shows the result. Screenshots go to target/browser/.
 test-browser: services build
     bash deploy/scripts/ensure-browser.sh >/dev/null
-    cargo test --no-fail-fast -p jewelshot-gateway --test browser_docs -- --ignored --test-threads 1
+    cargo test --no-fail-fast -p jewelshot-gateway --test browser_docs --test browser_client -- --ignored --test-threads 1
 
 # The same subset on a three-master Redis Cluster this recipe starts (ports from
 # JEWELSHOT_CLUSTER_PORT, 7101): every process in cluster mode, each test's own Redis a cluster of

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless Chromium for `just test-browser` (Debian's `chromium`; as root with apt it is installed,
+# Headless Chromium and its WebDriver for `just test-browser` (Debian's `chromium` and
+# `chromium-driver`; as root with apt it is installed,
 # otherwise the command to run is printed). Prints the browser's path.
 set -euo pipefail
 . "$(dirname "$0")/apt.sh"
@@ -9,8 +10,8 @@ find_browser() {
   done
   return 1
 }
-if ! find_browser >/dev/null; then
-  if can_apt_install; then apt_install chromium fonts-dejavu-core >&2; else
-    echo "error: no Chromium: sudo apt-get install chromium (or set CHROMIUM=/path/to/chrome)" >&2; exit 1; fi
+if ! find_browser >/dev/null || ! command -v chromedriver >/dev/null 2>&1; then
+  if can_apt_install; then apt_install chromium chromium-driver fonts-dejavu-core >&2; else
+    echo "error: no Chromium or chromedriver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi
 fi
 find_browser

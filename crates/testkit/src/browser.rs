@@ -69,3 +69,48 @@ pub fn screenshot(url: &str, path: &Path, (width, height): (u32, u32), budget: D
     anyhow::ensure!(out.status.success() && path.exists(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+/// `chromedriver` on a free loopback port, for tests that click and type (WebDriver); killed on
+/// drop.
+pub struct WebDriver {
+    _proc: crate::Proc,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl WebDriver {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let proc = crate::Proc::spawn_path(
+            "chromedriver",
+            Path::new("chromedriver"),
+            &[format!("--port={port}")],
+            &std::collections::HashMap::new(),
+            logs,
+            Some("started successfully"),
+        )
+        .context("starting chromedriver (Debian package chromium-driver; `just test-browser` installs it)")?;
+        Ok(Self { _proc: proc, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// What to ask chromedriver for: headless Chromium with no network but loopback, a window
+    /// big enough for the pages' layouts.
+    pub fn capabilities() -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        let caps = serde_json::json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium()?.display().to_string(),
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, EXCLUDE localhost",
+                    "--window-size=1280,1400",
+                ],
+            },
+        });
+        match caps {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => anyhow::bail!("capabilities are an object"),
+        }
+    }
+}

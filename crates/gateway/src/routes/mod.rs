@@ -1,5 +1,6 @@
 //! HTTP routes. Handlers only extract, call one service function, and shape the answer.
 
+pub mod client;
 pub mod docs;
 pub mod files;
 pub mod health;
@@ -25,5 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(crate::openapi::openapi_json)
         .service(docs::page)
         .service(docs::redoc)
+        .service(client::index)
+        .service(client::app_js)
+        .service(client::app_css)
         .service(files::file);
 }
