@@ -52,7 +52,7 @@ test-pooler:
 # job live and shows the result. Screenshots go to target/browser/.
 test-browser: services build
     bash deploy/scripts/ensure-browser.sh >/dev/null
-    cargo test --no-fail-fast -p jewelshot-gateway --test browser_docs --test browser_client -- --ignored --test-threads 1
+    cargo test --no-fail-fast -p jewelshot-gateway --test browser_docs --test browser_client --test browser_console -- --ignored --test-threads 1
 
 # The same subset on a three-master Redis Cluster this recipe starts (ports from
 # JEWELSHOT_CLUSTER_PORT, 7101): every process in cluster mode, each test's own Redis a cluster of

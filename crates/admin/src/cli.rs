@@ -53,6 +53,9 @@ pub enum Cmd {
     Requeue(RequeueArgs),
     /// Run the upload compression pipeline on a file and report what it did.
     Compress(CompressArgs),
+    /// Make an operator token for the console at `/admin`: prints the token (not kept anywhere)
+    /// and the SHA-256 digest the gateways are configured with.
+    ConsoleToken,
     /// Exit 0 if URL answers 2xx within the timeout, else 1: the containers' health check
     /// (`jewelshot probe http://127.0.0.1:8080/healthz`), with no curl in the image.
     Probe {

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Cmd::Compress(args) => cmd::compress::run(&args, json),
         Cmd::Probe { url, timeout_ms } => cmd::probe::run(&url, timeout_ms, json),
         Cmd::Secrets { cmd: cli::SecretsCmd::NewKey { id } } => cmd::secrets::new_key(&id, json),
+        Cmd::ConsoleToken => cmd::secrets::console_token(json),
         cmd => run(cmd, json),
     };
     match result {

@@ -60,6 +60,8 @@ codes! {
     METHOD_NOT_ALLOWED = "method-not-allowed", 405, "api", "The route exists but not with this method; `Allow` lists those it has.";
     JOB_NOT_CANCELABLE = "job-not-cancelable", 409, "api", "The job is final; only queued or processing jobs can be canceled.";
     IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused", 409, "api", "The `Idempotency-Key` was used within 24 h for a different request.";
+    JOB_NOT_REQUEUEABLE = "job-not-requeueable", 409, "console", "Only failed jobs, or processing ones whose worker is gone, are requeued.";
+    CONSOLE_READ_ONLY = "console-read-only", 403, "console", "The operator console is read-only (`JEWELSHOT_CONSOLE__READ_ONLY`).";
     TOO_MANY_UPLOADS = "too-many-uploads", 429, "api", "The user already has the most uploads in progress that are allowed at once.";
     REQUEST_TIMEOUT = "request-timeout", 408, "api", "The request body did not arrive in time.";
     TOO_MANY_AUTH_FAILURES = "too-many-auth-failures", 429, "api", "Too many unknown keys from this address this minute (see `Retry-After`).";

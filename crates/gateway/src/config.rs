@@ -33,6 +33,8 @@ pub struct Config {
     pub monitoring: jewelshot_domain::monitoring::MonitoringSettings,
     /// `JEWELSHOT_CORS__*`: browsers on other origins (off until origins are listed).
     pub cors: crate::cors::CorsSettings,
+    /// `JEWELSHOT_CONSOLE__*`: the operator console at `/admin`.
+    pub console: crate::console::ConsoleSettings,
 }
 
 /// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.

@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod auth_cache;
 pub mod config;
+pub mod console;
 pub mod cors;
 pub mod error;
 pub mod events;

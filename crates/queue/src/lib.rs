@@ -306,6 +306,42 @@ pub async fn put_back(
     Ok(Placed::Line)
 }
 
+/// What [`requeue`] did with one job.
+#[derive(Debug)]
+pub enum Requeued {
+    /// Back in line or in a task of its own.
+    Done(Placed),
+    /// It changed since it was listed (another requeue, a cancel): left alone.
+    Skipped,
+    /// Redis refused it: the job was failed again as it was, so a later requeue finds it.
+    NotEnqueued(QueueError),
+}
+
+/// Requeue one failed or stuck job — the CLI's `requeue` and the operator console share this:
+/// its row reset (finished steps kept unless `from_start`), then put back where it belongs
+/// ([`put_back`]). Safe to repeat: a job changed since `job` was read is skipped.
+pub async fn requeue(
+    db: &jewelshot_db::Db,
+    line: &jewelshot_ratelimit::Limiter,
+    queue: &Queue,
+    job: &jewelshot_db::jobs::JobRow,
+    from_start: bool,
+) -> Result<Requeued, jewelshot_db::DbError> {
+    let Some(row) = db.requeue_job(job, from_start).await? else { return Ok(Requeued::Skipped) };
+    let started = db.generate_started(row.id).await?;
+    match put_back(line, queue, &row, started).await {
+        Ok(placed) => {
+            tracing::info!(job_id = %row.id, ?placed, "job requeued");
+            Ok(Requeued::Done(placed))
+        }
+        Err(e) => {
+            let code = job.error_code.as_deref().unwrap_or("requeue-failed");
+            db.fail_job(row.id, code, job.error_message.as_deref().unwrap_or("")).await?;
+            Ok(Requeued::NotEnqueued(e))
+        }
+    }
+}
+
 /// The Redis channel on which credential changes are announced to every gateway (their
 /// credential caches drop what a message names): `key:<api key id>`, `user:<user id>`, or `*`.
 pub fn auth_channel(cfg: &QueueConfig) -> String {
@@ -456,6 +492,20 @@ impl Queue {
         .await
         .map_err(|_| QueueError::Timeout)??;
         Ok(n)
+    }
+
+    /// Every worker process apalis-redis knows, with the Unix time of its last heartbeat, newest
+    /// first.
+    pub async fn workers(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let cfg = self.storage.get_config();
+        let mut conn = self.conn.clone();
+        let workers: Vec<(String, f64)> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("ZREVRANGE").arg(cfg.workers_set()).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout)??;
+        Ok(workers.into_iter().map(|(w, at)| (w, at.max(0.0) as u64)).collect())
     }
 
     /// Depths of the queue's Redis structures.

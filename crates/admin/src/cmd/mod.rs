@@ -30,5 +30,6 @@ pub async fn run(cmd: Cmd, app: &App) -> Result<(), Failure> {
         Cmd::Requeue(args) => requeue::run(&args, app).await,
         Cmd::Compress(args) => compress::run(&args, app.json),
         Cmd::Probe { url, timeout_ms } => probe::probe(&url, timeout_ms, app.json).await,
+        Cmd::ConsoleToken => secrets::console_token(app.json),
     }
 }

@@ -65,19 +65,12 @@ async fn requeue_all(app: &App, candidates: &[JobRow], from_start: bool, report:
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for job in candidates {
-        match app.db.requeue_job(job, from_start).await? {
-            None => report.skipped += 1, // changed since it was listed (e.g. another requeue)
-            Some(row) => {
-                let started = app.db.generate_started(row.id).await?;
-                match jewelshot_queue::put_back(&line, &queue, &row, started).await {
-                    Ok(_) => report.requeued += 1,
-                    Err(e) => {
-                        // Not in Redis: put it back as it was, so a later run finds it again.
-                        let code = job.error_code.as_deref().unwrap_or("requeue-failed");
-                        app.db.fail_job(row.id, code, job.error_message.as_deref().unwrap_or("")).await?;
-                        report.failed.push(NotEnqueued { id: row.id.to_string(), error: e.to_string() });
-                    }
-                }
+        match jewelshot_queue::requeue(&app.db, &line, &queue, job, from_start).await? {
+            jewelshot_queue::Requeued::Done(_) => report.requeued += 1,
+            // Changed since it was listed (e.g. another requeue).
+            jewelshot_queue::Requeued::Skipped => report.skipped += 1,
+            jewelshot_queue::Requeued::NotEnqueued(e) => {
+                report.failed.push(NotEnqueued { id: job.id.to_string(), error: e.to_string() })
             }
         }
         bar.inc(1);

@@ -116,3 +116,28 @@ impl Report for Rewrapped {
         format!("sealed {} secrets under the current key; {} could not be opened\n", self.resealed, self.unopenable)
     }
 }
+
+/// `jewelshot console-token`: a new operator token and its digest.
+pub fn console_token(json: bool) -> Result<(), Failure> {
+    use sha2::Digest;
+    let token = format!("jso_{}", random_key().trim_end_matches('='));
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    print(&ConsoleToken { env: format!("JEWELSHOT_CONSOLE__TOKEN_HASHES=[\"{digest}\"]"), digest, token }, json)
+}
+
+#[derive(Serialize)]
+struct ConsoleToken {
+    token: String,
+    digest: String,
+    env: String,
+}
+
+impl Report for ConsoleToken {
+    fn text(&self) -> String {
+        format!(
+            "operator token: {}\n{}\n# give the token to the operator (it is not kept); set the digest on every gateway, \
+             beside the digests already there\n",
+            self.token, self.env
+        )
+    }
+}

@@ -1,6 +1,7 @@
 //! HTTP routes. Handlers only extract, call one service function, and shape the answer.
 
 pub mod client;
+pub mod console;
 pub mod docs;
 pub mod files;
 pub mod health;
@@ -29,5 +30,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(client::index)
         .service(client::app_js)
         .service(client::app_css)
+        .service(console::page)
+        .service(console::script)
+        .service(console::overview)
+        .service(console::requeue)
+        .service(console::cancel)
         .service(files::file);
 }
