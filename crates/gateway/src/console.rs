@@ -249,7 +249,15 @@ pub async fn requeue(state: &AppState, id: JobId) -> Result<ActionResult, ApiErr
         });
     }
     let outcome = match jewelshot_queue::requeue(&state.db, &state.limiter, &state.queue, &job, false).await? {
-        jewelshot_queue::Requeued::Done(placed) => format!("requeued ({placed:?})").to_lowercase(),
+        jewelshot_queue::Requeued::Done(placed) => {
+            // Polls read the snapshot in Redis: it must say `queued` now, not `failed` until a
+            // worker picks the job up (the CLI's publisher does the same for `jewelshot requeue`).
+            let snapshots = &state.cfg.queue.snapshots;
+            if let Err(e) = jewelshot_queue::snapshots::publish(&state.limiter, &state.db, snapshots, &[id]).await {
+                tracing::warn!(job_id = %id, error = %e, "requeued, but its poll snapshot was not updated");
+            }
+            format!("requeued ({placed:?})").to_lowercase()
+        }
         jewelshot_queue::Requeued::Skipped => "skipped: it changed meanwhile".into(),
         jewelshot_queue::Requeued::NotEnqueued(e) => return Err(e.into()),
     };

@@ -73,6 +73,9 @@ async fn browser_the_console_shows_a_failed_job_and_requeues_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(result.contains(&format!("{id}: requeued")), "{result}");
+    // A poll says so at once (not the old `failed` until a worker takes it).
+    let (_, now) = stack.get_job(&key, &id).await.expect("poll");
+    assert_ne!(now["status"], "failed", "{now}");
     let done = stack.wait_final(&key, &id, Duration::from_secs(60)).await.expect("final");
     assert_eq!(done["status"], "complete", "requeued from the console: {done}");
     let stats = stack.emulator_stats().await.expect("stats");
