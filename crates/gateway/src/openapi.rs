@@ -102,6 +102,23 @@ pub fn document(allow_insecure_webhooks: bool) -> Value {
                        "description": "Cancel it" },
     });
     doc["paths"]["/api/ai/edit"]["post"]["responses"]["202"]["links"] = links;
+    // A stream's items are Server-Sent Events, each carrying a job as JSON text (OpenAPI 3.2's
+    // way: an event object whose `data` has the job as its content schema).
+    doc["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
+        "type": "object",
+        "description": "One Server-Sent Event: `event: job`, `id` naming the state, `data` the job as JSON.",
+        "required": ["data"],
+        "properties": {
+            "event": { "type": "string", "enum": ["job"] },
+            "id": { "type": "string" },
+            "retry": { "type": "integer" },
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": { "$ref": "#/components/schemas/JobView" }
+            }
+        }
+    });
     doc["paths"]["/api/jobs"]["get"]["responses"]["200"]["links"] = json!({
         "GetFirstJob": { "operationId": "get", "parameters": job("$response.body#/jobs/0/jobId") },
     });
