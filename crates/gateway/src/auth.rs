@@ -175,7 +175,7 @@ pub async fn authenticate(
 }
 
 /// Wait `refused_auth_delay_ms` before a refusal is answered.
-async fn refusal_delay(state: &AppState) {
+pub async fn refusal_delay(state: &AppState) {
     let delay = state.cfg.limits.refused_auth_delay_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

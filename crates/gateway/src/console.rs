@@ -7,7 +7,7 @@
 //! makes a token and its digest). With no digest configured the console answers 404. In
 //! `read_only` mode it shows everything and changes nothing (403 `console-read-only`).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use actix_web::{dev::Payload, FromRequest, HttpRequest};
 use chrono::{DateTime, Utc};
@@ -67,7 +67,7 @@ impl FromRequest for Operator {
                 Some(t) if console.admits(&t) => Ok(Operator),
                 _ => {
                     // As late as any refused credential (a token flood gains nothing).
-                    tokio::time::sleep(Duration::from_millis(state.cfg.limits.refused_auth_delay_ms)).await;
+                    crate::auth::refusal_delay(&state).await;
                     Err(ApiError::Unauthorized)
                 }
             }

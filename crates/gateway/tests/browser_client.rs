@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use jewelshot_testkit::{browser::WebDriver, fixture_photo, repo_root, Stack, StackOptions};
+use jewelshot_testkit::{browser, browser::WebDriver, fixture_photo, Stack, StackOptions};
 use serde_json::json;
 
 async fn text(client: &Client, id: &str) -> String {
@@ -32,9 +32,7 @@ async fn wait_text(client: &Client, id: &str, timeout: Duration, ok: impl Fn(&st
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.expect("screenshot");
-    let dir = repo_root().join("target/browser");
-    std::fs::create_dir_all(&dir).expect("target/browser");
-    std::fs::write(dir.join(name), png).expect("write screenshot");
+    std::fs::write(browser::screenshot_path(name).expect("target/browser"), png).expect("write screenshot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use jewelshot_testkit::{browser::WebDriver, repo_root, Stack, StackOptions};
+use jewelshot_testkit::{browser, browser::WebDriver, Stack, StackOptions};
 use serde_json::json;
 use sha2::Digest;
 
@@ -16,9 +16,7 @@ const TOKEN: &str = "jso_console-test-operator-token";
 
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.expect("screenshot");
-    let dir = repo_root().join("target/browser");
-    std::fs::create_dir_all(&dir).expect("target/browser");
-    std::fs::write(dir.join(name), png).expect("write screenshot");
+    std::fs::write(browser::screenshot_path(name).expect("target/browser"), png).expect("write screenshot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

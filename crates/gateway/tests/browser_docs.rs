@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use jewelshot_testkit::{browser, repo_root, Stack, StackOptions};
+use jewelshot_testkit::{browser, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium: just test-browser"]
@@ -28,7 +28,7 @@ async fn browser_the_docs_page_renders_the_spec_offline() {
         assert!(dom.contains(text), "the rendered page lacks {text:?}:\n{}", &dom[..dom.len().min(3000)]);
     }
     assert!(!dom.contains("Something went wrong"), "Redoc reported an error");
-    let shot = repo_root().join("target/browser/docs.png");
+    let shot = browser::screenshot_path("docs.png").expect("target/browser");
     tokio::task::spawn_blocking(move || browser::screenshot(&url, &shot, (1280, 1600), Duration::from_secs(20)))
         .await
         .expect("join")

@@ -55,6 +55,13 @@ pub fn dump_dom(url: &str, budget: Duration) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where a browser test saves the screenshot `name`: `target/browser/<name>` (the folder made).
+pub fn screenshot_path(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = crate::repo_root().join("target/browser");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.join(name))
+}
+
 /// A screenshot of `url` (`width`×`height`) at `path` (a PNG).
 pub fn screenshot(url: &str, path: &Path, (width, height): (u32, u32), budget: Duration) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {

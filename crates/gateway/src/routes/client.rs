@@ -14,10 +14,11 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    img-src 'self' data: blob: https: http:; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
-fn asset(content_type: &str, body: &'static str) -> HttpResponse {
+/// An embedded page or script under its Content-Security-Policy (the console's pages too).
+pub fn asset(content_type: &str, csp: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::CONTENT_SECURITY_POLICY, csp))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body)
@@ -25,15 +26,15 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 
 #[get("/")]
 pub async fn index() -> HttpResponse {
-    asset("text/html; charset=utf-8", INDEX)
+    asset("text/html; charset=utf-8", CSP, INDEX)
 }
 
 #[get("/app.js")]
 pub async fn app_js() -> HttpResponse {
-    asset("application/javascript; charset=utf-8", APP_JS)
+    asset("application/javascript; charset=utf-8", CSP, APP_JS)
 }
 
 #[get("/app.css")]
 pub async fn app_css() -> HttpResponse {
-    asset("text/css; charset=utf-8", APP_CSS)
+    asset("text/css; charset=utf-8", CSP, APP_CSS)
 }

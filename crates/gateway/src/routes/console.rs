@@ -3,6 +3,7 @@
 
 use actix_web::{get, http::header, post, web, HttpResponse};
 
+use super::client::asset;
 use crate::{console, console::Operator, error::ApiError, service, state::AppState};
 
 const PAGE: &str = include_str!("../../assets/web/console.html");
@@ -11,27 +12,18 @@ const SCRIPT: &str = include_str!("../../assets/web/console.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-fn asset(content_type: &str, body: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(body)
-}
-
 /// The console page (it asks for the operator token; nothing is shown without one).
 #[get("/admin")]
 pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.cfg.console.enabled() {
         return Err(ApiError::NotFound);
     }
-    Ok(asset("text/html; charset=utf-8", PAGE))
+    Ok(asset("text/html; charset=utf-8", CSP, PAGE))
 }
 
 #[get("/admin/console.js")]
 pub async fn script() -> HttpResponse {
-    asset("application/javascript; charset=utf-8", SCRIPT)
+    asset("application/javascript; charset=utf-8", CSP, SCRIPT)
 }
 
 /// Queue depths, the line's head, accounts, workers, running jobs, recent failures, the seven
