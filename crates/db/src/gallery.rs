@@ -112,4 +112,47 @@ impl Db {
             .await?;
         Ok(row.get(0))
     }
+
+    /// Delete `user`'s gallery image `id`: the row, its bytes from the user's account (a cache
+    /// hit's row was never charged), and — when it was the user's own result — the cache entries
+    /// made from it. The object is tombstoned (deleted after [`crate::cache::ORPHAN_GRACE`]) only
+    /// when no other gallery row and no cache entry refers to it: another user's hit on the same
+    /// result keeps it. `None` when the user has no such image. One statement.
+    pub async fn delete_gallery_image(&self, user: UserId, id: &str) -> Result<Option<DeletedImage>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "WITH del AS (
+                    DELETE FROM gallery_images WHERE id = $1 AND user_id = $2
+                    RETURNING storage_key, bytes, shared),
+                 acct AS (
+                    UPDATE user_storage u SET bytes = greatest(u.bytes - d.bytes, 0),
+                           objects = greatest(u.objects - 1, 0), updated_at = now()
+                      FROM del d WHERE u.user_id = $2 AND NOT d.shared
+                    RETURNING 1),
+                 entries AS (
+                    DELETE FROM result_cache r USING del d WHERE r.storage_key = d.storage_key AND NOT d.shared
+                    RETURNING 1),
+                 orphan AS (
+                    INSERT INTO object_tombstones (storage_key, due_at)
+                    SELECT d.storage_key, now() + make_interval(secs => $3) FROM del d
+                     WHERE NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = d.storage_key AND i.id <> $1)
+                       AND (NOT d.shared OR NOT EXISTS (SELECT 1 FROM result_cache r WHERE r.storage_key = d.storage_key))
+                    ON CONFLICT (storage_key) DO NOTHING
+                    RETURNING 1)
+                 SELECT d.storage_key, (SELECT count(*) FROM orphan) > 0 AS orphaned FROM del d",
+                &[&id, &user.to_string(), &crate::cache::ORPHAN_GRACE.as_secs_f64()],
+            )
+            .await?;
+        Ok(row.map(|r| DeletedImage { storage_key: r.get("storage_key"), orphaned: r.get("orphaned") }))
+    }
+}
+
+/// What [`Db::delete_gallery_image`] left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedImage {
+    pub storage_key: String,
+    /// Nothing refers to the object any more: it is deleted after the grace period.
+    pub orphaned: bool,
 }

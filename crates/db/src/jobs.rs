@@ -35,6 +35,13 @@ pub struct JobRow {
     /// The W3C traceparent of the submit's span (V11), when traces are exported: each attempt
     /// continues that trace.
     pub trace_parent: Option<String>,
+    /// Its result-cache key (V12): NULL when not cacheable, `cache: false`, or its input not
+    /// hashed yet.
+    pub cache_key: Option<String>,
+    /// Completed from another job's result, without a fal request of its own.
+    pub cached: bool,
+    /// While waiting: the job whose fal request it shares (it is not in the dispatch line).
+    pub shares_job: Option<JobId>,
 }
 
 pub(crate) fn parse<T: std::str::FromStr>(row: &tokio_postgres::Row, col: &str) -> Result<T> {
@@ -66,6 +73,12 @@ pub(crate) fn job_from_row(row: &tokio_postgres::Row) -> Result<JobRow> {
         finished_at: row.get("finished_at"),
         rev: row.get("rev"),
         trace_parent: row.get("trace_parent"),
+        cache_key: row.get("cache_key"),
+        cached: row.get("cached"),
+        shares_job: row
+            .get::<_, Option<String>>("shares_job")
+            .map(|s| s.parse().map_err(|_| DbError::Corrupt(format!("shares_job = {s:?}"))))
+            .transpose()?,
     })
 }
 
@@ -140,12 +153,14 @@ pub struct OpenJob {
 /// What an idempotent insert found.
 #[derive(Debug)]
 pub enum Inserted {
+    /// Recorded as waiting: it goes in the dispatch line.
     New(Box<JobRow>),
+    /// Completed at once from an identical request's cached result (no fal request).
+    Cached(Box<JobRow>),
+    /// Waiting on an identical job's fal request (`shares_job`): not in the dispatch line.
+    Shared(Box<JobRow>),
     /// The key was used within 24 h: the first job, and whether the request was the same.
-    Existing {
-        job: Box<JobRow>,
-        same_request: bool,
-    },
+    Existing { job: Box<JobRow>, same_request: bool },
 }
 
 /// How [`Db::submit_job`] records a job beside the edit itself.
@@ -158,6 +173,12 @@ pub struct Submission<'a> {
     pub idempotency: Option<(&'a str, &'a str)>,
     /// The submit's trace ([`JobRow::trace_parent`]).
     pub trace_parent: Option<&'a str>,
+    /// The result cache's basis of the request (`jewelshot_domain::cache::basis`); `None` when
+    /// the job may not use the cache.
+    pub cache_basis: Option<&'a str>,
+    /// The storage key of the caller's upload the job reads, if it reads one: its bytes were
+    /// hashed when stored, so the cache is consulted in the submit itself.
+    pub input_key: Option<&'a str>,
 }
 
 impl Db {
@@ -167,17 +188,22 @@ impl Db {
     /// With `queued_cap`, the user's submissions serialise on an advisory lock and the insert is
     /// refused ([`DbError::QueuedCapReached`]) once they have that many jobs waiting.
     pub async fn submit_job(&self, id: JobId, user: UserId, edit: &NewEdit, how: &Submission<'_>) -> Result<Inserted> {
-        let Submission { max_attempts, queued_cap, idempotency, trace_parent } = *how;
+        let Submission { max_attempts, queued_cap, idempotency, trace_parent, cache_basis, input_key } = *how;
         let cap = queued_cap.filter(|c| *c > 0).unwrap_or(0);
-        if cap == 0 && idempotency.is_none() {
+        // A scheduled job never completes before its time: it does not use the cache.
+        let cache_basis = cache_basis.filter(|_| edit.run_at.is_none());
+        let input_key = input_key.filter(|_| cache_basis.is_some());
+        if cap == 0 && idempotency.is_none() && input_key.is_none() {
+            // The input is hashed by the worker that fetches it (`<basis>:` until then).
+            let cache_key = cache_basis.map(|b| format!("{b}:"));
             // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
             // insert rate, measured with pgbench).
             let row = self
                 .conn()
                 .await?
                 .query_one(
-                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent)
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
                     &[
                         &id.to_string(),
                         &user.to_string(),
@@ -188,6 +214,7 @@ impl Db {
                         &edit.run_at,
                         &max_attempts,
                         &trace_parent,
+                        &cache_key,
                     ],
                 )
                 .await?;
@@ -199,7 +226,7 @@ impl Db {
             .await?
             .query_one(
                 "SELECT s.outcome, s.same_request, (s.job).*
-                   FROM jewelshot_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) s",
+                   FROM jewelshot_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) s",
                 &[
                     &id.to_string(),
                     &user.to_string(),
@@ -213,6 +240,8 @@ impl Db {
                     &idempotency.map(|(k, _)| k),
                     &idempotency.map(|(_, h)| h),
                     &trace_parent,
+                    &cache_basis,
+                    &input_key,
                 ],
             )
             .await?;
@@ -221,6 +250,14 @@ impl Db {
             "new" => {
                 self.changed(id);
                 Ok(Inserted::New(Box::new(job_from_row(&row)?)))
+            }
+            "hit" => {
+                self.changed(id);
+                Ok(Inserted::Cached(Box::new(job_from_row(&row)?)))
+            }
+            "shared" => {
+                self.changed(id);
+                Ok(Inserted::Shared(Box::new(job_from_row(&row)?)))
             }
             "existing" => Ok(Inserted::Existing {
                 job: Box::new(job_from_row(&row)?),
@@ -241,7 +278,7 @@ impl Db {
         queued_cap: Option<i64>,
     ) -> Result<JobRow> {
         match self.submit_job(id, user, edit, &Submission { max_attempts, queued_cap, ..Default::default() }).await? {
-            Inserted::New(job) => Ok(*job),
+            Inserted::New(job) | Inserted::Cached(job) | Inserted::Shared(job) => Ok(*job),
             Inserted::Existing { .. } => Err(DbError::Corrupt("a submit without a key found an earlier job".into())),
         }
     }
@@ -301,7 +338,8 @@ impl Db {
             .await?
             .query_one(
                 "SELECT count(*) FROM jobs
-                  WHERE status = 'queued' AND seq <= $1 AND (run_at IS NULL OR run_at <= now())",
+                  WHERE status = 'queued' AND seq <= $1 AND (run_at IS NULL OR run_at <= now())
+                    AND shares_job IS NULL",
                 &[&seq],
             )
             .await?;
@@ -328,7 +366,8 @@ impl Db {
     /// Count the open jobs (queued, scheduled, processing) through the partial index of open
     /// jobs — cheap however many jobs have ever run; the finished counts stay 0.
     pub async fn open_counts(&self) -> Result<QueueCounts> {
-        self.counts("WHERE status IN ('queued', 'processing')").await
+        // A job sharing another's fal request is not waiting for fal itself (V12).
+        self.counts("WHERE status IN ('queued', 'processing') AND shares_job IS NULL").await
     }
 
     /// Count jobs by state (every job: for operators, not for hot paths).

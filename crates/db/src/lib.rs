@@ -18,10 +18,14 @@
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`deliveries`] — webhook deliveries: the outbox workers claim (per-user cap, leases).
-//! - [`gallery`] — saved images.
+//! - [`gallery`] — saved images (and deleting one: its object goes only when nothing else refers
+//!   to it).
+//! - [`cache`] — the result cache (V12): a worker's fingerprinted job meets it, a finished job
+//!   settles it, upkeep evicts it; hit-rate counts.
 //! - [`storage`] — uploads and per-user storage accounting (quota reservations).
 //! - `views` (private) — [`jobs::JobRow::to_view`]: rows → the client-facing `JobView`.
 
+pub mod cache;
 pub mod deliveries;
 pub mod gallery;
 pub mod jobs;

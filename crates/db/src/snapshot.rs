@@ -71,7 +71,7 @@ macro_rules! snapshot_select {
     () => {
         "
     SELECT j.id, j.seq, j.user_id, j.status, j.priority, j.prompt, j.webhook_url, j.run_at, j.attempts,
-           j.error_code, j.error_message, j.result_url, j.result_key, j.created_at, j.updated_at,
+           j.error_code, j.error_message, j.result_url, j.result_key, j.created_at, j.updated_at, j.cached,
            j.rev + coalesce(s.rev, 0) + coalesce(d.rev, 0) AS snapshot_rev,
            s.names, s.statuses, s.attempts AS step_attempts, s.finished AS step_finished,
            d.message_id AS d_message_id, d.event AS d_event, d.state AS d_state, d.attempts AS d_attempts,
@@ -168,6 +168,7 @@ fn snapshot_from_row(row: &tokio_postgres::Row) -> Result<JobSnapshot> {
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
             steps: steps_of(row)?,
+            cached: row.get("cached"),
             notification,
         },
     })

@@ -79,7 +79,9 @@ impl Db {
         Ok(Usage { bytes: row.get(0), objects: row.get(1) })
     }
 
-    /// Record an upload whose bytes were already reserved.
+    /// Record an upload whose bytes were already reserved. `content_sha256` is the hex digest of
+    /// the stored bytes (what fal will read): a submit that reads this upload finds its result
+    /// cache key without fetching anything.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_upload(
         &self,
@@ -91,14 +93,15 @@ impl Db {
         original_bytes: i64,
         width: i32,
         height: i32,
+        content_sha256: &str,
     ) -> Result<Upload> {
         let row = self
             .conn()
             .await?
             .query_one(
-                "INSERT INTO uploads (id, user_id, storage_key, content_type, bytes, original_bytes, width, height)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
-                &[&id, &user.to_string(), &key, &content_type, &bytes, &original_bytes, &width, &height],
+                "INSERT INTO uploads (id, user_id, storage_key, content_type, bytes, original_bytes, width, height, content_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                &[&id, &user.to_string(), &key, &content_type, &bytes, &original_bytes, &width, &height, &content_sha256],
             )
             .await?;
         Ok(Upload {

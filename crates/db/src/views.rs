@@ -36,6 +36,7 @@ impl JobRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             steps,
+            cached: self.cached,
             notification: None,
         }
     }

@@ -48,7 +48,7 @@ fn edit(prompt: &str, webhook: bool) -> NewEdit {
 
 /// Three attempts, a cap of `cap` and the idempotency key `key` for a request hashing to `hash`.
 fn how<'a>(cap: i64, key: &'a str, hash: &'a str) -> Submission<'a> {
-    Submission { max_attempts: 3, queued_cap: Some(cap), idempotency: Some((key, hash)), trace_parent: None }
+    Submission { max_attempts: 3, queued_cap: Some(cap), idempotency: Some((key, hash)), ..Default::default() }
 }
 
 async fn user(db: &Db) -> UserId {

@@ -99,6 +99,10 @@ pub struct EditRequest {
     /// Run no earlier than this instant (RFC 3339); instead of `delay_seconds`.
     #[serde(alias = "runAt")]
     pub run_at: Option<String>,
+    /// `false`: generate afresh even if an identical request's result is cached (default true).
+    /// Absent from the serialized form when not given, so idempotency hashes stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// An optional whole number as JSON Schema's `integer` means it in a JSON body: `199` or
@@ -165,6 +169,8 @@ pub struct NewEdit {
     pub priority: Priority,
     pub webhook_url: Option<Url>,
     pub run_at: Option<DateTime<Utc>>,
+    /// May reuse a cached result or share an identical job's fal request (`cache`, default true).
+    pub cache: bool,
 }
 
 /// Why a request was refused; `field` is the request field at fault.
@@ -285,7 +291,7 @@ impl NewEdit {
             (None, None) => None,
         };
 
-        Ok(Self { image_url, prompt, priority, webhook_url, run_at })
+        Ok(Self { image_url, prompt, priority, webhook_url, run_at, cache: raw.cache.unwrap_or(true) })
     }
 }
 

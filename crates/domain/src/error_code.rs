@@ -56,6 +56,7 @@ codes! {
     STORAGE_QUOTA_EXCEEDED = "storage-quota-exceeded", 403, "api", "Storing the upload would exceed the user's quota.";
     INVALID_FILE_URL = "invalid-file-url", 403, "api", "A `/files/…` URL that is unsigned, altered or expired (fetch a fresh one).";
     JOB_NOT_FOUND = "job-not-found", 404, "api", "No such job for this user.";
+    IMAGE_NOT_FOUND = "image-not-found", 404, "api", "No such gallery image for this user.";
     NOT_FOUND = "not-found", 404, "api", "No such route or file.";
     METHOD_NOT_ALLOWED = "method-not-allowed", 405, "api", "The route exists but not with this method; `Allow` lists those it has.";
     JOB_NOT_CANCELABLE = "job-not-cancelable", 409, "api", "The job is final; only queued or processing jobs can be canceled.";

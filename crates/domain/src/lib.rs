@@ -10,6 +10,7 @@
 //!   `as_str`), and [`job::UnknownValue`] for a spelling that names none of them.
 //! - [`error_code`] — every stable error code (API and job), its HTTP status and meaning;
 //!   [`error_code::ALL`], [`error_code::lookup`], [`error_code::markdown`].
+//! - [`cache`] — the result cache's settings ([`cache::CacheSettings`]) and key.
 //! - [`edit`] — the raw submit body [`EditRequest`], its validation into [`NewEdit`] (or a
 //!   [`ValidationError`]) under an [`edit::WebhookPolicy`], and the prompt/URL/delay limits.
 //! - [`net`] — which addresses a server-side fetch must never reach (SSRF guard).
@@ -21,6 +22,7 @@
 //!
 //! The id, state and edit types above are re-exported at the crate root.
 
+pub mod cache;
 pub mod edit;
 pub mod error_code;
 pub mod ids;

@@ -52,6 +52,8 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (BANDWIDTH, Kind::Counter, "Bytes moved, by direction: files_served (GET /files), uploads_received, results_downloaded (from fal)"),
     (BANDWIDTH_QUOTA, Kind::Gauge, "The configured monthly bandwidth quota in bytes (0 = none)"),
     (EVENT_STREAMS, Kind::Gauge, "Live status streams (GET /api/jobs/{id}/events) this gateway holds open"),
+    (CACHE_LOOKUPS, Kind::Counter, "Result-cache lookups by outcome: hit (completed from a stored result), shared (waits on an identical job's fal request), miss (calls fal), bypass (cache: false, or the cache off)"),
+    (CACHE_UPKEEP, Kind::Counter, "What the result cache's upkeep removed, by what: expired and capacity (entries), orphan (objects nothing referred to)"),
 ];
 
 /// The seed's seven critical metrics, in its order, and the names that carry each.
@@ -68,6 +70,8 @@ pub const SEVEN: &[(&str, &[&str])] = &[
 pub const HTTP_REQUESTS: &str = "jewelshot_http_requests_total";
 pub const HTTP_DURATION: &str = "jewelshot_http_request_duration_seconds";
 pub const JOBS_SUBMITTED: &str = "jewelshot_jobs_submitted_total";
+pub const CACHE_LOOKUPS: &str = "jewelshot_cache_lookups_total";
+pub const CACHE_UPKEEP: &str = "jewelshot_cache_upkeep_total";
 pub const JOBS_ENQUEUE_DEFERRED: &str = "jewelshot_jobs_enqueue_deferred_total";
 pub const QUEUE_DEPTH: &str = "jewelshot_queue_depth";
 pub const QUEUE_OLDEST_AGE: &str = "jewelshot_queue_oldest_job_age_seconds";

@@ -29,6 +29,10 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub steps: Vec<StepView>,
+    /// Completed from an identical earlier request's result (the result cache), without a fal
+    /// request of its own.
+    #[serde(default)]
+    pub cached: bool,
     /// The job's webhook delivery, once the job has ended with a `webhook_url`; `null` otherwise
     /// (and inside webhook bodies).
     pub notification: Option<NotificationView>,
@@ -80,6 +84,13 @@ pub struct SubmittedView {
     pub queue_position: i64,
     pub eta_seconds: Option<i64>,
     pub status_url: String,
+    /// `true` when an identical request's cached result completed the job at once (`status`
+    /// is then `complete` and `imageUrl` is set).
+    #[serde(default)]
+    pub cached: bool,
+    /// The result, when the job is already complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
 }
 
 /// A page of jobs, newest first.
@@ -101,6 +112,28 @@ pub struct QueueView {
     pub scheduled: i64,
     pub eta_seconds_for_new_job: Option<i64>,
     pub upstream: UpstreamView,
+    pub cache: CacheView,
+}
+
+/// The result cache, as `GET /api/queue` and the console show it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheView {
+    pub enabled: bool,
+    /// `user` (a user's own results) or `shared` (anyone's).
+    pub scope: String,
+    /// Seconds a result is reused after it was made.
+    pub ttl_seconds: u64,
+    /// Over the last hour: hits ÷ jobs that could use the cache; absent before any.
+    pub hit_rate: Option<f64>,
+    /// Jobs of the last hour completed from a stored result, without a fal request.
+    pub hits: i64,
+    /// Jobs of the last hour that could use the cache.
+    pub lookups: i64,
+    /// Jobs waiting on an identical job's fal request now (not counted in `queued`).
+    pub sharing: i64,
+    /// Results stored and reusable.
+    pub entries: i64,
 }
 
 /// What we know of the upstream (fal) capacity.

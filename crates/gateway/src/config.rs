@@ -35,6 +35,8 @@ pub struct Config {
     pub cors: crate::cors::CorsSettings,
     /// `JEWELSHOT_CONSOLE__*`: the operator console at `/admin`.
     pub console: crate::console::ConsoleSettings,
+    /// `JEWELSHOT_CACHE__*`: the result cache (shared with the workers).
+    pub cache: jewelshot_domain::cache::CacheSettings,
 }
 
 /// `JEWELSHOT_LIMITS__*`: what one user may ask of the fleet.

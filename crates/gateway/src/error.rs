@@ -15,6 +15,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("job not found")]
     JobNotFound,
+    #[error("gallery image not found")]
+    ImageNotFound,
     #[error("not found")]
     NotFound,
     /// The path exists, not the method; the methods it has, for `Allow`.
@@ -72,6 +74,7 @@ impl ApiError {
             Self::Unavailable { code, .. } => code,
             Self::Unauthorized => codes::UNAUTHORIZED,
             Self::JobNotFound => codes::JOB_NOT_FOUND,
+            Self::ImageNotFound => codes::IMAGE_NOT_FOUND,
             Self::NotFound => codes::NOT_FOUND,
             Self::MethodNotAllowed(_) => codes::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => codes::PAYLOAD_TOO_LARGE,

@@ -55,6 +55,7 @@ impl Modify for BearerAuth {
         crate::routes::queue::queue,
         crate::routes::uploads::upload,
         crate::routes::uploads::gallery,
+        crate::routes::uploads::delete_image,
         crate::routes::uploads::storage,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
@@ -148,6 +149,10 @@ fn edit_request_schema(allow_insecure_webhooks: bool) -> Value {
                                "description": "Run no earlier than this many seconds from now." },
             "run_at": { "type": nullable("string"), "format": "date-time",
                         "description": "Run no earlier than this instant (RFC 3339, at most 30 days ahead); instead of `delay_seconds`." },
+            "cache": { "type": nullable("boolean"),
+                       "description": "`false`: generate afresh even when an identical request (same image bytes, prompt, \
+                                       model) has a stored result or one in progress. Default true: such a job completes at \
+                                       once from the stored result (`cached: true`), or shares the request in progress." },
         },
         // Not both schedules at once (null stands for absent).
         "not": {

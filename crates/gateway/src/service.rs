@@ -115,21 +115,56 @@ pub async fn submit(
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
     let idempotency = idempotency_key.as_deref().zip(request_hash.as_deref());
     let trace = jewelshot_runtime::telemetry::traceparent();
-    let how = Submission { max_attempts, queued_cap: cap, idempotency, trace_parent: trace.as_deref() };
-    let job = match state.db.submit_job(id, user.id, &edit, &how).await? {
-        jewelshot_db::jobs::Inserted::New(job) => *job,
+    let cache_basis = cache_basis(state, user, &edit);
+    // One of the caller's uploads: its bytes were hashed when stored, so the submit itself
+    // meets the cache. Any other URL is hashed by the worker that fetches it.
+    let input_key = cache_basis
+        .as_ref()
+        .and_then(|_| state.store.key_of(edit.image_url.as_str()))
+        .filter(|k| k.as_str().starts_with(&format!("uploads/{}/", user.id)));
+    let how = Submission {
+        max_attempts,
+        queued_cap: cap,
+        idempotency,
+        trace_parent: trace.as_deref(),
+        cache_basis: cache_basis.as_deref(),
+        input_key: input_key.as_ref().map(|k| k.as_str()),
+    };
+    let lookup = |outcome: &'static str| {
+        metrics::counter!(jewelshot_domain::metric_names::CACHE_LOOKUPS, "outcome" => outcome).increment(1);
+    };
+    let (job, position) = match state.db.submit_job(id, user.id, &edit, &how).await? {
+        jewelshot_db::jobs::Inserted::New(job) => {
+            match (&cache_basis, &input_key) {
+                (None, _) => lookup("bypass"),
+                (Some(_), Some(_)) if job.cache_key.as_deref().is_some_and(|k| !k.ends_with(':')) => lookup("miss"),
+                _ => {} // the worker that hashes the input counts it
+            }
+            let position = enqueue(state, &job).await?;
+            (*job, position)
+        }
+        jewelshot_db::jobs::Inserted::Cached(job) => {
+            lookup("hit");
+            announce_cached(state, &job).await;
+            (*job, 0)
+        }
+        jewelshot_db::jobs::Inserted::Shared(job) => {
+            lookup("shared");
+            // Not in the line: it runs when the job it shares does. Its place is counted among
+            // the jobs that call fal (Postgres), until it completes with them.
+            let position = jewelshot_queue::position_from(
+                Ok(jewelshot_ratelimit::LinePlace::Absent),
+                &state.db,
+                job.status,
+                job.run_at,
+                job.seq,
+            )
+            .await?;
+            (*job, position)
+        }
         jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {
             let position = position(state, &job).await?;
-            return Ok(Submitted::Replayed(
-                rate,
-                SubmittedView {
-                    job_id: job.id.to_string(),
-                    status: job.status,
-                    queue_position: position,
-                    eta_seconds: state.eta_seconds(position).await,
-                    status_url: format!("/api/jobs/{}", job.id),
-                },
-            ));
+            return Ok(Submitted::Replayed(rate, submitted_view(state, &job, position).await?));
         }
         jewelshot_db::jobs::Inserted::Existing { same_request: false, .. } => {
             return Err(ApiError::Conflict {
@@ -138,21 +173,51 @@ pub async fn submit(
             });
         }
     };
-    let position = enqueue(state, &job).await?;
     metrics::counter!(jewelshot_domain::metric_names::JOBS_SUBMITTED, "priority" => edit.priority.as_str())
         .increment(1);
     // The access log already has a line for the request: this one is for debugging.
-    tracing::debug!(job_id = %id, user_id = %user.id, position, "job submitted");
-    Ok(Submitted::Created(
-        rate,
-        SubmittedView {
-            job_id: id.to_string(),
-            status: JobStatus::Queued,
-            queue_position: position,
-            eta_seconds: state.eta_seconds(position).await,
-            status_url: format!("/api/jobs/{id}"),
+    tracing::debug!(job_id = %id, user_id = %user.id, position, cached = job.cached, "job submitted");
+    Ok(Submitted::Created(rate, submitted_view(state, &job, position).await?))
+}
+
+/// The result cache's basis of this request, when it may use the cache (on, and not
+/// `cache: false`).
+fn cache_basis(state: &AppState, user: &User, edit: &NewEdit) -> Option<String> {
+    let cfg = &state.cfg.cache;
+    (cfg.enabled && edit.cache)
+        .then(|| jewelshot_domain::cache::basis(cfg.scope, user.id, &state.cfg.jobs.model, &edit.prompt))
+}
+
+/// A job completed from the cache at submit: polls read it from Postgres (no snapshot is
+/// written here; the first poll writes it back), and a job with a webhook gets a task of its
+/// own, whose worker finds it final and runs `notify-user` as for any finished job.
+async fn announce_cached(state: &AppState, job: &JobRow) {
+    if job.webhook_url.is_some() {
+        if let Err(e) = state.queue.push(job.id, None).await {
+            // The reconciler cannot see a final job: the webhook is owed until a requeue.
+            tracing::warn!(job_id = %job.id, error = %e, "could not hand a cached job's notification to a worker");
+        }
+    }
+}
+
+/// The 202 body: the job as it stands, its place and ETA while waiting, its image once complete.
+async fn submitted_view(state: &AppState, job: &JobRow, position: i64) -> Result<SubmittedView, ApiError> {
+    let image_url = match job.result_key.as_deref().filter(|_| job.status == JobStatus::Complete) {
+        Some(key) => match jewelshot_storage::ObjectKey::new(key) {
+            Ok(key) => Some(state.store.url(&key).await?),
+            Err(_) => job.result_url.clone(),
         },
-    ))
+        None => None,
+    };
+    Ok(SubmittedView {
+        job_id: job.id.to_string(),
+        status: job.status,
+        queue_position: position,
+        eta_seconds: state.eta_seconds(position).await,
+        status_url: format!("/api/jobs/{}", job.id),
+        cached: job.cached,
+        image_url,
+    })
 }
 
 /// Put a recorded job in line with its poll snapshot and read its place: one Redis round trip.

@@ -32,6 +32,7 @@ pub struct AppState {
     /// Bounds image compression to `uploads.image_workers` at once.
     pub image_slots: Arc<tokio::sync::Semaphore>,
     mean_generation: Arc<crate::refresh::Refreshed<Option<f64>>>,
+    cache_stats: Arc<crate::refresh::Refreshed<jewelshot_db::cache::CacheStats>>,
     /// Reads the workers' upstream limiter (no keys of its own).
     pub limiter: Limiter,
     upstream: Arc<crate::refresh::Refreshed<Vec<KeyStatus>>>,
@@ -95,6 +96,7 @@ impl AppState {
             serve_files,
             image_slots,
             mean_generation: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(10))),
+            cache_stats: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(10))),
             limiter,
             upstream: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(2))),
             submits,
@@ -157,6 +159,7 @@ impl AppState {
             serve_files: self.serve_files,
             image_slots: self.image_slots.clone(),
             mean_generation: self.mean_generation.clone(),
+            cache_stats: self.cache_stats.clone(),
             upstream: self.upstream.clone(),
             uploading: self.uploading.clone(),
             blocked: self.blocked.clone(),
@@ -263,6 +266,31 @@ impl AppState {
                 }
             })
             .await
+    }
+
+    /// The result cache's figures for `GET /api/queue` and the console: counted over the last
+    /// hour in Postgres, at most every 10 s by one request.
+    pub async fn cache_view(&self) -> jewelshot_domain::view::CacheView {
+        let cfg = &self.cfg.cache;
+        let stats = self
+            .cache_stats
+            .get(|| async {
+                self.db.cache_stats(Duration::from_secs(3600)).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "result cache figures unavailable");
+                    jewelshot_db::cache::CacheStats::default()
+                })
+            })
+            .await;
+        jewelshot_domain::view::CacheView {
+            enabled: cfg.enabled,
+            scope: cfg.scope.as_str().to_owned(),
+            ttl_seconds: cfg.ttl_secs,
+            hit_rate: stats.hit_rate(),
+            hits: stats.hits,
+            lookups: stats.lookups,
+            sharing: stats.sharing,
+            entries: stats.entries,
+        }
     }
 
     /// The observed mean generation time, or the configured default before any finished.

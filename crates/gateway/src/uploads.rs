@@ -171,6 +171,8 @@ pub async fn upload(state: &AppState, user: &User, body: Bytes) -> Result<Upload
     drop(permit);
 
     let size = image.bytes.len() as i64;
+    // What fal will read when a job names this upload: the result cache's content key.
+    let digest = jewelshot_domain::cache::content_digest(&image.bytes);
     if !state.db.reserve_storage(user.id, size, state.cfg.uploads.quota()).await? {
         return Err(ApiError::Forbidden {
             code: codes::STORAGE_QUOTA_EXCEEDED,
@@ -195,6 +197,7 @@ pub async fn upload(state: &AppState, user: &User, body: Bytes) -> Result<Upload
                 image.original_bytes as i64,
                 image.width as i32,
                 image.height as i32,
+                &digest,
             )
             .await;
         if row.is_err() {
@@ -260,6 +263,18 @@ pub async fn gallery(
     }
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
     Ok(GalleryPage { images, next_cursor })
+}
+
+/// Delete one of the caller's gallery images. Its object is deleted (by the workers' upkeep,
+/// after a grace period) only when no other gallery entry and no cache entry refers to it: a
+/// cache hit of another job — another user's, with a shared cache — keeps its image.
+pub async fn delete_gallery_image(state: &AppState, user: &User, id: &str) -> Result<(), ApiError> {
+    if jewelshot_domain::edit::grammar::parse_cursor(Some(id)).ok().flatten().is_none() {
+        return Err(ApiError::ImageNotFound);
+    }
+    let deleted = state.db.delete_gallery_image(user.id, id).await?.ok_or(ApiError::ImageNotFound)?;
+    tracing::debug!(image = id, key = %deleted.storage_key, orphaned = deleted.orphaned, "gallery image deleted");
+    Ok(())
 }
 
 pub async fn storage(state: &AppState, user: &User) -> Result<StorageView, ApiError> {

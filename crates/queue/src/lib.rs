@@ -274,8 +274,51 @@ pub async fn cancel(
             tracing::warn!(job_id = %job, error = %e, "could not publish a canceled job's snapshot");
             let _ = line.invalidate_record(&job.to_string()).await;
         }
+        // Jobs sharing its fal request are not canceled with it: the oldest takes it over.
+        if row.cache_key.is_some() {
+            if let Err(e) = settle_cache(db, line, None, job, Duration::ZERO).await {
+                tracing::warn!(job_id = %job, error = %e, "the jobs sharing a canceled job's request are left to the reconciler");
+            }
+        }
     }
     Ok(outcome)
+}
+
+/// A job ended: settle what the result cache owes (`jewelshot_db::Db::cache_settle`). A job
+/// that took over a request it shared goes in the dispatch line now; a sharer that completed or
+/// failed with a webhook gets a task of its own (with `queue`), whose worker finds it final and
+/// runs `notify-user` as for any finished job. Failures are logged: the workers' reconciler
+/// settles what is left ([`jewelshot_db::Db::unsettled_leaders`]).
+pub async fn settle_cache(
+    db: &jewelshot_db::Db,
+    line: &jewelshot_ratelimit::Limiter,
+    queue: Option<&Queue>,
+    job: JobId,
+    ttl: Duration,
+) -> Result<Vec<jewelshot_db::cache::Settled>, jewelshot_db::DbError> {
+    use jewelshot_db::cache::SettledAs;
+    let settled = db.cache_settle(job, ttl).await?;
+    for s in &settled {
+        tracing::info!(job_id = %s.job, shared_with = %job, outcome = ?s.outcome, "settled a job that shared a request");
+        match s.outcome {
+            SettledAs::Promoted => {
+                let Some(row) = db.job(s.job).await? else { continue };
+                let due = row.run_at.map(|t| t.timestamp_millis());
+                if let Err(e) = line.enqueue(&line_entry(&row), due).await {
+                    tracing::warn!(job_id = %s.job, error = %e, "a job that took over a request could not be put in line; the reconciler will");
+                }
+            }
+            SettledAs::Complete | SettledAs::Failed if s.webhook => {
+                if let Some(queue) = queue {
+                    if let Err(e) = queue.push(s.job, None).await {
+                        tracing::warn!(job_id = %s.job, error = %e, "a settled job's notification could not be handed to a worker");
+                    }
+                }
+            }
+            SettledAs::Complete | SettledAs::Failed => {}
+        }
+    }
+    Ok(settled)
 }
 
 /// Where [`put_back`] put a job.

@@ -104,6 +104,17 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn url(&self, key: &ObjectKey) -> Result<String, StorageError>;
     /// Cheap reachability check for `/readyz`.
     async fn health(&self) -> Result<(), StorageError>;
+    /// The key of the object `url` names, if it is a URL this store makes ([`ObjectStore::url`]:
+    /// the same origin and bucket; signature and expiry are not checked). The gateway uses it to
+    /// recognise a submit that reads one of its uploads.
+    fn key_of(&self, url: &str) -> Option<ObjectKey>;
+}
+
+/// The key in `url` under `base` (`<base>/<key>[?query]`), if `url` starts with it.
+pub fn key_under(base: &str, url: &str) -> Option<ObjectKey> {
+    let rest = url.strip_prefix(base.trim_end_matches('/'))?.strip_prefix('/')?;
+    let path = rest.split(['?', '#']).next()?;
+    ObjectKey::new(path).ok()
 }
 
 /// Storage settings (`JEWELSHOT_STORAGE__*`).

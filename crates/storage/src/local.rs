@@ -188,6 +188,10 @@ impl ObjectStore for LocalFs {
         Ok(format!("{}/{}?{}", self.base_url, key, self.signer.query(key.as_str())))
     }
 
+    fn key_of(&self, url: &str) -> Option<ObjectKey> {
+        crate::key_under(&self.base_url, url)
+    }
+
     async fn health(&self) -> Result<(), StorageError> {
         let meta = tokio::fs::metadata(&self.root).await?;
         if !meta.is_dir() {

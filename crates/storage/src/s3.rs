@@ -207,6 +207,26 @@ impl ObjectStore for S3Store {
         Ok(req.uri().to_owned())
     }
 
+    fn key_of(&self, url: &str) -> Option<ObjectKey> {
+        if let Some(base) = &self.public_base {
+            return crate::key_under(base, url);
+        }
+        // A presigned URL: `<endpoint>/<bucket>/<key>?X-Amz-…` (path style) or
+        // `https://<bucket>.<host>/<key>?X-Amz-…`.
+        let parsed = url::Url::parse(url).ok()?;
+        let path = parsed.path().strip_prefix('/')?;
+        let in_host = parsed
+            .host_str()
+            .and_then(|h| h.strip_prefix(self.bucket.as_str()))
+            .is_some_and(|rest| rest.starts_with('.'));
+        let key = match path.strip_prefix(self.bucket.as_str()).and_then(|p| p.strip_prefix('/')) {
+            Some(key) if !in_host => key,
+            _ if in_host => path,
+            _ => return None,
+        };
+        ObjectKey::new(key).ok()
+    }
+
     async fn health(&self) -> Result<(), StorageError> {
         self.client
             .head_bucket()

@@ -125,6 +125,9 @@ pub struct StackOptions {
     /// A Redis Cluster of the stack's own (three masters): the processes run in cluster mode and
     /// the queue name carries the hash tag cluster mode requires.
     pub redis_cluster: bool,
+    /// The result cache, for the gateway and every worker. Off by default: most tests submit
+    /// one photo and prompt many times and count fal's requests (the cache's tests turn it on).
+    pub cache: Option<jewelshot_domain::cache::CacheSettings>,
 }
 
 impl StackOptions {
@@ -155,6 +158,7 @@ impl Default for StackOptions {
             storage: StorageKind::Local,
             tls: false,
             redis_cluster: false,
+            cache: None,
         }
     }
 }
@@ -287,6 +291,14 @@ impl Stack {
         // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
         env.insert("JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE".into(), "0".into());
         env.insert("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "0".into());
+        let cache = opts
+            .cache
+            .clone()
+            .unwrap_or(jewelshot_domain::cache::CacheSettings { enabled: false, ..Default::default() });
+        env.insert("JEWELSHOT_CACHE__ENABLED".into(), cache.enabled.to_string());
+        env.insert("JEWELSHOT_CACHE__SCOPE".into(), cache.scope.as_str().into());
+        env.insert("JEWELSHOT_CACHE__TTL_SECS".into(), cache.ttl_secs.to_string());
+        env.insert("JEWELSHOT_CACHE__MAX_ENTRIES".into(), cache.max_entries.to_string());
         env.extend(opts.gateway_env.clone());
         let gateway = Proc::spawn("gateway", "jewelshot-gateway", &[], &env, &logs, true)?;
         let gateway_env = env;
@@ -474,6 +486,11 @@ impl Stack {
             c.queue.redis_url = t.redis_url.clone();
         }
         c.queue.name = self.queue_name.clone();
+        c.cache = self
+            .opts
+            .cache
+            .clone()
+            .unwrap_or(jewelshot_domain::cache::CacheSettings { enabled: false, ..Default::default() });
         c.storage = self.storage.clone();
         c.storage.local.public_base_url = format!("{}/files", self.gateway_url());
         c.webhook.allow_insecure = true;

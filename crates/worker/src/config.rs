@@ -27,6 +27,8 @@ pub struct Config {
     pub images: jewelshot_imaging::Limits,
     /// `JEWELSHOT_MONITORING__*`: what the metrics compare against, how often they are sampled.
     pub monitoring: jewelshot_domain::monitoring::MonitoringSettings,
+    /// `JEWELSHOT_CACHE__*`: the result cache (shared with the gateways).
+    pub cache: jewelshot_domain::cache::CacheSettings,
 }
 
 /// `JEWELSHOT_FAL__*`: the client and account pool, and the dispatch line's settings (which

@@ -17,6 +17,8 @@
 //!   [`upstream::Upstream`], [`upstream::resolve_pool`].
 //! - [`dispatcher`] — moves jobs from the dispatch line to the work queue as slots free up
 //!   ([`dispatcher::spawn`]).
+//! - [`cache`] — the result cache's worker side: hashing a job's input before its fal request
+//!   ([`cache::meet`]), settling the jobs that shared a request, eviction and orphan upkeep.
 //! - [`reconciler`] — puts back what Redis lost, from Postgres (one worker at a time);
 //!   [`reconciler::Reconciler`].
 //! - [`deliveries`] — webhook delivery as its own queued work (a Postgres outbox, its own slots,
@@ -29,6 +31,7 @@
 //! - [`run`] — wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
 
 pub mod backoff;
+pub mod cache;
 pub mod config;
 pub mod deliveries;
 pub mod dispatcher;
@@ -243,6 +246,7 @@ async fn context(cfg: &Config, conn: jewelshot_queue::RedisConn, token: Cancella
     let timeout = Duration::from_millis(cfg.queue.timeout_ms);
     let limiter_cfg = upstream::limiter_config(&cfg.fal.client, &cfg.fal.line, &cfg.queue.name, timeout);
     let client = FalClient::new(cfg.fal.client.clone())?;
+    let conn_for_queue = conn.clone();
     let upstream = upstream::Upstream::new(&client, upstream::resolve_pool(&cfg.fal.client)?, limiter_cfg, conn);
     until_ok("register the fal accounts", || upstream.limiter.register()).await;
     let snapshots = jewelshot_queue::snapshots::Publisher::new(upstream.limiter.clone(), cfg.queue.snapshots.clone());
@@ -266,6 +270,8 @@ async fn context(cfg: &Config, conn: jewelshot_queue::RedisConn, token: Cancella
         shutdown: token,
         running: pipeline::Running::default(),
         snapshots,
+        queue: jewelshot_queue::Queue::with_connection(conn_for_queue, &cfg.queue),
+        cache: cfg.cache.clone(),
     })
 }
 
@@ -330,6 +336,7 @@ impl Background {
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
             reconciler(cfg, ctx, queue, conn.clone()).spawn(token.clone()),
+            cache::spawn(ctx.clone(), Duration::from_secs(s.reconcile_interval_secs.max(1)), token.clone()),
             spawn_keep_alive(conn.clone(), backend_config(cfg).workers_set(), current_name.clone(), s.heartbeat_secs),
             spawn_vacuum(conn, cfg.queue.clone(), s.vacuum_interval_secs),
         ];

@@ -43,6 +43,10 @@ pub struct Ctx {
     pub running: Running,
     /// Publishes the poll snapshots of the jobs `db` reports changed.
     pub snapshots: Arc<jewelshot_queue::snapshots::Publisher>,
+    /// The work queue: tasks for jobs the result cache settled (their notifications).
+    pub queue: jewelshot_queue::Queue,
+    /// `JEWELSHOT_CACHE__*`.
+    pub cache: jewelshot_domain::cache::CacheSettings,
 }
 
 /// The jobs a worker process is running (their heartbeats are refreshed together).
@@ -235,12 +239,21 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
 
 /// The steps of one attempt up to the job's completion; finished steps are skipped with their
 /// stored output. The completed job (to announce), or `None` when it was canceled meanwhile.
+/// A job whose input was not hashed at submit meets the result cache first (see
+/// [`crate::cache::meet`]): a hit is complete now, and a job identical to one in flight waits on
+/// that job's request (`None` here: its task is done).
 async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Option<JobRow>, StepFailure> {
+    match crate::cache::meet(ctx, job, grant).await? {
+        crate::cache::Met::Proceed => {}
+        crate::cache::Met::Hit(done) => return Ok(Some(*done)),
+        crate::cache::Met::Shared => return Ok(None),
+    }
     let generated = generate(ctx, job, grant).await?;
     let saved = save(ctx, job, &generated).await?;
     let done = ctx.db.complete_job(job.id, &saved.key, &saved.url).await?;
-    if done.is_some() {
+    if let Some(done) = &done {
         metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
+        crate::cache::settle(ctx, done).await;
     }
     Ok(done)
 }
@@ -252,6 +265,7 @@ async fn end_failed(ctx: &Ctx, job: &JobRow, code: &str, detail: &str, note: &st
     tracing::warn!(code, %detail, "job failed");
     if let Some(failed) = ctx.db.fail_job(job.id, code, &public_message(code, note)).await? {
         metrics::counter!(m::JOBS_FINISHED, "status" => "failed", "code" => code.to_owned()).increment(1);
+        crate::cache::settle(ctx, &failed).await;
         announce(ctx, &failed).await?;
     }
     Ok(())

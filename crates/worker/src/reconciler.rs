@@ -112,8 +112,11 @@ impl Reconciler {
             report.scanned += batch.len() as u64;
             // A job being submitted or handed over right now, or running with a live heartbeat,
             // is not a candidate.
-            let candidates: Vec<&OpenJob> =
-                batch.iter().filter(|o| o.settled && (o.job.status == JobStatus::Queued || o.stale)).collect();
+            // A job sharing another's fal request is in no line by design (the cache settles it).
+            let candidates: Vec<&OpenJob> = batch
+                .iter()
+                .filter(|o| o.settled && o.job.shares_job.is_none() && (o.job.status == JobStatus::Queued || o.stale))
+                .collect();
             let entries: Vec<LineEntry> = candidates.iter().map(|o| jewelshot_queue::line_entry(&o.job)).collect();
             let by_id: std::collections::HashMap<&str, &OpenJob> =
                 entries.iter().map(|e| e.job.as_str()).zip(candidates.iter().copied()).collect();

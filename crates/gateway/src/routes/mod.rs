@@ -21,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(queue::queue)
         .service(uploads::upload)
         .service(uploads::gallery)
+        .service(uploads::delete_image)
         .service(uploads::storage)
         .service(health::healthz)
         .service(health::readyz)

@@ -2,6 +2,7 @@
 
 use actix_web::{get, web, HttpResponse};
 use jewelshot_domain::view::{QueueView, UpstreamKeyView, UpstreamView};
+
 use jewelshot_ratelimit::Capacity;
 
 use crate::{auth::AuthUser, error::ApiError, openapi::ErrorBody, state::AppState};
@@ -50,5 +51,6 @@ pub async fn queue(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpRe
         scheduled: counts.scheduled,
         eta_seconds_for_new_job: state.eta_seconds(counts.queued + 1).await,
         upstream,
+        cache: state.cache_view().await,
     }))
 }

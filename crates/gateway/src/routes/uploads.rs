@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use jewelshot_domain::error_code as codes;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -86,6 +86,28 @@ pub async fn gallery(
     q: web::Query<GalleryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(uploads::gallery(&state, &user.0, q.limit, q.cursor.as_deref()).await?))
+}
+
+/// Delete one of the caller's gallery images. The stored image goes only when nothing else
+/// refers to it (a cache hit of another job keeps it).
+#[utoipa::path(
+    delete, path = "/api/gallery/{image_id}", tag = "images",
+    params(("image_id" = String, Path, description = "The image's `id` from the gallery")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "`image-not-found`: no such image of the caller's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/api/gallery/{image_id}")]
+pub async fn delete_image(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    uploads::delete_gallery_image(&state, &user.0, &id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The caller's storage use and quota.

@@ -87,32 +87,48 @@ async fn store(ctx: &Ctx, job: &JobRow, image: Compressed, original_bytes: u64) 
 
 /// Fetch a generated image, refusing anything larger than `max_result_bytes`.
 async fn download(ctx: &Ctx, url: &str) -> Result<Bytes, StepFailure> {
-    let failed = |e: &dyn std::fmt::Display| {
-        StepFailure::retry(error_code::STORAGE_FAILED, format!("downloading the result failed: {e}"))
-    };
     let cap = ctx.settings.max_result_bytes;
-    let too_large =
-        || StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("result is larger than {cap} bytes"));
-    // fal names the URL: it is fetched only from a public address (never our own network).
-    let target = ctx.downloads.target(url).map_err(|why| {
-        StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("fal's result URL is not allowed: {why}"))
-    })?;
+    fetch_capped(ctx, url, cap).await.map_err(|e| match e {
+        Fetch::Refused(why) => {
+            StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("fal's result URL: {why}"))
+        }
+        Fetch::TooLarge => {
+            StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("result is larger than {cap} bytes"))
+        }
+        Fetch::Failed(why) => {
+            StepFailure::retry(error_code::STORAGE_FAILED, format!("downloading the result failed: {why}"))
+        }
+    })
+}
+
+/// Why [`fetch_capped`] got nothing.
+#[derive(Debug)]
+pub(crate) enum Fetch {
+    /// The URL may not be fetched (an internal address, a bad scheme).
+    Refused(String),
+    TooLarge,
+    /// Transport trouble or a non-2xx answer.
+    Failed(String),
+}
+
+/// GET `url` through the egress guard (public addresses only), refusing more than `cap` bytes.
+pub(crate) async fn fetch_capped(ctx: &Ctx, url: &str, cap: u64) -> Result<Bytes, Fetch> {
+    let target = ctx.downloads.target(url).map_err(Fetch::Refused)?;
     let mut resp = ctx.downloads.http().get(target).send().await.map_err(|e| match Egress::refused(&e) {
-        Some(why) => StepFailure::fatal(error_code::UPSTREAM_BAD_RESPONSE, format!("fal's result URL: {why}")),
-        None => failed(&error_chain(&e)),
+        Some(why) => Fetch::Refused(why),
+        None => Fetch::Failed(error_chain(&e)),
     })?;
     if !resp.status().is_success() {
-        let message = format!("downloading the result answered {}", resp.status());
-        return Err(StepFailure::retry(error_code::STORAGE_FAILED, message));
+        return Err(Fetch::Failed(format!("answered {}", resp.status())));
     }
     if resp.content_length().is_some_and(|n| n > cap) {
-        return Err(too_large());
+        return Err(Fetch::TooLarge);
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Fetch::Failed(e.to_string()))? {
         buf.extend_from_slice(&chunk);
         if buf.len() as u64 > cap {
-            return Err(too_large());
+            return Err(Fetch::TooLarge);
         }
     }
     Ok(buf.into())
