@@ -90,6 +90,8 @@ pub struct Overview {
     pub failures: BTreeMap<String, Vec<JobBrief>>,
     /// The seven critical metrics as this gateway's `/metrics` renders them (buckets left out).
     pub metrics: Vec<String>,
+    /// The result cache: hit rate over the last hour, jobs sharing a request, stored results.
+    pub cache: jewelshot_domain::view::CacheView,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,6 +207,7 @@ pub async fn overview(state: &AppState) -> Result<Overview, ApiError> {
         processing: processing.iter().map(JobBrief::from).collect(),
         failures,
         metrics: seven_metrics(),
+        cache: state.cache_view().await,
     })
 }
 

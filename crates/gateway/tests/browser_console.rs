@@ -57,6 +57,8 @@ async fn browser_the_console_shows_a_failed_job_and_requeues_it() {
     assert_eq!(button.attr("data-job").await.expect("attr").as_deref(), Some(id.as_str()));
     let failures = client.find(Locator::Id("failures")).await.expect("failures").text().await.expect("text");
     assert!(failures.contains(&id), "{failures}");
+    let cache = client.find(Locator::Id("cache")).await.expect("cache panel").text().await.expect("text");
+    assert!(cache.contains("hit rate (1 h)"), "the result cache's panel: {cache}");
     screenshot(&client, "console-failed.png").await;
 
     // fal is back; requeue from the console.
@@ -118,6 +120,9 @@ async fn console_is_off_without_operators_and_read_only_refuses_actions() {
     assert_eq!(overview["readOnly"], true);
     assert_eq!(overview["queue"]["waitingNormal"], 1, "{overview}");
     assert_eq!(overview["lineHead"][0]["job"]["jobId"], id, "{overview}");
+    // The test stack runs with the cache off; the console says so.
+    assert_eq!(overview["cache"]["enabled"], false, "{overview}");
+    assert!(overview["cache"]["hitRate"].is_null(), "no lookups, no rate: {overview}");
     assert!(
         overview["metrics"].as_array().is_some_and(|m| m
             .iter()

@@ -224,6 +224,12 @@ mod tests {
         assert_eq!(obj.content_type, "image/jpeg");
         let url = fs.url(&key).await.expect("url");
         assert!(url.starts_with("http://x/files/results/u1/j1.jpg?expires="), "{url}");
+        // A URL it made names its key again; another origin's, or a bad key, does not.
+        assert_eq!(fs.key_of(&url), Some(key.clone()));
+        assert_eq!(fs.key_of("http://x/files/results/u1/j1.jpg"), Some(key.clone()));
+        assert_eq!(fs.key_of("http://y/files/results/u1/j1.jpg"), None);
+        assert_eq!(fs.key_of("http://x/files-other/results/u1/j1.jpg"), None);
+        assert_eq!(fs.key_of("http://x/files/a/../b.jpg"), None);
         // Overwrite is atomic and leaves no temp files.
         fs.put(&key, Bytes::from_static(b"jpeg2"), "image/jpeg").await.expect("put again");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("results/u1")).expect("dir").collect();

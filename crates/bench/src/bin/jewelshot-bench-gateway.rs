@@ -8,6 +8,9 @@
 //! - polls/s and p50/p99 at 50, 200 and 1,000 connections over open jobs, and Postgres
 //!   transactions per poll — then the same polls through a gateway with `poll_snapshots` off
 //!   (every poll reads Postgres: the "before");
+//! - cache hits/s and p50/p99 at 50 connections through a gateway with the result cache on, every
+//!   submit naming an upload whose result is cached (issue I: the hit path must cost no more than
+//!   a plain submit), and Postgres transactions per hit;
 //! - the gateway's RSS after each phase, 11 s after the last (jemalloc hands a burst's pages back
 //!   within its 10-s decay), and its peak.
 //!
@@ -146,7 +149,9 @@ async fn main() -> anyhow::Result<()> {
     let ceiling_after = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
     let ceiling = (ceiling_before + ceiling_after) / 2.0;
     let per_submit = (tx1 - tx0) as f64 / submits.requests as f64;
+    let hits = hits(&mut stack, &user, &key, secs, &root.join("deploy/bench/wrk/submit-hit.lua")).await?;
     if std::env::var("BENCH_ONLY").as_deref() == Ok("submits") {
+        print_hits(&submits, &hits);
         println!(
             "ceiling {ceiling:.0}/s ({ceiling_before:.0}, {ceiling_after:.0}); submits {:.0}/s = {:.1} %, p50 {:.2} ms, p99 {:.2} ms, errors {}",
             submits.rps,
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             l.rps, l.p50_ms, l.p99_ms, l.errors
         );
     }
+    print_hits(&submits, &hits);
     println!("Postgres transactions per poll (open jobs, snapshots in Redis): {per_poll:.4}");
     println!(
         "polls @50 from Postgres (poll_snapshots off): {:.0}/s p99 {:.2} ms, {per_pg_poll:.2} transactions/poll → {:.1} % fewer with snapshots",
@@ -243,6 +249,14 @@ async fn main() -> anyhow::Result<()> {
         verdict(p200.rps >= 15_000.0 && p200.p99_ms <= 20.0 && per_poll < 0.001)
     );
     println!("  4. RSS ≤ 64 MB: {rss:.1} MB — {}", verdict(rss <= 64.0));
+    println!(
+        "I acceptance 2 (this run): a cache hit costs no more than a plain submit: {:.0}/s vs {:.0}/s, p99 {:.2} vs {:.2} ms — {}",
+        hits.0.rps,
+        submits.rps,
+        hits.0.p99_ms,
+        submits.p99_ms,
+        verdict(hits.0.rps >= submits.rps * 0.95 && hits.0.p99_ms <= submits.p99_ms * 1.05)
+    );
     let errors: u64 = submits.errors + polls.iter().map(|(_, l)| l.errors).sum::<u64>();
     if errors > 0 {
         println!("  errors: {errors} non-2xx answers or socket errors");
@@ -250,6 +264,66 @@ async fn main() -> anyhow::Result<()> {
     drop(client);
     stack.drop_database().await?;
     Ok(())
+}
+
+/// Cache hits through a gateway with the cache on: one upload, a stored result for it (the
+/// entry written here, as a finished job would leave it: the bench runs no worker), then every
+/// submit of that upload and prompt is a hit. The load and Postgres transactions per hit.
+async fn hits(stack: &mut Stack, user: &str, key: &str, secs: u64, script: &Path) -> anyhow::Result<(Load, f64)> {
+    let cached =
+        stack.start_gateway_with(&HashMap::from([("JEWELSHOT_CACHE__ENABLED".to_owned(), "true".to_owned())]))?;
+    let photo = std::fs::read(jewelshot_testkit::fixture_photo())?;
+    let r = stack
+        .http
+        .post(format!("{cached}/api/uploads"))
+        .bearer_auth(key)
+        .header("content-type", "image/jpeg")
+        .body(photo)
+        .send()
+        .await?;
+    let upload: serde_json::Value = r.json().await?;
+    let image = upload["url"].as_str().context("the upload answered no url")?.to_owned();
+    let client = stack.db.client().await?;
+    let row = client
+        .query_one("SELECT storage_key, content_sha256, bytes FROM uploads WHERE id = $1", &[&upload["id"].as_str()])
+        .await?;
+    let (object, content, bytes): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    let user_id: jewelshot_domain::UserId = user.parse().map_err(|_| anyhow::anyhow!("user id {user}"))?;
+    let model = jewelshot_fal::FalConfig::default().model;
+    let basis =
+        jewelshot_domain::cache::basis(jewelshot_domain::cache::CacheScope::User, user_id, &model, "enhance lighting");
+    client
+        .execute(
+            "INSERT INTO result_cache (key, job_id, storage_key, url, content_type, bytes, width, height, ready_at, expires_at)
+             VALUES ($1, 'bench', $2, $2, 'image/jpeg', $3, 1024, 576, now(), now() + interval '1 day')",
+            &[&jewelshot_domain::cache::key(&basis, &content), &object, &bytes],
+        )
+        .await?;
+    let env = [("BENCH_KEY", key), ("BENCH_IMAGE", image.as_str())];
+    let url = format!("{cached}/api/ai/edit");
+    let warm = wrk(&url, script, 50, 2, &env)?;
+    if warm.requests == 0 || warm.errors > 0 {
+        bail!("the hit warm-up failed: {warm:?}");
+    }
+    let tx0 = stack.db.transactions().await?;
+    let load = wrk(&url, script, 50, secs, &env)?;
+    let tx1 = stack.db.transactions().await?;
+    let cached_jobs: i64 = client.query_one("SELECT count(*) FROM jobs WHERE cached", &[]).await?.get(0);
+    if (cached_jobs as u64) < load.requests {
+        bail!("{} hits answered but only {cached_jobs} jobs completed from the cache", load.requests);
+    }
+    Ok((load.clone(), (tx1 - tx0) as f64 / load.requests.max(1) as f64))
+}
+
+fn print_hits(submits: &Load, (hits, per_hit): &(Load, f64)) {
+    println!(
+        "cache hits @50: {:>8.0}/s = {:>5.1} % of plain submits   p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}   Postgres transactions/hit {per_hit:.2}",
+        hits.rps,
+        hits.rps / submits.rps.max(f64::MIN_POSITIVE) * 100.0,
+        hits.p50_ms,
+        hits.p99_ms,
+        hits.errors
+    );
 }
 
 fn num_cpus() -> usize {

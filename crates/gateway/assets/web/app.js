@@ -118,7 +118,8 @@ $("#cancel").addEventListener("click", async () => {
 });
 
 function render(view) {
-  $("#status").textContent = view.status;
+  // A result reused from an identical earlier edit (the result cache) says so.
+  $("#status").textContent = view.cached ? `${view.status} (an identical edit's result, reused)` : view.status;
   $("#position").textContent = view.queuePosition > 0 ? String(view.queuePosition) : "—";
   $("#eta").textContent = view.etaSeconds != null ? `${view.etaSeconds} s` : "—";
   $("#cancel").hidden = !["queued", "processing"].includes(view.status);

@@ -96,6 +96,10 @@ async function refresh() {
   const q = o.queue;
   table($("#queue"), ["waiting high", "waiting normal", "scheduled", "dispatched", "processing", "oldest waiting"],
     [[q.waitingHigh, q.waitingNormal, q.scheduled, q.dispatched, q.processing, `${Math.round(q.oldestWaitingSecs)} s`]]);
+  const c = o.cache;
+  const rate = c.hitRate == null ? "—" : `${(c.hitRate * 100).toFixed(1)} %`;
+  table($("#cache"), ["enabled", "scope", "hit rate (1 h)", "hits", "lookups", "sharing a request", "stored results"],
+    [[c.enabled ? "yes" : "no", c.scope, rate, c.hits, c.lookups, c.sharing, c.entries]]);
   table($("#head"), ["#", "job", "user", "priority", ""],
     o.lineHead.map((h) => [h.position, h.job.jobId, h.job.userId, h.job.priority, actions(h.job.jobId, o.readOnly, ["cancel"])]));
   table($("#accounts"), ["account", "state", "in flight", "started in window", "window"],
