@@ -83,16 +83,38 @@ BEGIN
     RETURN out;
 END $$;
 
--- Complete a waiting job from a ready entry: the job row, a gallery row pointing at the entry's
--- object (not charged: storage is not duplicated), and its generate and save steps recorded as
--- done (their output names the job whose request made the image). notify-user is recorded here
--- when the job has no webhook; with one, the caller hands the job to a worker, whose notify step
+-- What a job completed from an entry records beside its row: a gallery row pointing at the
+-- entry's object (not charged: storage is not duplicated), and its generate and save steps done
+-- (their output names the job whose request made the image). notify-user is recorded here when
+-- the job has no webhook; with one, the caller hands the job to a worker, whose notify step
 -- records the delivery as for any job.
+CREATE FUNCTION jewelshot_cache_outputs(p_job jobs, p_entry result_cache) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_output JSONB := jsonb_build_object('cached', jsonb_build_object('job', p_entry.job_id, 'key', p_entry.storage_key));
+BEGIN
+    INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height, shared)
+    VALUES (jewelshot_ulid(), p_job.user_id, p_job.id, p_entry.storage_key, p_entry.url, p_entry.content_type,
+            p_entry.bytes, p_entry.width, p_entry.height, true)
+    ON CONFLICT (job_id) DO NOTHING;
+    -- A worker's job may have recorded its generate step running before it met the cache.
+    INSERT INTO job_steps (job_id, step, status, attempts, output, started_at, finished_at)
+    SELECT p_job.id, s, 'complete', 0, CASE WHEN s = 'notify-user' THEN '{"webhook": null}'::jsonb ELSE v_output END,
+           now(), now()
+      FROM unnest(CASE WHEN p_job.webhook_url IS NULL
+                       THEN ARRAY['generate-image', 'save-to-gallery', 'notify-user']
+                       ELSE ARRAY['generate-image', 'save-to-gallery'] END) s
+    ON CONFLICT (job_id, step) DO UPDATE
+       SET status = 'complete', output = EXCLUDED.output, finished_at = now(), error = NULL
+     WHERE job_steps.status <> 'complete';
+END $$;
+
+-- Complete a waiting (or, in a worker, just begun) job from a ready entry; NULL when the job is
+-- no longer waiting or running (canceled meanwhile).
 CREATE FUNCTION jewelshot_cache_fill(p_job TEXT, p_entry result_cache) RETURNS jobs
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
-    v_output JSONB := jsonb_build_object('cached', jsonb_build_object('job', p_entry.job_id, 'key', p_entry.storage_key));
 BEGIN
     UPDATE jobs SET status = 'complete', cached = true, shares_job = NULL, cache_key = p_entry.key,
                     result_key = p_entry.storage_key, result_url = p_entry.url, error_code = NULL,
@@ -103,24 +125,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height, shared)
-    VALUES (jewelshot_ulid(), v_job.user_id, p_job, p_entry.storage_key, p_entry.url, p_entry.content_type,
-            p_entry.bytes, p_entry.width, p_entry.height, true)
-    ON CONFLICT (job_id) DO NOTHING;
-    INSERT INTO job_steps (job_id, step, status, attempts, output, started_at, finished_at)
-    SELECT p_job, s, 'complete', 0, CASE WHEN s = 'notify-user' THEN '{"webhook": null}'::jsonb ELSE v_output END,
-           now(), now()
-      FROM unnest(CASE WHEN v_job.webhook_url IS NULL
-                       THEN ARRAY['generate-image', 'save-to-gallery', 'notify-user']
-                       ELSE ARRAY['generate-image', 'save-to-gallery'] END) s
-    ON CONFLICT (job_id, step) DO NOTHING;
+    PERFORM jewelshot_cache_outputs(v_job, p_entry);
     RETURN v_job;
 END $$;
 
 -- Whether an entry can be taken over by a new job: expired, or pending on a job that ended
--- without a result.
+-- without a result. VOLATILE, so that inside an ON CONFLICT that waited for another transaction's
+-- entry it reads with a fresh snapshot — and sees that transaction's (committed) job as alive.
 CREATE FUNCTION jewelshot_cache_stale(p_entry result_cache) RETURNS BOOLEAN
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT CASE WHEN p_entry.storage_key IS NOT NULL THEN p_entry.expires_at <= now()
                 ELSE NOT EXISTS (SELECT 1 FROM jobs WHERE id = p_entry.job_id AND status IN ('queued', 'processing'))
            END
@@ -129,7 +142,8 @@ $$;
 -- A waiting job (just inserted, or just fingerprinted by a worker) meets the cache:
 --   'hit'     a ready entry: the job is complete now (jewelshot_cache_fill);
 --   'shared'  an entry pending on another job: the job waits for that job's request;
---   'leader'  no usable entry: the job now owns a pending one and will call fal.
+--   'leader'  no usable entry: the job now owns a pending one and will call fal;
+--   'gone'    the job is no longer waiting or running (canceled meanwhile).
 -- The hit and shared paths read the entry without locking it (many submits of one popular key
 -- never queue on its row); only taking an entry over writes it.
 CREATE FUNCTION jewelshot_cache_join(p_job TEXT, p_key TEXT) RETURNS TEXT
@@ -143,7 +157,9 @@ BEGIN
             RETURN 'leader';
         ELSIF FOUND AND NOT jewelshot_cache_stale(v_entry) THEN
             IF v_entry.storage_key IS NOT NULL THEN
-                PERFORM jewelshot_cache_fill(p_job, v_entry);
+                IF (jewelshot_cache_fill(p_job, v_entry)).id IS NULL THEN
+                    RETURN 'gone';
+                END IF;
                 RETURN 'hit';
             END IF;
             -- A worker's job (fingerprinted after it began) goes back to waiting, its attempt
@@ -152,10 +168,13 @@ BEGIN
                             attempts = CASE WHEN status = 'processing' THEN greatest(attempts - 1, 0) ELSE attempts END,
                             updated_at = now()
              WHERE id = p_job AND status IN ('queued', 'processing');
+            IF NOT FOUND THEN
+                RETURN 'gone';
+            END IF;
             RETURN 'shared';
         END IF;
         -- Take it (or make it). A concurrent taker of the same key waits here on the row and
-        -- then finds it live: it loops and shares ours.
+        -- then finds it live (jewelshot_cache_stale reads after the wait): it loops and shares.
         INSERT INTO result_cache (key, job_id) VALUES (p_key, p_job)
         ON CONFLICT (key) DO UPDATE
            SET job_id = EXCLUDED.job_id, storage_key = NULL, url = NULL, content_type = NULL, bytes = NULL,
@@ -170,8 +189,9 @@ END $$;
 
 -- A job ended: settle what the cache owes. Complete → its result becomes the entry (ready for
 -- p_ttl_secs) and every job sharing its request completes from it. Failed on its input (fal's
--- 422) → the sharers fail alike. Otherwise (canceled, failed for another reason) → the oldest
--- sharer takes over the request (it goes in line; the others now share its request). Idempotent.
+-- 422) → the sharers fail alike. Otherwise (canceled, failed for another reason, or complete
+-- without a stored image) → the oldest sharer takes over the request (it goes in line; the
+-- others now share its request). Idempotent.
 -- Returns each job it changed: 'complete', 'failed' or 'promoted'.
 CREATE FUNCTION jewelshot_cache_settle(p_job TEXT, p_ttl_secs DOUBLE PRECISION)
 RETURNS TABLE (job_id TEXT, outcome TEXT, webhook BOOLEAN)
@@ -182,6 +202,7 @@ DECLARE
     v_img gallery_images;
     v_follower jobs;
     v_next TEXT;
+    v_have_img BOOLEAN;
 BEGIN
     SELECT * INTO v_job FROM jobs WHERE id = p_job;
     IF NOT FOUND OR v_job.cache_key IS NULL OR right(v_job.cache_key, 1) = ':'
@@ -189,35 +210,31 @@ BEGIN
         RETURN;
     END IF;
     IF v_job.status = 'complete' THEN
-        IF NOT v_job.cached THEN
-            SELECT * INTO v_img FROM gallery_images g WHERE g.job_id = p_job;
-            IF FOUND THEN
-                INSERT INTO result_cache (key, job_id, storage_key, url, content_type, bytes, width, height,
-                                          ready_at, expires_at)
-                VALUES (v_job.cache_key, p_job, v_img.storage_key, v_img.url, v_img.content_type, v_img.bytes,
-                        v_img.width, v_img.height, now(), now() + make_interval(secs => p_ttl_secs))
-                ON CONFLICT (key) DO UPDATE
-                   SET job_id = EXCLUDED.job_id, storage_key = EXCLUDED.storage_key, url = EXCLUDED.url,
-                       content_type = EXCLUDED.content_type, bytes = EXCLUDED.bytes, width = EXCLUDED.width,
-                       height = EXCLUDED.height, ready_at = EXCLUDED.ready_at, expires_at = EXCLUDED.expires_at
-                 WHERE result_cache.job_id = p_job OR jewelshot_cache_stale(result_cache);
-            END IF;
+        SELECT * INTO v_img FROM gallery_images g WHERE g.job_id = p_job;
+        v_have_img := FOUND;
+        IF v_have_img AND NOT v_job.cached THEN
+            INSERT INTO result_cache (key, job_id, storage_key, url, content_type, bytes, width, height,
+                                      ready_at, expires_at)
+            VALUES (v_job.cache_key, p_job, v_img.storage_key, v_img.url, v_img.content_type, v_img.bytes,
+                    v_img.width, v_img.height, now(), now() + make_interval(secs => p_ttl_secs))
+            ON CONFLICT (key) DO UPDATE
+               SET job_id = EXCLUDED.job_id, storage_key = EXCLUDED.storage_key, url = EXCLUDED.url,
+                   content_type = EXCLUDED.content_type, bytes = EXCLUDED.bytes, width = EXCLUDED.width,
+                   height = EXCLUDED.height, ready_at = EXCLUDED.ready_at, expires_at = EXCLUDED.expires_at
+             WHERE result_cache.job_id = p_job OR jewelshot_cache_stale(result_cache);
         END IF;
-        SELECT * INTO v_entry FROM result_cache r WHERE r.key = v_job.cache_key AND r.storage_key IS NOT NULL;
-        IF NOT FOUND THEN
-            -- No entry to fill from (its result vanished): the sharers go in line on their own.
-            v_entry := NULL;
+        IF v_have_img THEN
+            -- The sharers get what this job got, whatever became of the entry meanwhile.
+            v_entry := ROW(v_job.cache_key, p_job, v_img.storage_key, v_img.url, v_img.content_type, v_img.bytes,
+                           v_img.width, v_img.height, now(), now(), NULL)::result_cache;
+            FOR v_follower IN SELECT * FROM jobs j WHERE j.shares_job = p_job AND j.status = 'queued' ORDER BY j.seq LOOP
+                -- (A row IS NOT NULL only when every field is: test its id.)
+                IF (jewelshot_cache_fill(v_follower.id, v_entry)).id IS NOT NULL THEN
+                    RETURN QUERY SELECT v_follower.id, 'complete'::text, v_follower.webhook_url IS NOT NULL;
+                END IF;
+            END LOOP;
+            RETURN;
         END IF;
-        FOR v_follower IN SELECT * FROM jobs j WHERE j.shares_job = p_job AND j.status = 'queued' ORDER BY j.seq LOOP
-            IF v_entry.key IS NOT NULL THEN
-                PERFORM jewelshot_cache_fill(v_follower.id, v_entry);
-                RETURN QUERY SELECT v_follower.id, 'complete'::text, v_follower.webhook_url IS NOT NULL;
-            ELSE
-                UPDATE jobs SET shares_job = NULL, updated_at = now() WHERE id = v_follower.id;
-                RETURN QUERY SELECT v_follower.id, 'promoted'::text, false;
-            END IF;
-        END LOOP;
-        RETURN;
     END IF;
     IF v_job.status = 'failed' AND v_job.error_code = 'upstream-invalid-input' THEN
         FOR v_follower IN
@@ -280,12 +297,13 @@ BEGIN
     END IF;
     IF p_cache_basis IS NOT NULL AND p_input_key IS NOT NULL AND p_run_at IS NULL THEN
         SELECT u.content_sha256 INTO v_content FROM uploads u
-         WHERE u.storage_key = p_input_key AND u.content_sha256 IS NOT NULL LIMIT 1;
+         WHERE u.storage_key = p_input_key AND u.user_id = p_user AND u.content_sha256 IS NOT NULL LIMIT 1;
         IF v_content IS NOT NULL THEN
             v_cache_key := p_cache_basis || ':' || v_content;
             SELECT * INTO v_entry FROM result_cache WHERE key = v_cache_key;
             IF FOUND AND NOT jewelshot_cache_stale(v_entry) THEN
-                v_outcome := 'cached';
+                -- 'hit' completes below; 'live' (pending on another job) will share its request.
+                v_outcome := CASE WHEN v_entry.storage_key IS NOT NULL THEN 'hit' ELSE 'live' END;
             END IF;
         END IF;
     END IF;
@@ -298,17 +316,40 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts,
-                      trace_parent, cache_key)
-    VALUES (p_id, p_user, 'queued', p_priority, p_prompt, p_input_url, p_webhook_url, p_run_at, p_max_attempts,
-            p_trace_parent, coalesce(v_cache_key, p_cache_basis || ':'))
-    RETURNING * INTO v_job;
-    IF v_cache_key IS NOT NULL THEN
-        v_outcome := jewelshot_cache_join(p_id, v_cache_key);
-        IF v_outcome <> 'leader' THEN
-            SELECT * INTO v_job FROM jobs WHERE id = p_id;
-        ELSE
-            v_outcome := 'new';
+    IF v_outcome = 'hit' THEN
+        -- Complete in this statement: one row written as it ends, no line, no fal.
+        INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts,
+                          trace_parent, cache_key, cached, result_key, result_url, started_at, finished_at)
+        VALUES (p_id, p_user, 'complete', p_priority, p_prompt, p_input_url, p_webhook_url, p_run_at, p_max_attempts,
+                p_trace_parent, v_cache_key, true, v_entry.storage_key, v_entry.url, now(), now())
+        RETURNING * INTO v_job;
+        PERFORM jewelshot_cache_outputs(v_job, v_entry);
+    ELSE
+        INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts,
+                          trace_parent, cache_key)
+        VALUES (p_id, p_user, 'queued', p_priority, p_prompt, p_input_url, p_webhook_url, p_run_at, p_max_attempts,
+                p_trace_parent, coalesce(v_cache_key, p_cache_basis || ':'))
+        RETURNING * INTO v_job;
+        IF v_cache_key IS NOT NULL THEN
+            v_outcome := jewelshot_cache_join(p_id, v_cache_key);
+            IF v_outcome = 'leader' THEN
+                v_outcome := 'new';
+                -- The entry ended between the look above and the join: this job calls fal after
+                -- all, so the cap it skipped applies.
+                IF p_queued_cap > 0 THEN
+                    SELECT count(*) INTO v_waiting
+                      FROM (SELECT 1 FROM jobs WHERE user_id = p_user AND status = 'queued' AND shares_job IS NULL
+                               AND id <> p_id LIMIT p_queued_cap) t;
+                    IF v_waiting >= p_queued_cap THEN
+                        DELETE FROM result_cache r WHERE r.key = v_cache_key AND r.job_id = p_id;
+                        DELETE FROM jobs WHERE id = p_id;
+                        RETURN QUERY SELECT 'cap'::text, NULL::boolean, NULL::jobs;
+                        RETURN;
+                    END IF;
+                END IF;
+            ELSE
+                SELECT * INTO v_job FROM jobs WHERE id = p_id;
+            END IF;
         END IF;
     END IF;
     IF p_key IS NOT NULL THEN

@@ -28,6 +28,8 @@ pub enum Joined {
     Hit(Box<JobRow>),
     /// Waiting on another job's request (back to `queued`, out of the line).
     Shared,
+    /// No longer waiting or running (canceled meanwhile): nothing to do.
+    Gone,
 }
 
 /// One job [`Db::cache_settle`] changed.
@@ -89,6 +91,7 @@ impl Db {
         match outcome.as_str() {
             "leader" => Ok(Joined::Leader),
             "shared" => Ok(Joined::Shared),
+            "gone" => Ok(Joined::Gone),
             "hit" => {
                 let row = conn.query_one("SELECT * FROM jobs WHERE id = $1", &[&job.to_string()]).await?;
                 Ok(Joined::Hit(Box::new(job_from_row(&row)?)))

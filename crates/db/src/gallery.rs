@@ -115,9 +115,11 @@ impl Db {
 
     /// Delete `user`'s gallery image `id`: the row, its bytes from the user's account (a cache
     /// hit's row was never charged), and — when it was the user's own result — the cache entries
-    /// made from it. The object is tombstoned (deleted after [`crate::cache::ORPHAN_GRACE`]) only
-    /// when no other gallery row and no cache entry refers to it: another user's hit on the same
-    /// result keeps it. `None` when the user has no such image. One statement.
+    /// made from it. The object is tombstoned: once [`crate::cache::ORPHAN_GRACE`] has passed,
+    /// the upkeep deletes it if no gallery row and no cache entry refers to it then — another
+    /// user's hit on the same result keeps it (the check is made then, not now, so two deletes
+    /// of the last two rows at once cannot both leave it). `None` when the user has no such
+    /// image. One statement.
     pub async fn delete_gallery_image(&self, user: UserId, id: &str) -> Result<Option<DeletedImage>> {
         let row = self
             .conn()
@@ -137,11 +139,12 @@ impl Db {
                  orphan AS (
                     INSERT INTO object_tombstones (storage_key, due_at)
                     SELECT d.storage_key, now() + make_interval(secs => $3) FROM del d
-                     WHERE NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = d.storage_key AND i.id <> $1)
-                       AND (NOT d.shared OR NOT EXISTS (SELECT 1 FROM result_cache r WHERE r.storage_key = d.storage_key))
-                    ON CONFLICT (storage_key) DO NOTHING
-                    RETURNING 1)
-                 SELECT d.storage_key, (SELECT count(*) FROM orphan) > 0 AS orphaned FROM del d",
+                    ON CONFLICT (storage_key) DO NOTHING)
+                 SELECT d.storage_key,
+                        NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = d.storage_key AND i.id <> $1)
+                        AND (NOT d.shared OR NOT EXISTS (SELECT 1 FROM result_cache r WHERE r.storage_key = d.storage_key))
+                        AS orphaned
+                   FROM del d",
                 &[&id, &user.to_string(), &crate::cache::ORPHAN_GRACE.as_secs_f64()],
             )
             .await?;
@@ -153,6 +156,6 @@ impl Db {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedImage {
     pub storage_key: String,
-    /// Nothing refers to the object any more: it is deleted after the grace period.
+    /// Nothing else referred to the object as this statement saw it (the upkeep decides).
     pub orphaned: bool,
 }

@@ -384,7 +384,9 @@ impl Db {
     }
 
     /// Start an attempt: `queued`/`processing` → `processing`, attempts + 1. [`Begun::Final`]
-    /// when the job is gone or final (canceled while waiting, finished by another worker).
+    /// when the job is gone or final (canceled while waiting, finished by another worker), or
+    /// waits on another job's fal request (`shares_job`: a task delivered again after its worker
+    /// made it share one; the result cache completes it).
     ///
     /// It is also the job's run lock: a `processing` job whose worker's heartbeat is younger than
     /// `stale` belongs to that worker, and another worker gets `Busy` (two deliveries of one
@@ -397,7 +399,7 @@ impl Db {
             .query_opt(
                 "UPDATE jobs SET status = 'processing', attempts = attempts + 1, worker_id = $2,
                         started_at = coalesce(started_at, now()), updated_at = now(), heartbeat_at = now()
-                  WHERE id = $1 AND (status = 'queued' OR (status = 'processing' AND (
+                  WHERE id = $1 AND ((status = 'queued' AND shares_job IS NULL) OR (status = 'processing' AND (
                         worker_id IS NOT DISTINCT FROM $2 OR heartbeat_at IS NULL
                         OR heartbeat_at < now() - make_interval(secs => $3))))
                   RETURNING *",

@@ -27,30 +27,39 @@ pub enum Met {
     Proceed,
     /// Completed from a stored result: announce it.
     Hit(Box<JobRow>),
-    /// Waits on an identical job's request, out of the line: this task is done.
+    /// Waits on an identical job's request, out of the line (or was canceled meanwhile): this
+    /// task is done.
     Shared,
 }
 
-/// Meet the cache before the job's fal request, if its input is still to be hashed (its key is
-/// `<basis>:`) and its request was not made yet. Trouble fetching or hashing only means the job
-/// goes to fal uncached (fal reads the URL itself and says what it thinks of it).
+/// Meet the cache before the job's fal request, unless its request was made already. A job
+/// whose input is still to be hashed (key `<basis>:`) is hashed from the bytes fetched now; one
+/// with a full key meets it again (cheap: no fetch), for it may no longer own the entry (a
+/// requeued job whose sharer took the request over, a sharer promoted after its leader failed).
+/// Trouble fetching only means the job goes to fal uncached (fal reads the URL itself and says
+/// what it thinks of it).
 pub async fn meet(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Met, StepFailure> {
-    let Some(basis) = job.cache_key.as_deref().and_then(|k| k.strip_suffix(':')) else { return Ok(Met::Proceed) };
+    let Some(key) = job.cache_key.as_deref() else { return Ok(Met::Proceed) };
     if !ctx.cache.enabled || ctx.db.generate_started(job.id).await? {
         return Ok(Met::Proceed);
     }
-    let cap = ctx.images.max_input_bytes as u64;
-    let bytes = match save::fetch_capped(ctx, &job.input_url, cap).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::info!(reason = ?e, "input not fetched for the result cache; asking fal uncached");
-            return Ok(Met::Proceed);
-        }
+    let hashed_now = key.ends_with(':');
+    let key = match key.strip_suffix(':') {
+        None => key.to_owned(),
+        Some(basis) => match save::fetch_capped(ctx, &job.input_url, ctx.images.max_input_bytes as u64).await {
+            Ok(bytes) => cache::key(basis, &cache::content_digest(&bytes)),
+            Err(e) => {
+                tracing::info!(reason = ?e, "input not fetched for the result cache; asking fal uncached");
+                return Ok(Met::Proceed);
+            }
+        },
     };
-    let key = cache::key(basis, &cache::content_digest(&bytes));
     let met = match ctx.db.cache_join(job.id, &key).await? {
         Joined::Leader => {
-            metrics::counter!(m::CACHE_LOOKUPS, "outcome" => "miss").increment(1);
+            // Counted where the job first met the cache (here, or at submit).
+            if hashed_now {
+                metrics::counter!(m::CACHE_LOOKUPS, "outcome" => "miss").increment(1);
+            }
             return Ok(Met::Proceed);
         }
         Joined::Hit(done) => {
@@ -64,6 +73,7 @@ pub async fn meet(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<
             tracing::info!("an identical job's request is in flight: waiting on it");
             Met::Shared
         }
+        Joined::Gone => Met::Shared,
     };
     if let Some(g) = grant.take() {
         ctx.upstream.unused(&g).await;

@@ -112,10 +112,11 @@ impl Reconciler {
             report.scanned += batch.len() as u64;
             // A job being submitted or handed over right now, or running with a live heartbeat,
             // is not a candidate.
-            // A job sharing another's fal request is in no line by design (the cache settles it).
+            // A job waiting on another's fal request is in no line by design (the cache settles it).
+            let sharing = |o: &OpenJob| o.job.shares_job.is_some() && o.job.status == JobStatus::Queued;
             let candidates: Vec<&OpenJob> = batch
                 .iter()
-                .filter(|o| o.settled && o.job.shares_job.is_none() && (o.job.status == JobStatus::Queued || o.stale))
+                .filter(|o| o.settled && !sharing(o) && (o.job.status == JobStatus::Queued || o.stale))
                 .collect();
             let entries: Vec<LineEntry> = candidates.iter().map(|o| jewelshot_queue::line_entry(&o.job)).collect();
             let by_id: std::collections::HashMap<&str, &OpenJob> =

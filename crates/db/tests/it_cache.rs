@@ -1,0 +1,116 @@
+//! The result cache's SQL (V12) under the races the services meet: two jobs joining one key at
+//! once (one leader, one sharer — never two fal requests), and how a finished request settles
+//! the jobs sharing it.
+
+use std::time::Duration;
+
+use jewelshot_db::cache::{Joined, SettledAs};
+use jewelshot_testkit::db::fresh_database;
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn insert_job(c: &tokio_postgres::Client, id: &str, user: &str) {
+    c.execute(
+        "INSERT INTO jobs (id, user_id, status, prompt, input_url, max_attempts) VALUES ($1, $2, 'queued', 'p', 'u', 3)",
+        &[&id, &user],
+    )
+    .await
+    .expect("insert job");
+}
+
+/// A join that waited for another transaction's new entry must see that transaction's job as
+/// alive once it commits, and share its request (a STABLE staleness check would read with the
+/// waiting statement's old snapshot, take the entry over, and make two fal requests).
+#[tokio::test]
+async fn it_a_join_that_waited_on_a_new_entry_shares_it() {
+    let test = fresh_database().await.expect("database");
+    let user = test.db.create_user("ana@example.com", "free").await.expect("user").id.to_string();
+    let (a, b) = (client(&test.direct_url).await, client(&test.direct_url).await);
+    a.batch_execute("BEGIN").await.expect("begin");
+    insert_job(&a, "job-a", &user).await;
+    let first: String = a.query_one("SELECT jewelshot_cache_join('job-a', 'k')", &[]).await.expect("join").get(0);
+    assert_eq!(first, "leader");
+    let second = tokio::spawn(async move {
+        insert_job(&b, "job-b", &user).await;
+        let row = b.query_one("SELECT jewelshot_cache_join('job-b', 'k')", &[]).await.expect("join");
+        row.get::<_, String>(0)
+    });
+    // b's insert of the entry waits on a's uncommitted one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second join waits for the first's transaction");
+    a.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(second.await.expect("second join"), "shared");
+    let c = client(&test.direct_url).await;
+    let owner: String =
+        c.query_one("SELECT job_id FROM result_cache WHERE key = 'k'", &[]).await.expect("entry").get(0);
+    assert_eq!(owner, "job-a");
+    let shares: Option<String> =
+        c.query_one("SELECT shares_job FROM jobs WHERE id = 'job-b'", &[]).await.expect("job").get(0);
+    assert_eq!(shares.as_deref(), Some("job-a"));
+}
+
+/// A finished request completes its sharers from its own stored image; a canceled one hands
+/// the request to the oldest sharer and the rest now share that one's; a second settle changes
+/// nothing.
+#[tokio::test]
+async fn it_settling_completes_or_hands_over_the_sharers() {
+    let test = fresh_database().await.expect("database");
+    let db = &test.db;
+    let user = db.create_user("ben@example.com", "free").await.expect("user").id.to_string();
+    let c = client(&test.direct_url).await;
+    let ids: Vec<jewelshot_domain::JobId> = (0..6).map(|_| jewelshot_domain::JobId::generate()).collect();
+    for id in &ids {
+        insert_job(&c, &id.to_string(), &user).await;
+    }
+    let (done_leader, canceled_leader) = (ids[0], ids[3]);
+    for (i, id) in ids.iter().enumerate() {
+        let key = if i < 3 { "k1" } else { "k2" };
+        let joined = db.cache_join(*id, key).await.expect("join");
+        match i {
+            0 | 3 => assert!(matches!(joined, Joined::Leader), "{joined:?}"),
+            _ => assert!(matches!(joined, Joined::Shared), "{joined:?}"),
+        }
+    }
+    // The first request completes with its image.
+    c.execute(
+        "UPDATE jobs SET status = 'complete', result_key = 'results/x.jpg', result_url = 'http://f/x.jpg' WHERE id = $1",
+        &[&done_leader.to_string()],
+    )
+    .await
+    .expect("complete");
+    c.execute(
+        "INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes)
+         VALUES ('g1', $1, $2, 'results/x.jpg', 'http://f/x.jpg', 'image/jpeg', 10)",
+        &[&user, &done_leader.to_string()],
+    )
+    .await
+    .expect("gallery");
+    let settled = db.cache_settle(done_leader, Duration::from_secs(60)).await.expect("settle");
+    assert_eq!(settled.len(), 2, "{settled:?}");
+    assert!(settled.iter().all(|s| s.outcome == SettledAs::Complete), "{settled:?}");
+    assert!(db.cache_settle(done_leader, Duration::from_secs(60)).await.expect("again").is_empty());
+    for id in &ids[1..3] {
+        let job = db.job(*id).await.expect("read").expect("job");
+        assert!(job.cached && job.result_key.as_deref() == Some("results/x.jpg"), "{job:?}");
+    }
+    let objects: i64 = c
+        .query_one("SELECT count(DISTINCT storage_key) FROM gallery_images WHERE user_id = $1", &[&user])
+        .await
+        .expect("gallery")
+        .get(0);
+    assert_eq!(objects, 1, "three gallery rows, one object");
+
+    // The second request's job is canceled: its oldest sharer takes the request over.
+    c.execute("UPDATE jobs SET status = 'canceled' WHERE id = $1", &[&canceled_leader.to_string()])
+        .await
+        .expect("cancel");
+    let settled = db.cache_settle(canceled_leader, Duration::from_secs(60)).await.expect("settle");
+    assert_eq!(settled.iter().map(|s| (s.job, s.outcome)).collect::<Vec<_>>(), vec![(ids[4], SettledAs::Promoted)]);
+    let last = db.job(ids[5]).await.expect("read").expect("job");
+    assert_eq!(last.shares_job, Some(ids[4]), "the rest share the new owner's request");
+    assert!(matches!(db.cache_join(ids[4], "k2").await.expect("join"), Joined::Leader), "it owns the entry");
+}
