@@ -84,30 +84,16 @@ BEGIN
 END $$;
 
 -- What a job completed from an entry records beside its row: a gallery row pointing at the
--- entry's object (not charged: storage is not duplicated), and its generate and save steps done
--- (their output names the job whose request made the image). notify-user is recorded here when
--- the job has no webhook; with one, the caller hands the job to a worker, whose notify step
--- records the delivery as for any job.
-CREATE FUNCTION jewelshot_cache_outputs(p_job jobs, p_entry result_cache) RETURNS VOID
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_output JSONB := jsonb_build_object('cached', jsonb_build_object('job', p_entry.job_id, 'key', p_entry.storage_key));
-BEGIN
+-- entry's object (not charged: storage is not duplicated). No step is recorded: the job ran
+-- none (its view shows generate and save done; notify-user is the worker's when it has a
+-- webhook — the caller hands the job to one).
+CREATE FUNCTION jewelshot_cache_outputs(p_job jobs, p_entry result_cache, p_gallery_id TEXT) RETURNS VOID
+LANGUAGE sql AS $$
     INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height, shared)
-    VALUES (jewelshot_ulid(), p_job.user_id, p_job.id, p_entry.storage_key, p_entry.url, p_entry.content_type,
+    VALUES (p_gallery_id, p_job.user_id, p_job.id, p_entry.storage_key, p_entry.url, p_entry.content_type,
             p_entry.bytes, p_entry.width, p_entry.height, true)
-    ON CONFLICT (job_id) DO NOTHING;
-    -- A worker's job may have recorded its generate step running before it met the cache.
-    INSERT INTO job_steps (job_id, step, status, attempts, output, started_at, finished_at)
-    SELECT p_job.id, s, 'complete', 0, CASE WHEN s = 'notify-user' THEN '{"webhook": null}'::jsonb ELSE v_output END,
-           now(), now()
-      FROM unnest(CASE WHEN p_job.webhook_url IS NULL
-                       THEN ARRAY['generate-image', 'save-to-gallery', 'notify-user']
-                       ELSE ARRAY['generate-image', 'save-to-gallery'] END) s
-    ON CONFLICT (job_id, step) DO UPDATE
-       SET status = 'complete', output = EXCLUDED.output, finished_at = now(), error = NULL
-     WHERE job_steps.status <> 'complete';
-END $$;
+    ON CONFLICT (job_id) DO NOTHING
+$$;
 
 -- Complete a waiting (or, in a worker, just begun) job from a ready entry; NULL when the job is
 -- no longer waiting or running (canceled meanwhile).
@@ -125,7 +111,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    PERFORM jewelshot_cache_outputs(v_job, p_entry);
+    PERFORM jewelshot_cache_outputs(v_job, p_entry, jewelshot_ulid());
     RETURN v_job;
 END $$;
 
@@ -323,7 +309,7 @@ BEGIN
         VALUES (p_id, p_user, 'complete', p_priority, p_prompt, p_input_url, p_webhook_url, p_run_at, p_max_attempts,
                 p_trace_parent, v_cache_key, true, v_entry.storage_key, v_entry.url, now(), now())
         RETURNING * INTO v_job;
-        PERFORM jewelshot_cache_outputs(v_job, v_entry);
+        PERFORM jewelshot_cache_outputs(v_job, v_entry, jewelshot_ulid());
     ELSE
         INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts,
                           trace_parent, cache_key)

@@ -81,6 +81,62 @@ pub struct Evicted {
 }
 
 impl Db {
+    /// A submit of the caller's upload `input_key` whose result is stored (a hit), recorded in
+    /// one plain statement — the job row, complete, and its gallery entry — without the
+    /// `jewelshot_submit` function (a hit needs neither the cap nor the line). `None` (nothing
+    /// written) when it is not a hit now: the caller submits the usual way. The gateway takes
+    /// this path for a request it recently saw hit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn submit_hit(
+        &self,
+        id: JobId,
+        user: jewelshot_domain::UserId,
+        edit: &jewelshot_domain::NewEdit,
+        max_attempts: i32,
+        trace_parent: Option<&str>,
+        basis: &str,
+        input_key: &str,
+    ) -> Result<Option<JobRow>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "WITH e AS (
+                    SELECT r.* FROM uploads u JOIN result_cache r ON r.key = $10 || ':' || u.content_sha256
+                     WHERE u.storage_key = $11 AND u.user_id = $2 AND r.storage_key IS NOT NULL
+                       AND r.expires_at > now()
+                     LIMIT 1),
+                 j AS (
+                    INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, max_attempts,
+                                      trace_parent, cache_key, cached, result_key, result_url, started_at, finished_at)
+                    SELECT $1, $2, 'complete', $3, $4, $5, $6, $7, $8, e.key, true, e.storage_key, e.url, now(), now()
+                      FROM e
+                    RETURNING *),
+                 g AS (
+                    INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height, shared)
+                    SELECT $9, j.user_id, j.id, e.storage_key, e.url, e.content_type, e.bytes, e.width, e.height, true
+                      FROM j, e)
+                 SELECT * FROM j",
+                &[
+                    &id.to_string(),
+                    &user.to_string(),
+                    &edit.priority.as_str(),
+                    &edit.prompt,
+                    &edit.image_url.as_str(),
+                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                    &max_attempts,
+                    &trace_parent,
+                    &ulid::Ulid::generate().to_string(),
+                    &basis,
+                    &input_key,
+                ],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        self.changed(id);
+        Ok(Some(job_from_row(&row)?))
+    }
+
     /// A worker hashed the bytes `job` reads: meet the cache under `key`
     /// (`jewelshot_cache_join`).
     pub async fn cache_join(&self, job: JobId, key: &str) -> Result<Joined> {
@@ -154,7 +210,7 @@ impl Db {
                     RETURNING storage_key),
                  surplus AS (
                     DELETE FROM result_cache WHERE key IN (
-                        SELECT key FROM result_cache WHERE storage_key IS NOT NULL
+                        SELECT key FROM result_cache WHERE storage_key IS NOT NULL AND expires_at > now()
                          ORDER BY ready_at DESC OFFSET $1 LIMIT $2)
                     RETURNING storage_key),
                  gone AS (SELECT storage_key FROM expired UNION SELECT storage_key FROM surplus),

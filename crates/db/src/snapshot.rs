@@ -71,7 +71,7 @@ macro_rules! snapshot_select {
     () => {
         "
     SELECT j.id, j.seq, j.user_id, j.status, j.priority, j.prompt, j.webhook_url, j.run_at, j.attempts,
-           j.error_code, j.error_message, j.result_url, j.result_key, j.created_at, j.updated_at, j.cached,
+           j.error_code, j.error_message, j.result_url, j.result_key, j.created_at, j.updated_at, j.cached, j.finished_at,
            j.rev + coalesce(s.rev, 0) + coalesce(d.rev, 0) AS snapshot_rev,
            s.names, s.statuses, s.attempts AS step_attempts, s.finished AS step_finished,
            d.message_id AS d_message_id, d.event AS d_event, d.state AS d_state, d.attempts AS d_attempts,
@@ -86,9 +86,9 @@ macro_rules! snapshot_select {
     };
 }
 
-fn steps_of(row: &tokio_postgres::Row) -> Result<Vec<StepView>> {
+fn steps_of(row: &tokio_postgres::Row, cached: Option<Cached>) -> Result<Vec<StepView>> {
     let names: Option<Vec<String>> = row.get("names");
-    let Some(names) = names else { return Ok(pending_steps(&[])) };
+    let Some(names) = names else { return Ok(shown_steps(&[], cached)) };
     let statuses: Vec<String> = row.get("statuses");
     let attempts: Vec<i32> = row.get("step_attempts");
     let finished: Vec<Option<DateTime<Utc>>> = row.get("step_finished");
@@ -104,16 +104,38 @@ fn steps_of(row: &tokio_postgres::Row) -> Result<Vec<StepView>> {
             finished_at: finished.get(i).copied().flatten(),
         });
     }
-    Ok(pending_steps(&recorded))
+    Ok(shown_steps(&recorded, cached))
 }
 
-/// Every step in run order; those not recorded yet are `pending`.
-pub(crate) fn pending_steps(recorded: &[StepView]) -> Vec<StepView> {
+/// A job completed from the result cache, as its steps are shown.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cached {
+    pub webhook: bool,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Every step in run order; those not recorded yet are `pending`. A job completed from the
+/// result cache ran no step of its own (none is recorded for it: a hit writes only its row and
+/// its gallery entry): its `generate-image` and `save-to-gallery` are shown done — they ran for
+/// the job whose result it reused — and `notify-user` too when it has no webhook (with one, the
+/// worker that announces it records the step).
+pub(crate) fn shown_steps(recorded: &[StepView], cached: Option<Cached>) -> Vec<StepView> {
     StepName::ALL
         .iter()
-        .map(|name| match recorded.iter().find(|s| s.name == *name) {
-            Some(s) => s.clone(),
-            None => StepView { name: *name, status: StepStatus::Pending, attempts: 0, finished_at: None },
+        .map(|name| {
+            let done = |c: Cached| StepView {
+                name: *name,
+                status: StepStatus::Complete,
+                attempts: 0,
+                finished_at: c.finished_at,
+            };
+            let mine = recorded.iter().find(|s| s.name == *name);
+            match (cached, name, mine) {
+                (Some(c), StepName::GenerateImage | StepName::SaveToGallery, _) => done(c),
+                (_, _, Some(s)) => s.clone(),
+                (Some(c), StepName::NotifyUser, None) if !c.webhook => done(c),
+                _ => StepView { name: *name, status: StepStatus::Pending, attempts: 0, finished_at: None },
+            }
         })
         .collect()
 }
@@ -148,6 +170,8 @@ fn snapshot_from_row(row: &tokio_postgres::Row) -> Result<JobSnapshot> {
         _ => None,
     };
     let has_webhook = row.get::<_, Option<String>>("webhook_url").is_some();
+    let cached =
+        row.get::<_, bool>("cached").then(|| Cached { webhook: has_webhook, finished_at: row.get("finished_at") });
     let notification = if has_webhook && status.is_final() { notification_of(row)? } else { None };
     Ok(JobSnapshot {
         rev: row.get("snapshot_rev"),
@@ -167,8 +191,8 @@ fn snapshot_from_row(row: &tokio_postgres::Row) -> Result<JobSnapshot> {
             scheduled_for: row.get("run_at"),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
-            steps: steps_of(row)?,
-            cached: row.get("cached"),
+            steps: steps_of(row, cached)?,
+            cached: cached.is_some(),
             notification,
         },
     })

@@ -15,7 +15,10 @@ impl JobRow {
             .iter()
             .map(|s| StepView { name: s.name, status: s.status, attempts: s.attempts, finished_at: s.finished_at })
             .collect();
-        let steps = crate::snapshot::pending_steps(&recorded);
+        let cached = self
+            .cached
+            .then_some(crate::snapshot::Cached { webhook: self.webhook_url.is_some(), finished_at: self.finished_at });
+        let steps = crate::snapshot::shown_steps(&recorded, cached);
         let error = match (self.status, &self.error_code) {
             (JobStatus::Failed, Some(code)) => {
                 Some(ErrorView { code: code.clone(), message: self.error_message.clone().unwrap_or_default() })

@@ -114,3 +114,64 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
     assert_eq!(last.shares_job, Some(ids[4]), "the rest share the new owner's request");
     assert!(matches!(db.cache_join(ids[4], "k2").await.expect("join"), Joined::Leader), "it owns the entry");
 }
+
+/// Upkeep: expired entries go, then the oldest beyond the bound; an evicted result's object is
+/// tombstoned only when no gallery row refers to it, and deleted (claimed) only once due and
+/// still unreferenced.
+#[tokio::test]
+async fn it_eviction_bounds_the_cache_and_never_orphans_a_gallery() {
+    let test = fresh_database().await.expect("database");
+    let db = &test.db;
+    let user = db.create_user("cy@example.com", "free").await.expect("user").id.to_string();
+    let c = client(&test.direct_url).await;
+    for (key, object, age_secs, ttl_secs) in [
+        ("old", "results/old.jpg", 300, 3600),
+        ("mid", "results/mid.jpg", 200, 3600),
+        ("new", "results/new.jpg", 100, 3600),
+        ("dead", "results/dead.jpg", 50, 10),
+    ] {
+        c.execute(
+            "INSERT INTO result_cache (key, job_id, storage_key, url, content_type, bytes, ready_at, expires_at)
+             VALUES ($1, 'j', $2, 'u', 'image/jpeg', 1, now() - make_interval(secs => $3),
+                     now() - make_interval(secs => $3) + make_interval(secs => $4))",
+            &[&key, &object, &f64::from(age_secs), &f64::from(ttl_secs)],
+        )
+        .await
+        .expect("entry");
+    }
+    // A gallery still shows "mid": its object must outlive the entry.
+    c.execute(
+        "INSERT INTO gallery_images (id, user_id, storage_key, url, content_type, bytes) VALUES ('g', $1, 'results/mid.jpg', 'u', 'image/jpeg', 1)",
+        &[&user],
+    )
+    .await
+    .expect("gallery");
+    let evicted = db.cache_evict(1, 100).await.expect("evict");
+    assert_eq!((evicted.expired, evicted.over_capacity), (1, 2), "{evicted:?}");
+    let left: Vec<String> =
+        c.query("SELECT key FROM result_cache", &[]).await.expect("left").iter().map(|r| r.get(0)).collect();
+    assert_eq!(left, vec!["new".to_owned()], "the newest entry stays");
+    let tombstoned: Vec<String> = c
+        .query("SELECT storage_key FROM object_tombstones ORDER BY 1", &[])
+        .await
+        .expect("tombstones")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tombstoned,
+        vec!["results/dead.jpg".to_owned(), "results/old.jpg".to_owned()],
+        "not mid: a gallery shows it"
+    );
+    assert!(db.due_orphans(10).await.expect("due").is_empty(), "nothing is due before its grace period");
+    c.execute("UPDATE object_tombstones SET due_at = now()", &[]).await.expect("make due");
+    // A hit that read "old" before it went committed its gallery row meanwhile: it keeps it.
+    c.execute(
+        "INSERT INTO gallery_images (id, user_id, storage_key, url, content_type, bytes, shared) VALUES ('h', $1, 'results/old.jpg', 'u', 'image/jpeg', 1, true)",
+        &[&user],
+    )
+    .await
+    .expect("late hit");
+    assert_eq!(db.due_orphans(10).await.expect("due"), vec!["results/dead.jpg".to_owned()]);
+    assert!(db.due_orphans(10).await.expect("due").is_empty(), "each claimed once");
+}

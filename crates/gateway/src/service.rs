@@ -133,6 +133,11 @@ pub async fn submit(
     let lookup = |outcome: &'static str| {
         metrics::counter!(jewelshot_domain::metric_names::CACHE_LOOKUPS, "outcome" => outcome).increment(1);
     };
+    if let Some(job) = recent_hit(state, id, user, &edit, &how).await? {
+        lookup("hit");
+        announce_cached(state, &job).await;
+        return Ok(Submitted::Created(rate, submitted_view(state, &job, 0).await?));
+    }
     let (job, position) = match state.db.submit_job(id, user.id, &edit, &how).await? {
         jewelshot_db::jobs::Inserted::New(job) => {
             match (&cache_basis, &input_key) {
@@ -145,6 +150,9 @@ pub async fn submit(
         }
         jewelshot_db::jobs::Inserted::Cached(job) => {
             lookup("hit");
+            if let (Some(key), Some(basis)) = (how.input_key, how.cache_basis) {
+                state.recent_hits.remember(key, basis);
+            }
             announce_cached(state, &job).await;
             (*job, 0)
         }
@@ -178,6 +186,27 @@ pub async fn submit(
     // The access log already has a line for the request: this one is for debugging.
     tracing::debug!(job_id = %id, user_id = %user.id, position, cached = job.cached, "job submitted");
     Ok(Submitted::Created(rate, submitted_view(state, &job, position).await?))
+}
+
+/// A request that hit lately is tried as a hit first, in one plain statement (the job complete
+/// and its gallery entry): no function, no cap, no line. Not a hit any more → forgotten, and the
+/// caller submits the usual way. Requests with an `Idempotency-Key` always go the usual way.
+async fn recent_hit(
+    state: &AppState,
+    id: JobId,
+    user: &User,
+    edit: &NewEdit,
+    how: &Submission<'_>,
+) -> Result<Option<JobRow>, ApiError> {
+    let (Some(key), Some(basis), None) = (how.input_key, how.cache_basis, how.idempotency) else { return Ok(None) };
+    if edit.run_at.is_some() || !state.recent_hits.seen(key, basis) {
+        return Ok(None);
+    }
+    let job = state.db.submit_hit(id, user.id, edit, how.max_attempts, how.trace_parent, basis, key).await?;
+    if job.is_none() {
+        state.recent_hits.forget(key, basis);
+    }
+    Ok(job)
 }
 
 /// The result cache's basis of this request, when it may use the cache (on, and not

@@ -56,6 +56,39 @@ pub struct AppState {
     pub pools: Arc<Mutex<Vec<Db>>>,
     /// Job announcements for this process's live status streams.
     pub events: Arc<crate::events::EventHub>,
+    /// Requests (an upload and a cache basis) that hit the result cache lately: the next ones
+    /// take the one-statement hit path.
+    pub recent_hits: Arc<RecentHits>,
+}
+
+/// Requests that hit the result cache in the last [`RecentHits::TTL`], at most
+/// [`RecentHits::MAX`] (beyond it, forgotten wholesale: a miss only costs the usual path).
+#[derive(Debug, Default)]
+pub struct RecentHits(Mutex<HashMap<(String, String), Instant>>);
+
+impl RecentHits {
+    const TTL: Duration = Duration::from_secs(60);
+    const MAX: usize = 10_000;
+
+    pub fn seen(&self, input_key: &str, basis: &str) -> bool {
+        let Ok(map) = self.0.lock() else { return false };
+        map.get(&(input_key.to_owned(), basis.to_owned())).is_some_and(|at| at.elapsed() < Self::TTL)
+    }
+
+    pub fn remember(&self, input_key: &str, basis: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert((input_key.to_owned(), basis.to_owned()), Instant::now());
+        }
+    }
+
+    pub fn forget(&self, input_key: &str, basis: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&(input_key.to_owned(), basis.to_owned()));
+        }
+    }
 }
 
 /// One upload in progress for a user; its place frees when dropped.
@@ -105,6 +138,7 @@ impl AppState {
             blocked: Arc::default(),
             pools: Arc::default(),
             events: crate::events::EventHub::new(),
+            recent_hits: Arc::default(),
             auth_cache,
             trusted_proxies,
             file_urls,
@@ -169,6 +203,7 @@ impl AppState {
             auth_cache: self.auth_cache.clone(),
             pools: self.pools.clone(),
             events: self.events.clone(),
+            recent_hits: self.recent_hits.clone(),
         }
     }
 

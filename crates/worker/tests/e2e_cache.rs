@@ -230,6 +230,19 @@ async fn e2e_cache_hit_at_submit_skips_cap_and_limiter() {
     let started = |q: &Value| q["upstream"]["keys"][0]["startedInWindow"].as_u64();
     assert_eq!(started(&before), started(&after), "the limiter counted no start: {before} {after}");
 
+    // A request that hit lately takes the one-statement path: the same answer.
+    let again = submit(&stack, &key, json!({ "image_url": second_upload, "prompt": "studio light" })).await;
+    assert_eq!((again["status"].as_str(), again["cached"].as_bool()), (Some("complete"), Some(true)), "{again}");
+    let (_, polled) = stack.get_job(&key, again["jobId"].as_str().expect("id")).await.expect("poll");
+    assert!(polled["steps"].as_array().expect("steps").iter().all(|s| s["status"] == "complete"), "{polled}");
+    // Once the stored result is gone, the same request is a job like any other: the cap holds.
+    let sql = stack.db.client().await.expect("sql");
+    sql.execute("DELETE FROM result_cache", &[]).await.expect("evict everything");
+    let body = json!({ "image_url": second_upload, "prompt": "studio light" });
+    let (status, fresh) = stack.submit(&key, &body).await.expect("submit");
+    assert_eq!((status, fresh["error"]["code"].as_str()), (429, Some("too-many-queued-jobs")), "{fresh}");
+    assert_eq!(fal_requests(&stack).await, 1);
+
     let id = hit["jobId"].as_str().expect("id");
     stack.wait_notification(&key, id, "delivered", WAIT).await.expect("notified");
     let delivery = hook
