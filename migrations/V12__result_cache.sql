@@ -40,7 +40,6 @@ ALTER TABLE jobs ADD COLUMN cache_key TEXT;
 ALTER TABLE jobs ADD COLUMN cached BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN shares_job TEXT;
 CREATE INDEX jobs_sharing ON jobs (shares_job, seq) WHERE shares_job IS NOT NULL;
-CREATE INDEX jobs_cache_created ON jobs (created_at) WHERE cache_key IS NOT NULL;
 
 -- shared: the row points at an object another entry stored (a cache hit): its bytes are not
 -- charged to this user, and deleting the row deletes the object only when nothing else refers
