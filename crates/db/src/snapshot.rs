@@ -33,6 +33,19 @@ pub struct JobSnapshot {
     pub result_key: Option<String>,
     /// `queue_position` 0, `eta_seconds` none, `image_url` as stored.
     pub view: JobView,
+    /// While it waits on another job's fal request (the result cache): that job, whose place in
+    /// line is this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<SharedRequest>,
+}
+
+/// The job whose fal request a waiting job shares, as the dispatch line knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedRequest {
+    pub job_id: String,
+    pub seq: i64,
+    pub user_id: UserId,
+    pub priority: Priority,
 }
 
 impl JobSnapshot {
@@ -44,6 +57,7 @@ impl JobSnapshot {
             seq: job.seq,
             result_key: job.result_key.clone(),
             view: job.to_view(&[], 0, None),
+            shares: None,
         }
     }
 
@@ -76,13 +90,15 @@ macro_rules! snapshot_select {
            s.names, s.statuses, s.attempts AS step_attempts, s.finished AS step_finished,
            d.message_id AS d_message_id, d.event AS d_event, d.state AS d_state, d.attempts AS d_attempts,
            d.max_attempts AS d_max_attempts, d.next_at AS d_next_at, d.last_attempt_at AS d_last_attempt_at,
-           d.delivered_at AS d_delivered_at, d.error_code AS d_error_code, d.error_message AS d_error_message
+           d.delivered_at AS d_delivered_at, d.error_code AS d_error_code, d.error_message AS d_error_message,
+           l.id AS l_id, l.seq AS l_seq, l.user_id AS l_user_id, l.priority AS l_priority
       FROM jobs j
       LEFT JOIN LATERAL (
            SELECT sum(rev)::int8 AS rev, array_agg(step) AS names, array_agg(status) AS statuses,
                   array_agg(attempts) AS attempts, array_agg(finished_at) AS finished
              FROM job_steps WHERE job_id = j.id) s ON true
-      LEFT JOIN webhook_deliveries d ON d.job_id = j.id"
+      LEFT JOIN webhook_deliveries d ON d.job_id = j.id
+      LEFT JOIN jobs l ON l.id = j.shares_job AND j.status = 'queued'"
     };
 }
 
@@ -173,7 +189,17 @@ fn snapshot_from_row(row: &tokio_postgres::Row) -> Result<JobSnapshot> {
     let cached =
         row.get::<_, bool>("cached").then(|| Cached { webhook: has_webhook, finished_at: row.get("finished_at") });
     let notification = if has_webhook && status.is_final() { notification_of(row)? } else { None };
+    let shares = match row.get::<_, Option<String>>("l_id") {
+        None => None,
+        Some(job_id) => Some(SharedRequest {
+            job_id,
+            seq: row.get("l_seq"),
+            user_id: parse(row, "l_user_id")?,
+            priority: parse(row, "l_priority")?,
+        }),
+    };
     Ok(JobSnapshot {
+        shares,
         rev: row.get("snapshot_rev"),
         user_id: parse(row, "user_id")?,
         seq: row.get("seq"),

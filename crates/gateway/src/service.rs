@@ -337,6 +337,9 @@ pub async fn get(state: &AppState, user: &User, id: JobId) -> Result<JobView, Ap
             Ok(Some((snap, place))) => {
                 let position = match place {
                     None => 0,
+                    // A job sharing a request that left the line (it is at fal now): no wait of
+                    // its own, and no Postgres count for it.
+                    Some(jewelshot_ratelimit::LinePlace::Absent) if snap.shares.is_some() => 0,
                     Some(place) => {
                         jewelshot_queue::position_from(
                             Ok(place),

@@ -53,8 +53,17 @@ impl SnapshotConfig {
     }
 }
 
-/// The job's dispatch-line entry, read off its snapshot.
+/// The job's dispatch-line entry, read off its snapshot — for a job sharing another's fal
+/// request, that job's entry: its place in line is the sharer's.
 pub fn entry_of(snap: &JobSnapshot) -> LineEntry {
+    if let Some(s) = &snap.shares {
+        return LineEntry {
+            seq: s.seq,
+            high: s.priority == Priority::High,
+            user: s.user_id.to_string(),
+            job: s.job_id.clone(),
+        };
+    }
     LineEntry {
         seq: snap.seq,
         high: snap.priority() == Priority::High,

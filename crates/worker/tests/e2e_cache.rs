@@ -160,6 +160,11 @@ async fn e2e_cache_ten_identical_at_once_share_one_request() {
     let (_, queue) = get(&stack, &key, "/api/queue").await;
     assert_eq!(queue["queued"], 1, "one job calls fal, nine share its request: {queue}");
     assert_eq!(queue["cache"]["sharing"], 9, "{queue}");
+    // A sharer's place is its request's: first in line.
+    for id in &ids {
+        let (_, job) = stack.get_job(&key, id).await.expect("poll");
+        assert_eq!((job["status"].as_str(), job["queuePosition"].as_i64()), (Some("queued"), Some(1)), "{job}");
+    }
 
     stack.start_worker().expect("worker");
     let mut cached = 0;
