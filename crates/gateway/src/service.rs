@@ -160,14 +160,7 @@ pub async fn submit(
             lookup("shared");
             // Not in the line: it runs when the job it shares does. Its place is counted among
             // the jobs that call fal (Postgres), until it completes with them.
-            let position = jewelshot_queue::position_from(
-                Ok(jewelshot_ratelimit::LinePlace::Absent),
-                &state.db,
-                job.status,
-                job.run_at,
-                job.seq,
-            )
-            .await?;
+            let position = state.db.queue_position_of(job.status, job.run_at, job.seq).await?;
             (*job, position)
         }
         jewelshot_db::jobs::Inserted::Existing { job, same_request: true } => {

@@ -137,6 +137,11 @@ impl StackOptions {
     }
 }
 
+/// The result cache every process of a stack runs with: the options', or off.
+fn cache_settings(opts: &StackOptions) -> jewelshot_domain::cache::CacheSettings {
+    opts.cache.clone().unwrap_or(jewelshot_domain::cache::CacheSettings { enabled: false, ..Default::default() })
+}
+
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
@@ -291,10 +296,7 @@ impl Stack {
         // Tests queue hundreds of jobs from one user; the limit tests turn the limits back on.
         env.insert("JEWELSHOT_LIMITS__SUBMITS_PER_MINUTE".into(), "0".into());
         env.insert("JEWELSHOT_LIMITS__MAX_QUEUED_PER_USER".into(), "0".into());
-        let cache = opts
-            .cache
-            .clone()
-            .unwrap_or(jewelshot_domain::cache::CacheSettings { enabled: false, ..Default::default() });
+        let cache = cache_settings(&opts);
         env.insert("JEWELSHOT_CACHE__ENABLED".into(), cache.enabled.to_string());
         env.insert("JEWELSHOT_CACHE__SCOPE".into(), cache.scope.as_str().into());
         env.insert("JEWELSHOT_CACHE__TTL_SECS".into(), cache.ttl_secs.to_string());
@@ -486,11 +488,7 @@ impl Stack {
             c.queue.redis_url = t.redis_url.clone();
         }
         c.queue.name = self.queue_name.clone();
-        c.cache = self
-            .opts
-            .cache
-            .clone()
-            .unwrap_or(jewelshot_domain::cache::CacheSettings { enabled: false, ..Default::default() });
+        c.cache = cache_settings(&self.opts);
         c.storage = self.storage.clone();
         c.storage.local.public_base_url = format!("{}/files", self.gateway_url());
         c.webhook.allow_insecure = true;
