@@ -3,7 +3,9 @@
 /// jemalloc with its background purging thread: a burst of connections (each with its buffers
 /// and request in flight) leaves glibc's malloc holding the memory for good, fragmented across
 /// the worker threads' arenas; jemalloc hands dirty pages back to the system within its decay
-/// time (10 s), so the gateway's RSS returns to its working set after a burst.
+/// time (10 s), so the gateway's RSS returns to its working set after a burst. The C codecs
+/// that shrink uploads (mozjpeg, libwebp) allocate through it too
+/// (`unprefixed_malloc_on_supported_platforms`), not through glibc's per-thread arenas.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -129,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
 
     let start = tokio::time::Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
+    // Which worker held the reconciler's lease at each sample (it does periodic work the other
+    // does not): a growth seen only in the holder points at that work.
+    let lease_key = format!("{}:reconciler", stack.queue_name);
+    let mut lease_held: BTreeMap<String, u32> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(every));
     let k6_status = loop {
         tokio::select! {
@@ -157,7 +161,13 @@ async fn main() -> anyhow::Result<()> {
                 if let Ok(c) = conns {
                     row.insert("postgres connections".into(), c);
                 }
-                eprintln!("[{t:5.1} min] {}", row.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(" · "));
+                let holder: Option<String> = redis::cmd("GET").arg(&lease_key).query_async(&mut redis).await.unwrap_or_default();
+                let holder = holder.as_deref().map_or_else(|| "none".to_owned(), lease_holder_name);
+                *lease_held.entry(holder.clone()).or_default() += 1;
+                eprintln!(
+                    "[{t:5.1} min] {} · lease {holder}",
+                    row.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(" · ")
+                );
                 samples.push((t, row));
             }
         }
@@ -201,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let growing = report(&samples, minutes);
+    println!(
+        "reconciler lease held at the samples: {}",
+        lease_held.iter().map(|(w, n)| format!("{w} {n}")).collect::<Vec<_>>().join(", ")
+    );
     let pass = k6_status.success() && open == 0 && growing.is_empty();
     println!("k6 thresholds (0 HTTP errors, no job lost): {}", if k6_status.success() { "met" } else { "NOT met" });
     println!("jobs still open after the load: {open}");
@@ -264,4 +278,11 @@ fn report(samples: &[Sample], minutes: f64) -> Vec<String> {
         }
     }
     growing
+}
+
+/// The stack names its workers `test-worker-<n>-<ulid>`; the table calls them `worker-<n>`.
+fn lease_holder_name(id: &str) -> String {
+    id.strip_prefix("test-worker-")
+        .and_then(|rest| rest.split('-').next())
+        .map_or_else(|| id.to_owned(), |n| format!("worker-{n}"))
 }
