@@ -81,11 +81,11 @@ pub struct Evicted {
 }
 
 impl Db {
-    /// A submit of the caller's upload `input_key` whose result is stored (a hit), recorded in
-    /// one plain statement — the job row, complete, and its gallery entry — without the
-    /// `jewelshot_submit` function (a hit needs neither the cap nor the line). `None` (nothing
-    /// written) when it is not a hit now: the caller submits the usual way. The gateway takes
-    /// this path for a request it recently saw hit.
+    /// A submit whose result is stored under `entry` (a hit), recorded in one plain statement —
+    /// the job row, complete, which is also its gallery entry (V13) — without the
+    /// `jewelshot_submit` function (a hit needs neither the cap nor the line). `None` (nothing written) when the entry is not
+    /// ready now: the caller submits the usual way. The gateway takes this path for a request
+    /// (one of the caller's uploads and a cache basis) it recently saw hit `entry`.
     #[allow(clippy::too_many_arguments)]
     pub async fn submit_hit(
         &self,
@@ -94,28 +94,23 @@ impl Db {
         edit: &jewelshot_domain::NewEdit,
         max_attempts: i32,
         trace_parent: Option<&str>,
-        basis: &str,
-        input_key: &str,
+        entry: &str,
     ) -> Result<Option<JobRow>> {
         let row = self
             .conn()
             .await?
             .query_opt(
                 "WITH e AS (
-                    SELECT r.* FROM uploads u JOIN result_cache r ON r.key = $10 || ':' || u.content_sha256
-                     WHERE u.storage_key = $11 AND u.user_id = $2 AND r.storage_key IS NOT NULL
-                       AND r.expires_at > now()
-                     LIMIT 1),
+                    SELECT r.* FROM result_cache r
+                     WHERE r.key = $9 AND r.storage_key IS NOT NULL AND r.expires_at > now()),
                  j AS (
                     INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, max_attempts,
-                                      trace_parent, cache_key, cached, result_key, result_url, started_at, finished_at)
-                    SELECT $1, $2, 'complete', $3, $4, $5, $6, $7, $8, e.key, true, e.storage_key, e.url, now(), now()
+                                      trace_parent, cache_key, cached, result_key, result_url, result_content_type,
+                                      result_bytes, result_width, result_height, gallery_entry, started_at, finished_at)
+                    SELECT $1, $2, 'complete', $3, $4, $5, $6, $7, $8, e.key, true, e.storage_key, e.url, e.content_type,
+                           e.bytes, e.width, e.height, true, now(), now()
                       FROM e
-                    RETURNING *),
-                 g AS (
-                    INSERT INTO gallery_images (id, user_id, job_id, storage_key, url, content_type, bytes, width, height, shared)
-                    SELECT $9, j.user_id, j.id, e.storage_key, e.url, e.content_type, e.bytes, e.width, e.height, true
-                      FROM j, e)
+                    RETURNING *)
                  SELECT * FROM j",
                 &[
                     &id.to_string(),
@@ -126,9 +121,7 @@ impl Db {
                     &edit.webhook_url.as_ref().map(|u| u.as_str()),
                     &max_attempts,
                     &trace_parent,
-                    &ulid::Ulid::generate().to_string(),
-                    &basis,
-                    &input_key,
+                    &entry,
                 ],
             )
             .await?;
@@ -217,7 +210,7 @@ impl Db {
                  orphaned AS (
                     INSERT INTO object_tombstones (storage_key, due_at)
                     SELECT g.storage_key, now() + make_interval(secs => $3) FROM gone g
-                     WHERE NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = g.storage_key)
+                     WHERE NOT jewelshot_object_in_gallery(g.storage_key)
                     ON CONFLICT (storage_key) DO NOTHING
                     RETURNING 1)
                  SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM surplus), (SELECT count(*) FROM orphaned)",
@@ -233,7 +226,7 @@ impl Db {
 
     /// Tombstoned objects past their grace period that nothing refers to now — each claimed
     /// (its tombstone removed) in this statement: the caller deletes the objects. One that is
-    /// referenced again (a hit's gallery row) just loses its tombstone.
+    /// referenced again (a hit's gallery entry) just loses its tombstone.
     pub async fn due_orphans(&self, limit: i64) -> Result<Vec<String>> {
         let rows = self
             .conn()
@@ -244,7 +237,7 @@ impl Db {
                         SELECT storage_key FROM object_tombstones WHERE due_at <= now() LIMIT $1)
                     RETURNING storage_key)
                  SELECT d.storage_key FROM due d
-                  WHERE NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = d.storage_key)
+                  WHERE NOT jewelshot_object_in_gallery(d.storage_key)
                     AND NOT EXISTS (SELECT 1 FROM result_cache r WHERE r.storage_key = d.storage_key)",
                 &[&limit],
             )

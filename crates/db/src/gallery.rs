@@ -1,4 +1,9 @@
 //! Saved images. One per job, ever: the unique `job_id` makes a repeated save a no-op.
+//!
+//! A user's gallery has two sources: the `gallery_images` rows (images the user's own requests
+//! stored) and the jobs completed from the result cache, each of which is its own entry (V13:
+//! `gallery_entry`, entry id = job id; the object is another job's, and not charged). Listing,
+//! deleting and the orphan checks read both.
 
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, UserId};
@@ -95,27 +100,39 @@ impl Db {
             .conn()
             .await?
             .query(
-                "SELECT * FROM gallery_images WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
-                  ORDER BY id DESC LIMIT $3",
+                "(SELECT id, user_id, job_id, storage_key, url, content_type, bytes, width, height, created_at
+                    FROM gallery_images WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
+                   ORDER BY id DESC LIMIT $3)
+                 UNION ALL
+                 (SELECT id, user_id, id, result_key, result_url, coalesce(result_content_type, 'application/octet-stream'),
+                         coalesce(result_bytes, 0), result_width, result_height, coalesce(finished_at, created_at)
+                    FROM jobs WHERE user_id = $1 AND gallery_entry AND ($2::text IS NULL OR id < $2)
+                   ORDER BY id DESC LIMIT $3)
+                 ORDER BY id DESC LIMIT $3",
                 &[&user.to_string(), &before, &limit],
             )
             .await?;
         Ok(rows.iter().map(image_from_row).collect())
     }
 
-    /// How many gallery images a job has (the invariant is: at most one).
+    /// How many gallery images a job has (the invariant is: at most one), its own entry
+    /// included when it was completed from the cache.
     pub async fn gallery_count_for_job(&self, job: JobId) -> Result<i64> {
         let row = self
             .conn()
             .await?
-            .query_one("SELECT count(*) FROM gallery_images WHERE job_id = $1", &[&job.to_string()])
+            .query_one(
+                "SELECT (SELECT count(*) FROM gallery_images WHERE job_id = $1)
+                      + (SELECT count(*) FROM jobs WHERE id = $1 AND gallery_entry)",
+                &[&job.to_string()],
+            )
             .await?;
         Ok(row.get(0))
     }
 
     /// Delete `user`'s gallery image `id`: the row, its bytes from the user's account (a cache
-    /// hit's row was never charged), and — when it was the user's own result — the cache entries
-    /// made from it. The object is tombstoned: once [`crate::cache::ORPHAN_GRACE`] has passed,
+    /// hit's entry was never charged), and — when it was the user's own result — the cache
+    /// entries made from it. A cache hit's entry is its job: the job stays, out of the gallery. The object is tombstoned: once [`crate::cache::ORPHAN_GRACE`] has passed,
     /// the upkeep deletes it if no gallery row and no cache entry refers to it then — another
     /// user's hit on the same result keeps it (the check is made then, not now, so two deletes
     /// of the last two rows at once cannot both leave it). `None` when the user has no such
@@ -125,9 +142,14 @@ impl Db {
             .conn()
             .await?
             .query_opt(
-                "WITH del AS (
+                "WITH row_del AS (
                     DELETE FROM gallery_images WHERE id = $1 AND user_id = $2
                     RETURNING storage_key, bytes, shared),
+                 hit_del AS (
+                    UPDATE jobs SET gallery_entry = false
+                     WHERE id = $1 AND user_id = $2 AND gallery_entry AND NOT EXISTS (SELECT 1 FROM row_del)
+                    RETURNING result_key AS storage_key, 0::bigint AS bytes, true AS shared),
+                 del AS (SELECT * FROM row_del UNION ALL SELECT * FROM hit_del),
                  acct AS (
                     UPDATE user_storage u SET bytes = greatest(u.bytes - d.bytes, 0),
                            objects = greatest(u.objects - 1, 0), updated_at = now()
@@ -142,6 +164,8 @@ impl Db {
                     ON CONFLICT (storage_key) DO NOTHING)
                  SELECT d.storage_key,
                         NOT EXISTS (SELECT 1 FROM gallery_images i WHERE i.storage_key = d.storage_key AND i.id <> $1)
+                        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.result_key = d.storage_key AND j.gallery_entry
+                                           AND j.id <> $1)
                         AND (NOT d.shared OR NOT EXISTS (SELECT 1 FROM result_cache r WHERE r.storage_key = d.storage_key))
                         AS orphaned
                    FROM del d",

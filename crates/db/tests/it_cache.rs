@@ -1,4 +1,4 @@
-//! The result cache's SQL (V12) under the races the services meet: two jobs joining one key at
+//! The result cache's SQL (V12, V13) under the races the services meet: two jobs joining one key at
 //! once (one leader, one sharer — never two fal requests), and how a finished request settles
 //! the jobs sharing it.
 
@@ -97,12 +97,20 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
         let job = db.job(*id).await.expect("read").expect("job");
         assert!(job.cached && job.result_key.as_deref() == Some("results/x.jpg"), "{job:?}");
     }
-    let objects: i64 = c
-        .query_one("SELECT count(DISTINCT storage_key) FROM gallery_images WHERE user_id = $1", &[&user])
-        .await
-        .expect("gallery")
-        .get(0);
-    assert_eq!(objects, 1, "three gallery rows, one object");
+    // Three gallery entries — the leader's row and the sharers' own jobs (V13) — one object.
+    let user_id: jewelshot_domain::UserId = user.parse().expect("user id");
+    let gallery = db.list_gallery(user_id, None, 10).await.expect("gallery");
+    assert_eq!(gallery.len(), 3, "{gallery:?}");
+    assert!(gallery.iter().all(|g| g.storage_key == "results/x.jpg" && g.content_type == "image/jpeg"), "{gallery:?}");
+    assert_eq!(
+        gallery.iter().filter(|g| g.job_id.as_deref() == Some(g.id.as_str())).count(),
+        2,
+        "a sharer's entry is its job: {gallery:?}"
+    );
+    assert_eq!(db.gallery_count_for_job(ids[1]).await.expect("count"), 1);
+    let rows: i64 =
+        c.query_one("SELECT count(*) FROM gallery_images WHERE user_id = $1", &[&user]).await.expect("rows").get(0);
+    assert_eq!(rows, 1, "completing from the cache writes no gallery row");
 
     // The second request's job is canceled: its oldest sharer takes the request over.
     c.execute("UPDATE jobs SET status = 'canceled' WHERE id = $1", &[&canceled_leader.to_string()])
@@ -113,6 +121,32 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
     let last = db.job(ids[5]).await.expect("read").expect("job");
     assert_eq!(last.shares_job, Some(ids[4]), "the rest share the new owner's request");
     assert!(matches!(db.cache_join(ids[4], "k2").await.expect("join"), Joined::Leader), "it owns the entry");
+
+    // A request's job that was itself completed from the cache (a worker met a ready entry on a
+    // later attempt) settles its sharers from the image it carries.
+    let (owner, sharer) = (jewelshot_domain::JobId::generate(), jewelshot_domain::JobId::generate());
+    for id in [owner, sharer] {
+        insert_job(&c, &id.to_string(), &user).await;
+    }
+    assert!(matches!(db.cache_join(owner, "k3").await.expect("join"), Joined::Leader));
+    assert!(matches!(db.cache_join(sharer, "k3").await.expect("join"), Joined::Shared));
+    c.execute(
+        "UPDATE jobs SET status = 'complete', cached = true, gallery_entry = true, result_key = 'results/y.jpg',
+                result_url = 'http://f/y.jpg', result_content_type = 'image/webp', result_bytes = 7 WHERE id = $1",
+        &[&owner.to_string()],
+    )
+    .await
+    .expect("cached");
+    let settled = db.cache_settle(owner, Duration::from_secs(60)).await.expect("settle");
+    assert_eq!(settled.iter().map(|s| (s.job, s.outcome)).collect::<Vec<_>>(), vec![(sharer, SettledAs::Complete)]);
+    let gallery = db.list_gallery(user_id, None, 100).await.expect("gallery");
+    let entry = gallery.iter().find(|g| g.id == sharer.to_string()).expect("the sharer's own entry");
+    assert_eq!(
+        (entry.job_id.as_deref(), entry.storage_key.as_str(), entry.content_type.as_str(), entry.bytes),
+        (Some(sharer.to_string().as_str()), "results/y.jpg", "image/webp", 7),
+    );
+    let ids: Vec<&str> = gallery.iter().map(|g| g.id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first across both sources: {ids:?}");
 }
 
 /// Upkeep: expired entries go, then the oldest beyond the bound; an evicted result's object is
@@ -165,9 +199,11 @@ async fn it_eviction_bounds_the_cache_and_never_orphans_a_gallery() {
     );
     assert!(db.due_orphans(10).await.expect("due").is_empty(), "nothing is due before its grace period");
     c.execute("UPDATE object_tombstones SET due_at = now()", &[]).await.expect("make due");
-    // A hit that read "old" before it went committed its gallery row meanwhile: it keeps it.
+    // A hit that read "old" before it went committed meanwhile: its job is a gallery entry
+    // showing the object (V13), which keeps it.
     c.execute(
-        "INSERT INTO gallery_images (id, user_id, storage_key, url, content_type, bytes, shared) VALUES ('h', $1, 'results/old.jpg', 'u', 'image/jpeg', 1, true)",
+        "INSERT INTO jobs (id, user_id, status, prompt, input_url, max_attempts, cached, gallery_entry, result_key)
+         VALUES ('h', $1, 'complete', 'p', 'u', 3, true, true, 'results/old.jpg')",
         &[&user],
     )
     .await

@@ -150,8 +150,8 @@ pub async fn submit(
         }
         jewelshot_db::jobs::Inserted::Cached(job) => {
             lookup("hit");
-            if let (Some(key), Some(basis)) = (how.input_key, how.cache_basis) {
-                state.recent_hits.remember(key, basis);
+            if let (Some(key), Some(basis), Some(entry)) = (how.input_key, how.cache_basis, job.cache_key.as_deref()) {
+                state.recent_hits.remember(key, basis, entry);
             }
             announce_cached(state, &job).await;
             (*job, 0)
@@ -182,7 +182,7 @@ pub async fn submit(
 }
 
 /// A request that hit lately is tried as a hit first, in one plain statement (the job complete
-/// and its gallery entry): no function, no cap, no line. Not a hit any more → forgotten, and the
+/// and its gallery entry) on the entry key it hit with: no function, no cap, no line. Not a hit any more → forgotten, and the
 /// caller submits the usual way. Requests with an `Idempotency-Key` always go the usual way.
 async fn recent_hit(
     state: &AppState,
@@ -192,10 +192,8 @@ async fn recent_hit(
     how: &Submission<'_>,
 ) -> Result<Option<JobRow>, ApiError> {
     let (Some(key), Some(basis), None) = (how.input_key, how.cache_basis, how.idempotency) else { return Ok(None) };
-    if edit.run_at.is_some() || !state.recent_hits.seen(key, basis) {
-        return Ok(None);
-    }
-    let job = state.db.submit_hit(id, user.id, edit, how.max_attempts, how.trace_parent, basis, key).await?;
+    let Some(entry) = state.recent_hits.entry(key, basis).filter(|_| edit.run_at.is_none()) else { return Ok(None) };
+    let job = state.db.submit_hit(id, user.id, edit, how.max_attempts, how.trace_parent, &entry).await?;
     if job.is_none() {
         state.recent_hits.forget(key, basis);
     }

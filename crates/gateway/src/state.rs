@@ -62,25 +62,31 @@ pub struct AppState {
 }
 
 /// Requests that hit the result cache in the last [`RecentHits::TTL`], at most
-/// [`RecentHits::MAX`] (beyond it, forgotten wholesale: a miss only costs the usual path).
+/// [`RecentHits::MAX`] (beyond it, forgotten wholesale: a miss only costs the usual path): for
+/// each upload and cache basis, the entry key its bytes gave (`<basis>:<content digest>`), so the
+/// next such submit reads the entry by its key without looking at the upload again. An upload's
+/// key names its bytes for good (a new upload gets a new key).
 #[derive(Debug, Default)]
-pub struct RecentHits(Mutex<HashMap<(String, String), Instant>>);
+pub struct RecentHits(Mutex<HashMap<(String, String), (String, Instant)>>);
 
 impl RecentHits {
     const TTL: Duration = Duration::from_secs(60);
     const MAX: usize = 10_000;
 
-    pub fn seen(&self, input_key: &str, basis: &str) -> bool {
-        let Ok(map) = self.0.lock() else { return false };
-        map.get(&(input_key.to_owned(), basis.to_owned())).is_some_and(|at| at.elapsed() < Self::TTL)
+    /// The entry key `input_key` under `basis` hit lately.
+    pub fn entry(&self, input_key: &str, basis: &str) -> Option<String> {
+        let map = self.0.lock().ok()?;
+        map.get(&(input_key.to_owned(), basis.to_owned()))
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(entry, _)| entry.clone())
     }
 
-    pub fn remember(&self, input_key: &str, basis: &str) {
+    pub fn remember(&self, input_key: &str, basis: &str, entry: &str) {
         if let Ok(mut map) = self.0.lock() {
             if map.len() >= Self::MAX {
                 map.clear();
             }
-            map.insert((input_key.to_owned(), basis.to_owned()), Instant::now());
+            map.insert((input_key.to_owned(), basis.to_owned()), (entry.to_owned(), Instant::now()));
         }
     }
 
