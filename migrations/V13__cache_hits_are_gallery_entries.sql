@@ -11,6 +11,12 @@
 --
 -- Jobs cached before this migration keep their shared gallery_images rows (gallery_entry stays
 -- false for them, so nothing is shown twice); every function reads both.
+--
+-- Upgrading: binaries from before V13 look only at gallery_images for references, so an old
+-- worker's upkeep could delete an object that only V13 entries still show. Replace the workers
+-- before (or with) the gateways, and no later than 60 s (the tombstones' grace) after the first
+-- V13 binary starts. The two indexes below are built in the migration's transaction: on a large
+-- jobs table, writes to it wait for them.
 
 ALTER TABLE jobs
     ADD COLUMN result_content_type TEXT,
@@ -41,7 +47,9 @@ BEGIN
     UPDATE jobs SET status = 'complete', cached = true, shares_job = NULL, cache_key = p_entry.key,
                     result_key = p_entry.storage_key, result_url = p_entry.url,
                     result_content_type = p_entry.content_type, result_bytes = p_entry.bytes,
-                    result_width = p_entry.width, result_height = p_entry.height, gallery_entry = true,
+                    result_width = p_entry.width, result_height = p_entry.height,
+                    -- (a job requeued from the start after its save step wrote its row keeps that one)
+                    gallery_entry = NOT EXISTS (SELECT 1 FROM gallery_images g WHERE g.job_id = p_job),
                     error_code = NULL,
                     error_message = NULL, started_at = coalesce(started_at, now()), finished_at = now(),
                     updated_at = now()
@@ -56,7 +64,8 @@ END $$;
 DROP FUNCTION jewelshot_cache_outputs(jobs, result_cache, TEXT);
 
 -- The finished job's image, for the entry and its sharers: its gallery row, or its own columns
--- when it was itself completed from the cache.
+-- when it was itself completed from the cache and its entry is still in its owner's gallery (a
+-- deleted one's object may be on its way out: the sharers then take the request over, as in V12).
 CREATE OR REPLACE FUNCTION jewelshot_cache_settle(p_job TEXT, p_ttl_secs DOUBLE PRECISION)
 RETURNS TABLE (job_id TEXT, outcome TEXT, webhook BOOLEAN)
 LANGUAGE plpgsql AS $$
@@ -79,7 +88,7 @@ BEGIN
                now(), now(), NULL::timestamptz
           INTO v_entry FROM gallery_images g WHERE g.job_id = p_job;
         v_have_img := FOUND;
-        IF NOT v_have_img AND v_job.cached AND v_job.result_key IS NOT NULL THEN
+        IF NOT v_have_img AND v_job.gallery_entry THEN
             v_entry := ROW(v_job.cache_key, p_job, v_job.result_key, v_job.result_url, v_job.result_content_type,
                            v_job.result_bytes, v_job.result_width, v_job.result_height, now(), now(), NULL)::result_cache;
             v_have_img := true;

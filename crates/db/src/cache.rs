@@ -15,8 +15,8 @@ use crate::sql::Sql;
 use crate::{Db, DbError, Result};
 
 /// How long an object nothing refers to waits before it is deleted: longer than any submit's
-/// statement, so a hit that read an entry just before it was evicted has committed its gallery
-/// row (which then keeps the object) by the time the object is looked at again.
+/// statement, so a hit that read an entry just before it was evicted has committed its job —
+/// its gallery entry, which then keeps the object — by the time the object is looked at again.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// What [`Db::cache_join`] made of a fingerprinted job.
@@ -189,7 +189,7 @@ impl Db {
     }
 
     /// Remove expired entries, then the oldest ready ones beyond `max_entries` (at most `batch`
-    /// each); an object no gallery row refers to any more is tombstoned, to be deleted after
+    /// each); an object no gallery entry refers to any more is tombstoned, to be deleted after
     /// [`ORPHAN_GRACE`]. Entries are digests and storage keys only: the objects stay while
     /// any gallery refers to them.
     pub async fn cache_evict(&self, max_entries: u64, batch: i64) -> Result<Evicted> {

@@ -2,8 +2,9 @@
 //!
 //! A user's gallery has two sources: the `gallery_images` rows (images the user's own requests
 //! stored) and the jobs completed from the result cache, each of which is its own entry (V13:
-//! `gallery_entry`, entry id = job id; the object is another job's, and not charged). Listing,
-//! deleting and the orphan checks read both.
+//! `gallery_entry`; the entry's id and time are its job's — it sits where the job was submitted —
+//! and its object is another job's, not charged). Listing, deleting and the orphan checks read
+//! both.
 
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, UserId};
@@ -104,8 +105,9 @@ impl Db {
                     FROM gallery_images WHERE user_id = $1 AND ($2::text IS NULL OR id < $2)
                    ORDER BY id DESC LIMIT $3)
                  UNION ALL
-                 (SELECT id, user_id, id, result_key, result_url, coalesce(result_content_type, 'application/octet-stream'),
-                         coalesce(result_bytes, 0), result_width, result_height, coalesce(finished_at, created_at)
+                 (SELECT id, user_id, id, result_key, coalesce(result_url, ''),
+                         coalesce(result_content_type, 'application/octet-stream'), coalesce(result_bytes, 0),
+                         result_width, result_height, created_at
                     FROM jobs WHERE user_id = $1 AND gallery_entry AND ($2::text IS NULL OR id < $2)
                    ORDER BY id DESC LIMIT $3)
                  ORDER BY id DESC LIMIT $3",
@@ -132,9 +134,10 @@ impl Db {
 
     /// Delete `user`'s gallery image `id`: the row, its bytes from the user's account (a cache
     /// hit's entry was never charged), and — when it was the user's own result — the cache
-    /// entries made from it. A cache hit's entry is its job: the job stays, out of the gallery. The object is tombstoned: once [`crate::cache::ORPHAN_GRACE`] has passed,
-    /// the upkeep deletes it if no gallery row and no cache entry refers to it then — another
-    /// user's hit on the same result keeps it (the check is made then, not now, so two deletes
+    /// entries made from it. A cache hit's entry is its job: the job stays, out of the gallery.
+    /// The object is tombstoned: once [`crate::cache::ORPHAN_GRACE`] has passed, the upkeep
+    /// deletes it if no gallery entry and no cache entry refers to it then — another user's hit
+    /// on the same result keeps it (the check is made then, not now, so two deletes
     /// of the last two rows at once cannot both leave it). `None` when the user has no such
     /// image. One statement.
     pub async fn delete_gallery_image(&self, user: UserId, id: &str) -> Result<Option<DeletedImage>> {

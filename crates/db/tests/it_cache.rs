@@ -147,6 +147,24 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
     );
     let ids: Vec<&str> = gallery.iter().map(|g| g.id.as_str()).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first across both sources: {ids:?}");
+
+    // The same, but its owner deleted that entry (its object may be on its way out): the sharer
+    // takes the request over instead.
+    let (owner, sharer) = (jewelshot_domain::JobId::generate(), jewelshot_domain::JobId::generate());
+    for id in [owner, sharer] {
+        insert_job(&c, &id.to_string(), &user).await;
+    }
+    assert!(matches!(db.cache_join(owner, "k4").await.expect("join"), Joined::Leader));
+    assert!(matches!(db.cache_join(sharer, "k4").await.expect("join"), Joined::Shared));
+    c.execute(
+        "UPDATE jobs SET status = 'complete', cached = true, gallery_entry = false, result_key = 'results/z.jpg',
+                result_url = 'http://f/z.jpg' WHERE id = $1",
+        &[&owner.to_string()],
+    )
+    .await
+    .expect("cached, entry deleted");
+    let settled = db.cache_settle(owner, Duration::from_secs(60)).await.expect("settle");
+    assert_eq!(settled.iter().map(|s| (s.job, s.outcome)).collect::<Vec<_>>(), vec![(sharer, SettledAs::Promoted)]);
 }
 
 /// Upkeep: expired entries go, then the oldest beyond the bound; an evicted result's object is

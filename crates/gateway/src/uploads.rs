@@ -30,7 +30,8 @@ pub struct UploadView {
     pub content_type: String,
 }
 
-/// One saved image.
+/// One saved image. An image a job's own request made has an id of its own; a job completed from
+/// the result cache is its own entry (its `id` is the job's, its `createdAt` the submit's).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GalleryItem {

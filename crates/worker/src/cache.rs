@@ -1,4 +1,5 @@
-//! The result cache on the workers' side (the rules are SQL: `migrations/V12__result_cache.sql`;
+//! The result cache on the workers' side (the rules are SQL: `migrations/V12__result_cache.sql`,
+//! `V13__cache_hits_are_gallery_entries.sql`;
 //! the gateway meets the cache at submit for jobs that read an upload).
 //!
 //! - [`meet`]: a job whose input was not hashed at submit (any URL but the caller's own upload)

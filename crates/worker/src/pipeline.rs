@@ -245,7 +245,11 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
 async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Option<JobRow>, StepFailure> {
     match crate::cache::meet(ctx, job, grant).await? {
         crate::cache::Met::Proceed => {}
-        crate::cache::Met::Hit(done) => return Ok(Some(*done)),
+        crate::cache::Met::Hit(done) => {
+            // Jobs that were sharing this one's request complete from the same image now.
+            crate::cache::settle(ctx, &done).await;
+            return Ok(Some(*done));
+        }
         crate::cache::Met::Shared => return Ok(None),
     }
     let generated = generate(ctx, job, grant).await?;

@@ -146,7 +146,13 @@ async fn main() -> anyhow::Result<()> {
     let lost: i64 =
         client.query_one("SELECT count(*) FROM jobs WHERE status IN ('queued', 'processing')", &[]).await?.get(0);
     let doubled: i64 = client
-        .query_one("SELECT count(*) FROM (SELECT job_id FROM gallery_images WHERE job_id IS NOT NULL GROUP BY job_id HAVING count(*) > 1) t", &[])
+        .query_one(
+            "SELECT count(*) FROM (
+                SELECT job_id FROM (SELECT job_id FROM gallery_images WHERE job_id IS NOT NULL
+                                    UNION ALL SELECT id FROM jobs WHERE gallery_entry) entries
+                 GROUP BY job_id HAVING count(*) > 1) t",
+            &[],
+        )
         .await?
         .get(0);
     let attempts: HashMap<String, i32> = client
