@@ -22,6 +22,22 @@ async fn insert_job(c: &tokio_postgres::Client, id: &str, user: &str) {
     .expect("insert job");
 }
 
+/// Two new jobs meeting `key`: the first owns the request, the second shares it.
+async fn owner_and_sharer(
+    db: &jewelshot_db::Db,
+    c: &tokio_postgres::Client,
+    user: &str,
+    key: &str,
+) -> (jewelshot_domain::JobId, jewelshot_domain::JobId) {
+    let (owner, sharer) = (jewelshot_domain::JobId::generate(), jewelshot_domain::JobId::generate());
+    for id in [owner, sharer] {
+        insert_job(c, &id.to_string(), user).await;
+    }
+    assert!(matches!(db.cache_join(owner, key).await.expect("join"), Joined::Leader));
+    assert!(matches!(db.cache_join(sharer, key).await.expect("join"), Joined::Shared));
+    (owner, sharer)
+}
+
 /// A join that waited for another transaction's new entry must see that transaction's job as
 /// alive once it commits, and share its request (a STABLE staleness check would read with the
 /// waiting statement's old snapshot, take the entry over, and make two fal requests).
@@ -124,12 +140,7 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
 
     // A request's job that was itself completed from the cache (a worker met a ready entry on a
     // later attempt) settles its sharers from the image it carries.
-    let (owner, sharer) = (jewelshot_domain::JobId::generate(), jewelshot_domain::JobId::generate());
-    for id in [owner, sharer] {
-        insert_job(&c, &id.to_string(), &user).await;
-    }
-    assert!(matches!(db.cache_join(owner, "k3").await.expect("join"), Joined::Leader));
-    assert!(matches!(db.cache_join(sharer, "k3").await.expect("join"), Joined::Shared));
+    let (owner, sharer) = owner_and_sharer(db, &c, &user, "k3").await;
     c.execute(
         "UPDATE jobs SET status = 'complete', cached = true, gallery_entry = true, result_key = 'results/y.jpg',
                 result_url = 'http://f/y.jpg', result_content_type = 'image/webp', result_bytes = 7 WHERE id = $1",
@@ -150,12 +161,7 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
 
     // The same, but its owner deleted that entry (its object may be on its way out): the sharer
     // takes the request over instead.
-    let (owner, sharer) = (jewelshot_domain::JobId::generate(), jewelshot_domain::JobId::generate());
-    for id in [owner, sharer] {
-        insert_job(&c, &id.to_string(), &user).await;
-    }
-    assert!(matches!(db.cache_join(owner, "k4").await.expect("join"), Joined::Leader));
-    assert!(matches!(db.cache_join(sharer, "k4").await.expect("join"), Joined::Shared));
+    let (owner, sharer) = owner_and_sharer(db, &c, &user, "k4").await;
     c.execute(
         "UPDATE jobs SET status = 'complete', cached = true, gallery_entry = false, result_key = 'results/z.jpg',
                 result_url = 'http://f/z.jpg' WHERE id = $1",
@@ -168,7 +174,7 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
 }
 
 /// Upkeep: expired entries go, then the oldest beyond the bound; an evicted result's object is
-/// tombstoned only when no gallery row refers to it, and deleted (claimed) only once due and
+/// tombstoned only when no gallery entry (a row, or a hit's job) refers to it, and deleted (claimed) only once due and
 /// still unreferenced.
 #[tokio::test]
 async fn it_eviction_bounds_the_cache_and_never_orphans_a_gallery() {
