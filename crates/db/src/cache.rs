@@ -83,10 +83,10 @@ pub struct Evicted {
 impl Db {
     /// A submit whose result is stored under `entry` (a hit), recorded in one plain statement —
     /// the job row, complete, which is also its gallery entry (V13) — without the
-    /// `jewelshot_submit` function (a hit needs neither the cap nor the line). `None` (nothing written) when the entry is not
-    /// ready now: the caller submits the usual way. The gateway takes this path for a request
-    /// (one of the caller's uploads and a cache basis) it recently saw hit `entry`.
-    #[allow(clippy::too_many_arguments)]
+    /// `jewelshot_submit` function (a hit needs neither the cap nor the line). `None` (nothing
+    /// written) when the entry is not ready now: the caller submits the usual way. The gateway
+    /// takes this path for a request (one of the caller's uploads and a cache basis) it recently
+    /// saw hit `entry`.
     pub async fn submit_hit(
         &self,
         id: JobId,

@@ -1,5 +1,5 @@
-//! The result cache's SQL (V12, V13) under the races the services meet: two jobs joining one key at
-//! once (one leader, one sharer — never two fal requests), and how a finished request settles
+//! The result cache's SQL (V12, V13) under the races the services meet: two jobs joining one key
+//! at once (one leader, one sharer — never two fal requests), and how a finished request settles
 //! the jobs sharing it.
 
 use std::time::Duration;
@@ -174,8 +174,8 @@ async fn it_settling_completes_or_hands_over_the_sharers() {
 }
 
 /// Upkeep: expired entries go, then the oldest beyond the bound; an evicted result's object is
-/// tombstoned only when no gallery entry (a row, or a hit's job) refers to it, and deleted (claimed) only once due and
-/// still unreferenced.
+/// tombstoned only when no gallery entry (a row, or a hit's job) refers to it, and deleted
+/// (claimed) only once due and still unreferenced.
 #[tokio::test]
 async fn it_eviction_bounds_the_cache_and_never_orphans_a_gallery() {
     let test = fresh_database().await.expect("database");

@@ -181,9 +181,9 @@ pub async fn submit(
     Ok(Submitted::Created(rate, submitted_view(state, &job, position).await?))
 }
 
-/// A request that hit lately is tried as a hit first, in one plain statement (the job complete
-/// and its gallery entry) on the entry key it hit with: no function, no cap, no line. Not a hit any more → forgotten, and the
-/// caller submits the usual way. Requests with an `Idempotency-Key` always go the usual way.
+/// A request that hit lately is tried as a hit first, in one plain statement (the job complete,
+/// its own gallery entry) on the entry key it hit with: no function, no cap, no line. Not a hit
+/// any more → forgotten, and the caller submits the usual way. Requests with an `Idempotency-Key` always go the usual way.
 async fn recent_hit(
     state: &AppState,
     id: JobId,

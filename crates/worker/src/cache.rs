@@ -1,6 +1,6 @@
 //! The result cache on the workers' side (the rules are SQL: `migrations/V12__result_cache.sql`,
-//! `V13__cache_hits_are_gallery_entries.sql`;
-//! the gateway meets the cache at submit for jobs that read an upload).
+//! `V13__cache_hits_are_gallery_entries.sql`; the gateway meets the cache at submit for jobs that
+//! read an upload).
 //!
 //! - [`meet`]: a job whose input was not hashed at submit (any URL but the caller's own upload)
 //!   is hashed here, from the bytes fetched just before fal would be asked to read them. A hit

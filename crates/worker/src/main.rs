@@ -5,8 +5,9 @@
 /// fragmented — the hour's soak (debug) saw one worker grow 0.1 MiB a minute while its twin stayed
 /// flat. jemalloc's background thread returns dirty pages within its decay time. It also serves
 /// the C code's `malloc` (`unprefixed_malloc_on_supported_platforms`): mozjpeg and libwebp
-/// allocate their MB-sized coder buffers on short-lived encoder threads, and left to glibc those
-/// kept the worker creeping (+0.06 to +0.13 MiB a minute in the release hour's soak).
+/// allocate their MB-sized coder buffers on short-lived encoder threads, which glibc's arenas
+/// were the likeliest cause of the release hour's creep (+0.06 to +0.13 MiB a minute); whether
+/// this removes it is not settled yet (docs/benchmarks.md, the third hour).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -207,7 +207,11 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
         metrics::counter!(m::JOB_ATTEMPTS).increment(1);
         tracing::info!(attempt = job.attempts, max = job.max_attempts, "running job");
         let (code, message, retry_after) = match run_steps(ctx, &job, &mut grant).await {
-            Ok(Some(done)) => return announce(ctx, &done).await,
+            Ok(Some(done)) => {
+                // Jobs that were sharing its request complete from the same image now.
+                crate::cache::settle(ctx, &done).await;
+                return announce(ctx, &done).await;
+            }
             Ok(None) | Err(StepFailure::Canceled) => return Ok(()),
             Err(StepFailure::Fatal { code, message }) => return end_failed(ctx, &job, code, &message, "").await,
             Err(StepFailure::Shutdown) => {
@@ -245,19 +249,14 @@ async fn attempts(ctx: &Ctx, mut job: JobRow, mut grant: Option<Grant>) -> Resul
 async fn run_steps(ctx: &Ctx, job: &JobRow, grant: &mut Option<Grant>) -> Result<Option<JobRow>, StepFailure> {
     match crate::cache::meet(ctx, job, grant).await? {
         crate::cache::Met::Proceed => {}
-        crate::cache::Met::Hit(done) => {
-            // Jobs that were sharing this one's request complete from the same image now.
-            crate::cache::settle(ctx, &done).await;
-            return Ok(Some(*done));
-        }
+        crate::cache::Met::Hit(done) => return Ok(Some(*done)),
         crate::cache::Met::Shared => return Ok(None),
     }
     let generated = generate(ctx, job, grant).await?;
     let saved = save(ctx, job, &generated).await?;
     let done = ctx.db.complete_job(job.id, &saved.key, &saved.url).await?;
-    if let Some(done) = &done {
+    if done.is_some() {
         metrics::counter!(m::JOBS_FINISHED, "status" => "complete", "code" => "").increment(1);
-        crate::cache::settle(ctx, done).await;
     }
     Ok(done)
 }
