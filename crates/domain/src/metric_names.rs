@@ -51,6 +51,7 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (STORAGE_CAPACITY, Kind::Gauge, "The configured capacity of object storage in bytes (0 = unknown)"),
     (BANDWIDTH, Kind::Counter, "Bytes moved, by direction: files_served (GET /files), uploads_received, results_downloaded (from fal)"),
     (BANDWIDTH_QUOTA, Kind::Gauge, "The configured monthly bandwidth quota in bytes (0 = none)"),
+    (ALLOCATOR_BYTES, Kind::Gauge, "jemalloc's view of this process's heap in bytes, by state: allocated (live), active (their pages), resident (with dirty pages not yet returned), retained (returned, still mapped), metadata"),
     (EVENT_STREAMS, Kind::Gauge, "Live status streams (GET /api/jobs/{id}/events) this gateway holds open"),
     (CACHE_LOOKUPS, Kind::Counter, "Result-cache lookups by outcome: hit (completed from a stored result), shared (waits on an identical job's fal request), miss (calls fal), bypass (cache: false, or the cache off)"),
     (CACHE_UPKEEP, Kind::Counter, "What the result cache's upkeep removed, by what: expired and capacity (entries), orphan (objects nothing referred to)"),
@@ -97,6 +98,7 @@ pub const STORAGE_OBJECTS: &str = "jewelshot_storage_objects";
 pub const STORAGE_CAPACITY: &str = "jewelshot_storage_capacity_bytes";
 pub const BANDWIDTH: &str = "jewelshot_bandwidth_bytes_total";
 pub const BANDWIDTH_QUOTA: &str = "jewelshot_bandwidth_quota_bytes";
+pub const ALLOCATOR_BYTES: &str = "jewelshot_allocator_bytes";
 pub const EVENT_STREAMS: &str = "jewelshot_gateway_event_streams";
 
 /// Buckets of the request and step histograms, in seconds.

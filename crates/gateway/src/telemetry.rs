@@ -34,6 +34,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
         jewelshot_runtime::metrics::describe_all();
+        jewelshot_runtime::allocator::spawn_gauges(jewelshot_runtime::allocator::SAMPLE_EVERY);
         handle
     })
 }

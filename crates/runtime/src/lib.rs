@@ -4,14 +4,21 @@
 //!
 //! ## Layout
 //! - [`metrics`] — the Prometheus recorder's histogram buckets and descriptions.
+//! - [`allocator`] — jemalloc's figures (live, resident, retained bytes) as gauges.
 //! - [`init_tracing`] — logs to stderr (stdout is kept for `listening on …`), `RUST_LOG` filter;
 //!   OpenTelemetry traces over OTLP when configured ([`telemetry`]).
 //! - [`shutdown_signal`] — resolves on SIGTERM (deploys) or Ctrl-C.
 
+pub mod allocator;
 pub mod metrics;
 pub mod telemetry;
 
 pub use telemetry::Telemetry;
+
+/// The unit tests run on jemalloc, as the gateway and the worker do ([`allocator`] reads it).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`), and export traces
 /// when OTLP is configured ([`telemetry`]) as `service` (e.g. `jewelshot-gateway`).

@@ -30,6 +30,8 @@
 //!   (works around apalis-core).
 //! - [`run`] — wires the apalis worker (supervised: restarted if Redis drops it) until shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod cache;
 pub mod config;
@@ -230,6 +232,8 @@ fn serve_metrics(s: &config::WorkerSettings) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     jewelshot_runtime::metrics::describe_all();
+    jewelshot_runtime::allocator::spawn_gauges(jewelshot_runtime::allocator::SAMPLE_EVERY);
+    tracing::info!(allocator = %jewelshot_runtime::allocator::settings(), "allocator");
     // Printed on stdout too, like the gateway's address: tests and scripts read it there.
     println!("metrics on http://{addr}/metrics");
     tracing::info!(%addr, "serving metrics");

@@ -11,6 +11,18 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings for the worker, read at its first allocation (`MALLOC_CONF` in the
+/// environment still overrides them). A job's buffers are a few MB each and a worker runs a
+/// handful at a time, so what matters is handing pages back, not allocating from many threads
+/// at once: one arena (the default is four per core, each keeping its own free pages, so a
+/// codec thread that lands on a fresh arena raised RSS by a step that stayed) and dirty pages
+/// returned after 1 s instead of 10 s (muzzy ones at once), so that RSS follows the live heap
+/// (`jewelshot_allocator_bytes`). The symbol is unprefixed on Linux, where the worker runs;
+/// elsewhere jemalloc ignores it.
+#[allow(non_upper_case_globals, unsafe_code)]
+#[export_name = "malloc_conf"]
+pub static malloc_conf: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = jewelshot_runtime::init_tracing(env!("CARGO_BIN_NAME"), "info");

@@ -112,6 +112,15 @@ async fn main() -> anyhow::Result<()> {
     let mut procs: Vec<(String, u32)> =
         vec![("gateway".into(), stack.gateway.pid()), ("emulator".into(), stack.emulator.pid())];
     procs.extend(stack.workers.iter().enumerate().map(|(i, w)| (format!("worker-{i}"), w.pid())));
+    // Each worker's live heap as jemalloc counts it (`jewelshot_allocator_bytes`), beside its RSS:
+    // shown, not judged — it tells a heap that grows from pages the allocator keeps.
+    let heaps: Vec<(String, String)> = stack
+        .workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.url.clone().map(|u| (format!("worker-{i}"), u)))
+        .collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let redis = redis::Client::open(stack.redis_url())?;
     let mut redis = redis::aio::ConnectionManager::new(redis).await?;
     let pg = stack.db.client().await?;
@@ -148,6 +157,11 @@ async fn main() -> anyhow::Result<()> {
                     if let Some((rss, fds)) = process_sample(*pid) {
                         row.insert(format!("{name} RSS MiB"), rss);
                         row.insert(format!("{name} fds"), fds);
+                    }
+                }
+                for (name, url) in &heaps {
+                    if let Some(bytes) = allocated_bytes(&http, url).await {
+                        row.insert(format!("{name} heap MiB"), bytes / 1048576.0);
                     }
                 }
                 let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis).await.unwrap_or_default();
@@ -252,12 +266,13 @@ fn report(samples: &[Sample], minutes: f64) -> Vec<String> {
         // Counts move by whole units: two descriptors or connections are not a leak.
         let min_units = if name.ends_with("MiB") { 1.0 } else { 2.0 };
         // The emulator stands in for fal and keeps every result it made, as fal keeps them for
-        // a while: its memory is shown, not judged.
-        let judged = !name.starts_with("emulator");
+        // a while: its memory is shown, not judged. A worker's heap explains its RSS; the RSS
+        // is what is judged.
+        let judged = !name.starts_with("emulator") && !name.ends_with("heap MiB");
         match trend(&points, from, min_units) {
             Some(t) => {
                 let verdict = match (t.grows(), judged) {
-                    (_, false) => "(not ours)",
+                    (_, false) => "(shown)",
                     (true, true) => "GROWS",
                     (false, true) => "flat",
                 };
@@ -278,6 +293,14 @@ fn report(samples: &[Sample], minutes: f64) -> Vec<String> {
         }
     }
     growing
+}
+
+/// `jewelshot_allocator_bytes{state="allocated"}` from a metrics endpoint.
+async fn allocated_bytes(http: &reqwest::Client, url: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("jewelshot_allocator_bytes{state=\"allocated\"}"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The stack names its workers `test-worker-<n>-<ulid>`; the table calls them `worker-<n>`.
