@@ -205,6 +205,7 @@ async fn lifecycle(state: Arc<State>, id: String, key: String, image_url: String
         r.state = ReqState::Completed;
         r.outcome = Some(outcome);
     }
+    inner.finish(&id, Instant::now(), state.retain());
     drop(inner);
     state.capacity.notify_waiters();
 }
@@ -344,6 +345,7 @@ async fn cancel(state: Data<Arc<State>>, path: web::Path<String>) -> HttpRespons
             ks.waiting.retain(|w| *w != id);
             ks.stats.in_queue = ks.stats.in_queue.saturating_sub(1);
             ks.stats.canceled += 1;
+            inner.finish(&id, Instant::now(), state.retain());
             drop(inner);
             state.capacity.notify_waiters();
             HttpResponse::Accepted().json(json!({"status": "CANCELLATION_REQUESTED"}))

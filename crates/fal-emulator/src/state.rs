@@ -68,6 +68,12 @@ pub struct EmulatorConfig {
     /// between "generation finished" and "result saved" for crash tests.
     #[arg(long, env = "FAL_EMULATOR_FILE_DELAY_MS", default_value_t = 0)]
     pub file_delay_ms: u64,
+    /// Seconds a finished request's result and its image stay available, as fal keeps a
+    /// result for an hour after the request completes (not scaled: a worker that comes back
+    /// after a crash reads its result in real time); 0 keeps them for the process's life.
+    /// After that the request answers 404, as fal's does.
+    #[arg(long, env = "FAL_EMULATOR_RETAIN_SECS", default_value_t = 3600)]
+    pub retain_secs: u64,
     /// Accepted keys, comma-separated; empty accepts any non-empty key.
     #[arg(long, env = "FAL_EMULATOR_KEYS", value_delimiter = ',')]
     pub keys: Vec<String>,
@@ -166,6 +172,26 @@ pub struct Inner {
     pub submits_by_prompt: BTreeMap<String, u64>,
     pub revoked: HashSet<String>,
     pub rng: StdRng,
+    /// Finished requests in the order they finished, for [`Inner::finish`] to forget.
+    pub finished: VecDeque<(Instant, String)>,
+}
+
+impl Inner {
+    /// Record that request `id` finished now, and forget every request (and its image) that
+    /// finished more than `retain` ago (`None`: keep them all).
+    pub fn finish(&mut self, id: &str, now: Instant, retain: Option<Duration>) {
+        let Some(retain) = retain else { return };
+        self.finished.push_back((now, id.to_owned()));
+        while let Some((at, old)) = self.finished.front() {
+            if now.duration_since(*at) < retain {
+                break;
+            }
+            self.requests.remove(old);
+            self.images.remove(&format!("{old}.jpg"));
+            self.images.remove(&format!("{old}.bin"));
+            self.finished.pop_front();
+        }
+    }
 }
 
 /// Shared emulator state.
@@ -192,9 +218,15 @@ impl State {
             submits_by_prompt: BTreeMap::new(),
             revoked: HashSet::new(),
             rng: StdRng::seed_from_u64(cfg.seed),
+            finished: VecDeque::new(),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         Ok(Arc::new(Self { cfg, mode, latency, public_url, inner: Mutex::new(inner), capacity: Notify::new(), http }))
+    }
+
+    /// How long a finished request is kept (`--retain-secs`; `None` = for ever).
+    pub fn retain(&self) -> Option<Duration> {
+        (self.cfg.retain_secs > 0).then(|| Duration::from_secs(self.cfg.retain_secs))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -250,5 +282,60 @@ impl KeyState {
         self.window.push_back(now);
         self.stats.in_progress += 1;
         self.stats.max_concurrent = self.stats.max_concurrent.max(self.stats.in_progress);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished_request() -> Request {
+        Request {
+            key: "k".into(),
+            app: "fal-ai/flux-pro".into(),
+            prompt: "p".into(),
+            state: ReqState::Completed,
+            outcome: None,
+            cancel: false,
+        }
+    }
+
+    fn state(retain_secs: &str) -> Arc<State> {
+        let cfg = EmulatorConfig::parse_from(["fal-emulator", "--retain-secs", retain_secs]);
+        State::new(cfg, "http://127.0.0.1:1".into()).expect("state")
+    }
+
+    #[test]
+    fn a_finished_request_and_its_image_are_forgotten_after_the_retention() {
+        let state = state("60");
+        let retain = state.retain();
+        assert_eq!(retain, Some(Duration::from_secs(60)));
+        let mut inner = state.lock();
+        let t0 = Instant::now();
+        for id in ["a", "b", "c"] {
+            inner.requests.insert(id.into(), finished_request());
+            inner.images.insert(format!("{id}.jpg"), Arc::new(vec![1]));
+        }
+        inner.finish("a", t0, retain);
+        inner.finish("b", t0 + Duration::from_secs(30), retain);
+        assert!(inner.requests.contains_key("a"), "not yet a minute");
+        inner.finish("c", t0 + Duration::from_secs(61), retain);
+        assert!(!inner.requests.contains_key("a") && !inner.images.contains_key("a.jpg"), "a is past the minute");
+        for id in ["b", "c"] {
+            assert!(inner.requests.contains_key(id) && inner.images.contains_key(&format!("{id}.jpg")), "{id}");
+        }
+        assert_eq!(inner.finished.len(), 2);
+    }
+
+    #[test]
+    fn retention_zero_keeps_every_result() {
+        let state = state("0");
+        assert_eq!(state.retain(), None);
+        let mut inner = state.lock();
+        inner.requests.insert("a".into(), finished_request());
+        let t0 = Instant::now();
+        inner.finish("a", t0, state.retain());
+        inner.finish("b", t0 + Duration::from_secs(86_400), state.retain());
+        assert!(inner.requests.contains_key("a") && inner.finished.is_empty());
     }
 }
