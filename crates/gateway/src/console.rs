@@ -159,13 +159,13 @@ pub async fn overview(state: &AppState) -> Result<Overview, ApiError> {
         state.limiter.line_lengths().await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let depths = state.queue.depths().await?;
     let queued = state.db.list_jobs(None, Some(JobStatus::Queued), None, 200).await?;
-    let mut head = Vec::new();
-    for job in &queued {
-        let position = crate::service::position(state, job).await?;
-        if position > 0 {
-            head.push(HeadEntry { position, job: job.into() });
-        }
-    }
+    let positions = jewelshot_queue::positions(&state.limiter, &state.db, &queued, state.cfg.fal.high_burst).await?;
+    let mut head: Vec<HeadEntry> = queued
+        .iter()
+        .zip(positions)
+        .filter(|(_, position)| *position > 0)
+        .map(|(job, position)| HeadEntry { position, job: job.into() })
+        .collect();
     head.sort_by_key(|h| h.position);
     head.truncate(10);
     let processing = state.db.list_jobs(None, Some(JobStatus::Processing), None, 100).await?;

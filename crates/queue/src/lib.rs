@@ -215,6 +215,36 @@ pub async fn position(
     position_from(place, db, job.status, job.run_at, job.seq).await
 }
 
+/// [`position`] of each of `jobs`, in their order: the line read once for all of them (the
+/// console's view of its head), Postgres only for a job the line does not hold.
+pub async fn positions(
+    limiter: &jewelshot_ratelimit::Limiter,
+    db: &jewelshot_db::Db,
+    jobs: &[jewelshot_db::jobs::JobRow],
+    high_burst: u32,
+) -> Result<Vec<i64>, jewelshot_db::DbError> {
+    let queued: Vec<&jewelshot_db::jobs::JobRow> =
+        jobs.iter().filter(|j| j.status == jewelshot_domain::JobStatus::Queued).collect();
+    let entries: Vec<_> = queued.iter().copied().map(line_entry).collect();
+    let mut places = match limiter.positions(&entries, high_burst).await {
+        Ok(places) => places.into_iter(),
+        Err(e) => {
+            tracing::warn!(error = %e, "dispatch line unavailable; positions from Postgres");
+            vec![jewelshot_ratelimit::LinePlace::Absent; queued.len()].into_iter()
+        }
+    };
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if job.status != jewelshot_domain::JobStatus::Queued {
+            out.push(0);
+            continue;
+        }
+        let place = places.next().unwrap_or(jewelshot_ratelimit::LinePlace::Absent);
+        out.push(position_from(Ok(place), db, job.status, job.run_at, job.seq).await?);
+    }
+    Ok(out)
+}
+
 /// [`position`] of a job known by its snapshot.
 pub async fn snapshot_position(
     limiter: &jewelshot_ratelimit::Limiter,

@@ -15,6 +15,7 @@ use super::{Grant, LimitError, Limiter};
 
 const ENQUEUE: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("enqueue.lua"));
 const POSITION: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("position.lua"));
+const POSITIONS: &str = concat!(include_str!("clock.lua"), include_str!("line.lua"), include_str!("positions.lua"));
 const DISPATCH: &str = concat!(
     include_str!("clock.lua"),
     include_str!("pool.lua"),
@@ -32,6 +33,7 @@ const RECORD_WRITE: &str =
 pub(crate) struct Scripts {
     enqueue: redis::Script,
     position: redis::Script,
+    positions: redis::Script,
     dispatch: redis::Script,
     claim: redis::Script,
     undispatch: redis::Script,
@@ -49,6 +51,7 @@ impl Scripts {
         Self {
             enqueue: redis::Script::new(ENQUEUE),
             position: redis::Script::new(POSITION),
+            positions: redis::Script::new(POSITIONS),
             dispatch: redis::Script::new(DISPATCH),
             claim: redis::Script::new(CLAIM),
             undispatch: redis::Script::new(UNDISPATCH),
@@ -230,6 +233,24 @@ impl Limiter {
         inv.arg(entry.member()).arg(high_burst.max(1));
         let mut conn = self.conn.clone();
         Ok(place_from(self.timed(inv.invoke_async::<i64>(&mut conn)).await?))
+    }
+
+    /// [`Limiter::position`] of each of `entries`, in their order, in one round trip.
+    pub async fn positions(&self, entries: &[LineEntry], high_burst: u32) -> Result<Vec<LinePlace>, LimitError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.line.positions.prepare_invoke();
+        for k in self.line_keys() {
+            inv.key(k);
+        }
+        inv.arg(high_burst.max(1));
+        for e in entries {
+            inv.arg(e.member());
+        }
+        let mut conn = self.conn.clone();
+        let places: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(places.into_iter().map(place_from).collect())
     }
 
     /// A submitted job in one round trip: [`Limiter::enqueue`] (until `due_unix_ms`), its

@@ -133,6 +133,17 @@ async fn positions_equal_the_dispatch_order() {
         }
     }
     assert!(reported.len() > 200, "most jobs are still queued");
+    // All of them in one look: the same places, the dispatched ones included.
+    let each: Vec<LinePlace> = {
+        let mut v = Vec::new();
+        for e in &jobs {
+            v.push(l.position(e, BURST).await.expect("position"));
+        }
+        v
+    };
+    assert_eq!(l.positions(&jobs, BURST).await.expect("positions"), each);
+    assert!(each.len() > reported.len(), "the dispatched ones are among them");
+    assert!(l.positions(&[], BURST).await.expect("none").is_empty());
     let highs_left = jobs.iter().filter(|e| e.high && reported.contains_key(&e.job)).count();
     assert!(highs_left > 20, "both classes are deep enough to interleave: {highs_left} highs");
     let order = drain(&l, &o).await;
