@@ -115,7 +115,7 @@ pub async fn submit(
     let cap = (limits.max_queued_per_user > 0).then_some(limits.max_queued_per_user);
     let idempotency = idempotency_key.as_deref().zip(request_hash.as_deref());
     let trace = jewelshot_runtime::telemetry::traceparent();
-    let cache_basis = cache_basis(state, user, &edit);
+    let cache_basis = cache_basis(state, user, &edit).await;
     // One of the caller's uploads: its bytes were hashed when stored, so the submit itself
     // meets the cache. Any other URL is hashed by the worker that fetches it.
     let input_key = cache_basis
@@ -200,12 +200,15 @@ async fn recent_hit(
     Ok(job)
 }
 
-/// The result cache's basis of this request, when it may use the cache (on, and not
-/// `cache: false`).
-fn cache_basis(state: &AppState, user: &User, edit: &NewEdit) -> Option<String> {
+/// The result cache's basis of this request, when it may use the cache (on, not
+/// `cache: false`, and the live workers agree on their model: `AppState::cache_model`).
+async fn cache_basis(state: &AppState, user: &User, edit: &NewEdit) -> Option<String> {
     let cfg = &state.cfg.cache;
-    (cfg.enabled && edit.cache)
-        .then(|| jewelshot_domain::cache::basis(cfg.scope, user.id, &state.cfg.jobs.model, &edit.prompt))
+    if !(cfg.enabled && edit.cache) {
+        return None;
+    }
+    let model = state.cache_model().await?;
+    Some(jewelshot_domain::cache::basis(cfg.scope, user.id, &model, &edit.prompt))
 }
 
 /// A job completed from the cache at submit: polls read it from Postgres (no snapshot is

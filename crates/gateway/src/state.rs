@@ -36,6 +36,8 @@ pub struct AppState {
     /// Reads the workers' upstream limiter (no keys of its own).
     pub limiter: Limiter,
     upstream: Arc<crate::refresh::Refreshed<Vec<KeyStatus>>>,
+    /// The model the result cache keys requests with (see [`AppState::cache_model`]).
+    cache_model: Arc<crate::refresh::Refreshed<Option<Arc<str>>>>,
     /// Per-user submissions per minute, shared by every gateway through Redis.
     pub submits: WindowLimiter,
     /// Uploads in progress per user on this gateway.
@@ -138,6 +140,7 @@ impl AppState {
             cache_stats: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(10))),
             limiter,
             upstream: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(2))),
+            cache_model: Arc::new(crate::refresh::Refreshed::new(Duration::from_secs(2))),
             submits,
             uploading: Arc::default(),
             auth_failures,
@@ -201,6 +204,7 @@ impl AppState {
             mean_generation: self.mean_generation.clone(),
             cache_stats: self.cache_stats.clone(),
             upstream: self.upstream.clone(),
+            cache_model: self.cache_model.clone(),
             uploading: self.uploading.clone(),
             blocked: self.blocked.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
@@ -287,6 +291,31 @@ impl AppState {
                     tracing::debug!(error = %e, "upstream capacity unavailable");
                     Vec::new()
                 })
+            })
+            .await
+    }
+
+    /// The model the result cache keys a request with, read at most every 2 s by one request:
+    /// the one every live worker announced (`jewelshot_queue::Queue::fleet_models`), so that a
+    /// model change never serves the old model's results; `jobs.model` while no worker has
+    /// (or Redis cannot say); `None` — the cache bypassed — while live workers run different
+    /// models, as during a rollout.
+    pub async fn cache_model(&self) -> Option<Arc<str>> {
+        self.cache_model
+            .get(|| async {
+                match self.queue.fleet_models(jewelshot_queue::fleet::ALIVE_WITHIN).await {
+                    Ok(models) if models.len() > 1 => {
+                        tracing::info!(?models, "workers run different models: the result cache is bypassed");
+                        None
+                    }
+                    Ok(models) => {
+                        Some(Arc::from(models.into_iter().next().unwrap_or_else(|| self.cfg.jobs.model.clone())))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the fleet's model unavailable; keying the cache with jobs.model");
+                        Some(Arc::from(self.cfg.jobs.model.as_str()))
+                    }
+                }
             })
             .await
     }

@@ -123,6 +123,8 @@ pub struct Queue {
     storage: RedisStorage<EditTask, RedisConn>,
     conn: RedisConn,
     timeout: Duration,
+    /// [`QueueConfig::name`]: the prefix of the keys kept beside apalis's.
+    name: String,
 }
 
 impl std::fmt::Debug for Queue {
@@ -488,6 +490,11 @@ pub async fn connect(cfg: &QueueConfig) -> Result<RedisConn, QueueError> {
         .map_err(QueueError::from)
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 impl Queue {
     pub async fn connect(cfg: &QueueConfig) -> Result<Self, QueueError> {
         Ok(Self::with_connection(connect(cfg).await?, cfg))
@@ -496,7 +503,7 @@ impl Queue {
     /// A queue over an open connection.
     pub fn with_connection(conn: RedisConn, cfg: &QueueConfig) -> Self {
         let storage = RedisStorage::new(conn.clone()).with_config(apalis_config(cfg));
-        Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms) }
+        Self { storage, conn, timeout: Duration::from_millis(cfg.timeout_ms), name: cfg.name.clone() }
     }
 
     /// The list of tasks ready to be fetched (the dispatchers keep it short).
@@ -556,7 +563,7 @@ impl Queue {
     pub async fn workers_alive(&self, within: Duration) -> Result<u64, QueueError> {
         let cfg = self.storage.get_config();
         let mut conn = self.conn.clone();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = unix_now();
         let since = now.saturating_sub(within.as_secs());
         let n: u64 = tokio::time::timeout(
             self.timeout,
@@ -565,6 +572,47 @@ impl Queue {
         .await
         .map_err(|_| QueueError::Timeout)??;
         Ok(n)
+    }
+
+    /// The models the fleet runs: one member per worker process (`<model>` and `<worker>`, a
+    /// newline between), scored with the Unix time it last said so.
+    fn models_key(&self) -> String {
+        format!("{}:models", self.name)
+    }
+
+    /// Say that worker process `worker` runs `model` (every heartbeat; the gateway keys the
+    /// result cache with the model the live fleet runs).
+    pub async fn announce_model(&self, worker: &str, model: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("ZADD").arg(self.models_key()).arg(unix_now()).arg(format!("{model}\n{worker}")).clone();
+        tokio::time::timeout(self.timeout, cmd.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        Ok(())
+    }
+
+    /// Take back [`Queue::announce_model`] (a worker stopping).
+    pub async fn withdraw_model(&self, worker: &str, model: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("ZREM").arg(self.models_key()).arg(format!("{model}\n{worker}")).clone();
+        tokio::time::timeout(self.timeout, cmd.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        Ok(())
+    }
+
+    /// The models worker processes announced within `within`, each once. Announcements older
+    /// than an hour (processes long gone) are dropped on the way.
+    pub async fn fleet_models(&self, within: Duration) -> Result<std::collections::BTreeSet<String>, QueueError> {
+        let (key, now) = (self.models_key(), unix_now());
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(now.saturating_sub(3600)).ignore();
+        pipe.cmd("ZRANGEBYSCORE").arg(&key).arg(now.saturating_sub(within.as_secs())).arg("+inf");
+        let mut conn = self.conn.clone();
+        let (members,): (Vec<String>,) = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout)??;
+        Ok(members.iter().filter_map(|m| m.split_once('\n').map(|(model, _)| model.to_owned())).collect())
     }
 
     /// Every worker process apalis-redis knows, with the Unix time of its last heartbeat, newest

@@ -116,6 +116,38 @@ fn spawn_keep_alive(
     })
 }
 
+/// Announce the fal model this process runs with every heartbeat, and withdraw it when the
+/// shutdown begins: the gateways key the result cache with the model the live fleet runs, and
+/// bypass the cache while the fleet runs more than one (a rollout), so a model change never
+/// serves the old model's results (`jewelshot_queue::Queue::fleet_models`).
+fn spawn_model_announcer(
+    queue: jewelshot_queue::Queue,
+    worker: String,
+    model: String,
+    heartbeat_secs: u64,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_millis((heartbeat_secs * 1000 / 2).max(250));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = queue.announce_model(&worker, &model).await {
+                        tracing::warn!(error = %e, "could not announce the worker's model");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    if let Err(e) = queue.withdraw_model(&worker, &model).await {
+                        tracing::warn!(error = %e, "could not withdraw the worker's model; it lapses by itself");
+                    }
+                    return;
+                }
+            }
+        }
+    })
+}
+
 /// Retry a start-up step that needs Redis until it works (backoff up to 5 s): a worker started
 /// while Redis restarts waits for it instead of exiting.
 async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
@@ -339,9 +371,16 @@ impl Background {
             limiter.spawn_waker(jewelshot_queue::pubsub_client(&cfg.queue)?, token.clone()),
             dispatcher::spawn(limiter.clone(), queue.clone(), dispatch, token.clone()),
             spawn_job_heartbeats(ctx.clone(), Duration::from_secs(s.job_heartbeat_secs)),
-            reconciler(cfg, ctx, queue, conn.clone()).spawn(token.clone()),
+            reconciler(cfg, ctx, queue.clone(), conn.clone()).spawn(token.clone()),
             cache::spawn(ctx.clone(), Duration::from_secs(s.reconcile_interval_secs.max(1)), token.clone()),
             spawn_keep_alive(conn.clone(), backend_config(cfg).workers_set(), current_name.clone(), s.heartbeat_secs),
+            spawn_model_announcer(
+                queue.clone(),
+                ctx.worker_id.clone(),
+                cfg.fal.client.model.clone(),
+                s.heartbeat_secs,
+                token.clone(),
+            ),
             spawn_vacuum(conn, cfg.queue.clone(), s.vacuum_interval_secs),
         ];
         let deliveries = Some(deliveries::spawn(ctx.clone(), token));

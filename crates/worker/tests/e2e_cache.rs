@@ -309,3 +309,46 @@ async fn e2e_cache_deleting_one_entry_keeps_the_others_image() {
     assert!(gone.is_ok(), "the unreferenced object was not deleted:\n{}", stack.worker_logs());
     stack.drop_database().await.expect("drop database");
 }
+
+/// Submit `request`, wait for it to complete; whether it was `cached`.
+async fn cached_run(stack: &Stack, key: &str, request: &Value) -> Value {
+    let job = submit(stack, key, request.clone()).await;
+    complete(stack, key, job["jobId"].as_str().expect("id")).await["cached"].clone()
+}
+
+/// The cache follows the model the workers run, not a gateway setting: a result made by model A
+/// is reused while the fleet runs A; once the fleet runs B the same request asks fal again (and
+/// B's result is reused from then on); while the fleet runs both, requests bypass the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cache_follows_the_model_the_workers_run() {
+    let mut stack = Stack::start(cached_stack(CacheScope::User)).await.expect("stack");
+    let (_, key, _) = stack.user("ana@example.com").await.expect("user");
+    let photo = std::fs::read(jewelshot_testkit::processes::fixture_photo()).expect("photo");
+    let host = servers::serve_files(HashMap::from([("/a.jpg".into(), photo)])).await.expect("file server");
+    let run_on = |model: &'static str| move |c: &mut jewelshot_worker::Config| c.fal.client.model = model.into();
+    let request = json!({ "image_url": format!("{host}/a.jpg"), "prompt": "white background" });
+    // The gateway reads the fleet's model at most every 2 s.
+    let settle = || tokio::time::sleep(Duration::from_millis(2_500));
+
+    let a = stack.start_worker_with(run_on("fal-ai/model-a")).expect("worker on model A");
+    settle().await;
+    assert_eq!(cached_run(&stack, &key, &request).await, false);
+    assert_eq!(cached_run(&stack, &key, &request).await, true, "model A's result, reused while the fleet runs A");
+    assert_eq!(fal_requests(&stack).await, 1);
+
+    // A rollout: A stops (withdrawing its model), B starts.
+    stack.workers[a].sigterm(Duration::from_secs(30)).expect("worker A stops");
+    stack.start_worker_with(run_on("fal-ai/model-b")).expect("worker on model B");
+    settle().await;
+    assert_eq!(cached_run(&stack, &key, &request).await, false, "model A's result is not model B's");
+    assert_eq!(fal_requests(&stack).await, 2);
+    assert_eq!(cached_run(&stack, &key, &request).await, true, "model B's result, reused while the fleet runs B");
+    assert_eq!(fal_requests(&stack).await, 2);
+
+    // Two models live at once: nobody can say which one a request will meet.
+    stack.start_worker_with(run_on("fal-ai/model-a")).expect("worker on model A again");
+    settle().await;
+    assert_eq!(cached_run(&stack, &key, &request).await, false, "a mixed fleet bypasses the cache");
+    assert_eq!(cached_run(&stack, &key, &request).await, false, "and keeps bypassing it");
+    assert_eq!(fal_requests(&stack).await, 4);
+}
