@@ -633,8 +633,12 @@ impl Queue {
     pub async fn depths(&self) -> Result<QueueDepths, QueueError> {
         let cfg = self.storage.get_config();
         let mut conn = self.conn.clone();
-        let workers: Vec<String> =
-            redis::cmd("ZRANGE").arg(cfg.workers_set()).arg(0).arg(-1).query_async(&mut conn).await?;
+        let workers: Vec<String> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("ZRANGE").arg(cfg.workers_set()).arg(0).arg(-1).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout)??;
         let mut pipe = redis::pipe();
         pipe.cmd("LLEN").arg(cfg.active_jobs_list()).cmd("ZCARD").arg(cfg.scheduled_jobs_set());
         for w in &workers {
