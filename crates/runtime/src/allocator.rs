@@ -67,6 +67,7 @@ mod tests {
     /// jemalloc through the C `malloc` it replaces).
     #[test]
     fn allocated_follows_a_live_buffer() {
+        let _turn = crate::HEAP_TEST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = snapshot().expect("jemalloc statistics");
         let held: Vec<u8> = vec![7; 64 << 20];
         let during = snapshot().expect("jemalloc statistics");

@@ -15,10 +15,10 @@ pub mod telemetry;
 
 pub use telemetry::Telemetry;
 
-/// The unit tests run on jemalloc, as the gateway and the worker do ([`allocator`] reads it).
+/// Tests that measure this process's heap take turns: jemalloc's figures are the whole
+/// process's.
 #[cfg(test)]
-#[global_allocator]
-static TEST_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+pub(crate) static HEAP_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Log to stderr, filtered by `RUST_LOG` (else `default`, e.g. `"info"`), and export traces
 /// when OTLP is configured ([`telemetry`]) as `service` (e.g. `jewelshot-gateway`).

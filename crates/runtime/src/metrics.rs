@@ -56,21 +56,16 @@ pub fn describe_all() {
 mod tests {
     use super::*;
 
-    fn rss_mib() -> f64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kb / 1024.0
+    /// Live heap bytes in MiB (jemalloc serves this process's `malloc`): what the recorder
+    /// holds, without the allocator's freed-but-kept pages that RSS would count.
+    fn heap_mib() -> f64 {
+        crate::allocator::snapshot().map_or(0.0, |s| s[0].1 as f64 / 1048576.0)
     }
 
     /// Record 3 million latencies (24 MB of raw observations) without a scrape; how much the
-    /// process grew.
+    /// live heap grew.
     fn grow_by_recording(recorder: &metrics_exporter_prometheus::PrometheusRecorder) -> f64 {
-        let before = rss_mib();
+        let before = heap_mib();
         metrics::with_local_recorder(recorder, || {
             let h = metrics::histogram!(m::HTTP_DURATION, "route" => "/api/jobs/{id}");
             for chunk in 0..30 {
@@ -80,11 +75,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(15));
             }
         });
-        rss_mib() - before
+        heap_mib() - before
     }
 
     #[test]
     fn histograms_nobody_scrapes_are_drained_by_the_upkeep() {
+        let _turn = crate::HEAP_TEST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let drained = builder().build_recorder();
         spawn_upkeep(drained.handle(), Duration::from_millis(10));
         let with_upkeep = grow_by_recording(&drained);
