@@ -94,7 +94,7 @@ fn spawn_keep_alive(
     name: Arc<std::sync::Mutex<String>>,
     heartbeat_secs: u64,
 ) -> tokio::task::JoinHandle<()> {
-    let every = Duration::from_millis((heartbeat_secs * 1000 / 2).max(250));
+    let every = half_heartbeat(heartbeat_secs);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -116,6 +116,11 @@ fn spawn_keep_alive(
     })
 }
 
+/// How often a heartbeat-driven loop ticks: twice per `heartbeat_secs`, at most every 250 ms.
+fn half_heartbeat(heartbeat_secs: u64) -> Duration {
+    Duration::from_millis((heartbeat_secs * 1000 / 2).max(250))
+}
+
 /// Announce the fal model this process runs with every heartbeat, and withdraw it when the
 /// shutdown begins: the gateways key the result cache with the model the live fleet runs, and
 /// bypass the cache while the fleet runs more than one (a rollout), so a model change never
@@ -127,7 +132,7 @@ fn spawn_model_announcer(
     heartbeat_secs: u64,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let every = Duration::from_millis((heartbeat_secs * 1000 / 2).max(250));
+    let every = half_heartbeat(heartbeat_secs);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
