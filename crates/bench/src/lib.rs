@@ -7,7 +7,8 @@
 //! - [`fill_queue`] — queue a large backlog straight into Postgres and the dispatch line.
 //! - [`redis_footprint`] — bytes and keys Redis holds under a prefix.
 //! - [`soak`] — the soak's samples and its leak test (a slope against the noise).
-//! - [`rss_mb`], [`cpu_secs`] — a process's memory and CPU time.
+//! - [`rss_mb`], [`cpu_secs`] — a process's memory and CPU time; [`MachineCpu`] — the whole
+//!   machine's (what a phase cost, and how much of it a noisy host took away).
 //! - `src/bin/` — `jewelshot-demo`, `jewelshot-bench-{uploads,upstream,position,backlog,streams}`,
 //!   `jewelshot-loadtest`, `jewelshot-chaos` (the `just` recipes of the same names run them).
 
@@ -34,6 +35,37 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// The whole machine's CPU counters (`/proc/stat`, in ticks of 1/100 s): time spent working,
+/// and time the hypervisor gave to others while this machine wanted to run (steal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    pub busy: f64,
+    pub steal: f64,
+    pub total: f64,
+}
+
+impl MachineCpu {
+    /// Now (zeros when `/proc/stat` cannot be read).
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .map(|l| l.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect())
+            .unwrap_or_default();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+        // user nice system idle iowait irq softirq steal
+        Self { busy: at(0) + at(1) + at(2) + at(5) + at(6), steal: at(7), total: (0..8).map(at).sum() }
+    }
+
+    /// CPU seconds worked since `earlier`, and the share of the time stolen by the host.
+    pub fn since(&self, earlier: &Self) -> (f64, f64) {
+        let total = (self.total - earlier.total).max(f64::MIN_POSITIVE);
+        ((self.busy - earlier.busy) / 100.0, (self.steal - earlier.steal) / total)
+    }
 }
 
 use jewelshot_testkit::{redis_url, Stack};

@@ -2,8 +2,8 @@
 //!
 //! Every writer of a job's poll snapshot (the gateway at submit, the workers and the CLI through
 //! their publishers) announces the job's id on the line's events channel in the same Redis
-//! script. Each gateway holds **one** subscription to that channel ([`follow`]) and fans the
-//! announcements out in-process ([`EventHub`]): a job's own streams wake at once, and streams
+//! script. Each gateway holds **one** subscription to that channel ([`follow`]) while it has
+//! streams open, and fans the announcements out in-process ([`EventHub`]): a job's own streams wake at once, and streams
 //! of waiting jobs re-read their place in line (at most every `events_line_interval_ms`), since
 //! any job leaving the line moves theirs. So any replica serves any job, and an idle stream
 //! costs a parked future, no Redis traffic.
@@ -30,6 +30,8 @@ use crate::{error::ApiError, state::AppState};
 pub struct EventHub {
     jobs: Mutex<HashMap<String, watch::Sender<u64>>>,
     line: watch::Sender<u64>,
+    /// Streams open on this gateway: [`follow`] holds the subscription only while there are any.
+    watchers: watch::Sender<usize>,
     /// Set when the gateway stops: streams end at once (clients reconnect to another replica)
     /// instead of holding the drain open.
     closing: watch::Sender<bool>,
@@ -43,7 +45,12 @@ impl std::fmt::Debug for EventHub {
 
 impl Default for EventHub {
     fn default() -> Self {
-        Self { jobs: Mutex::default(), line: watch::channel(0).0, closing: watch::channel(false).0 }
+        Self {
+            jobs: Mutex::default(),
+            line: watch::channel(0).0,
+            watchers: watch::channel(0).0,
+            closing: watch::channel(false).0,
+        }
     }
 }
 
@@ -58,6 +65,7 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.hub.watchers.send_modify(|n| *n = n.saturating_sub(1));
         if let Ok(mut jobs) = self.hub.jobs.lock() {
             if jobs.get(&self.job).is_some_and(|s| s.receiver_count() <= 1) {
                 jobs.remove(&self.job);
@@ -73,6 +81,7 @@ impl EventHub {
 
     /// Follow `job`'s announcements and the line's movements.
     pub fn watch(self: &Arc<Self>, job: &str) -> Watch {
+        self.watchers.send_modify(|n| *n += 1);
         let changes = match self.jobs.lock() {
             Ok(mut jobs) => jobs.entry(job.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe(),
             // A poisoned map: this stream falls back to its timers.
@@ -118,12 +127,23 @@ impl EventHub {
     }
 }
 
-/// Subscribe to the events channel and feed `hub` until aborted; resubscribes after a loss.
-pub async fn follow(hub: Arc<EventHub>, cfg: jewelshot_queue::QueueConfig, channel: String) {
+/// How long [`follow`] keeps its subscription after the last stream on this gateway closed (a
+/// client reconnecting within it finds the subscription up).
+pub const LINGER: Duration = Duration::from_secs(30);
+
+/// Feed `hub` from the events channel until aborted, subscribed only while this gateway has
+/// streams open (and for `linger` after the last one closed): a gateway without streams is not
+/// sent every job's announcements. Resubscribes after a loss; every stream looks again after a
+/// (re)subscription, since announcements may have gone by meanwhile.
+pub async fn follow(hub: Arc<EventHub>, cfg: jewelshot_queue::QueueConfig, channel: String, linger: Duration) {
     use futures::StreamExt;
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let mut backoff = Duration::from_millis(200);
+    let mut watchers = hub.watchers.subscribe();
     loop {
+        if watchers.wait_for(|n| *n > 0).await.is_err() {
+            return;
+        }
         let session = async {
             let client = jewelshot_queue::pubsub_client(&cfg)?;
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
@@ -137,12 +157,25 @@ pub async fn follow(hub: Arc<EventHub>, cfg: jewelshot_queue::QueueConfig, chann
         match session.await {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(200);
+                tracing::debug!("live status: subscribed to job events");
                 hub.wake_all();
                 let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(job) = msg.get_payload::<String>() {
-                        hub.announce(&job);
+                let lost = loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(msg) => {
+                                if let Ok(job) = msg.get_payload::<String>() {
+                                    hub.announce(&job);
+                                }
+                            }
+                            None => break true,
+                        },
+                        () = idle(&mut watchers, linger) => break false,
                     }
+                };
+                if !lost {
+                    tracing::debug!("live status: no stream left; unsubscribed from job events");
+                    continue;
                 }
                 tracing::warn!("lost the job-events subscription; resubscribing");
             }
@@ -151,6 +184,18 @@ pub async fn follow(hub: Arc<EventHub>, cfg: jewelshot_queue::QueueConfig, chann
         hub.wake_all();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves once no stream has been open for `linger` (never, if the hub is gone).
+async fn idle(watchers: &mut watch::Receiver<usize>, linger: Duration) {
+    loop {
+        if watchers.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(linger, watchers.wait_for(|n| *n > 0)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -326,5 +371,62 @@ impl Stream {
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subscribers of `channel` on the server `follow` subscribes through.
+    async fn subscribers(cfg: &jewelshot_queue::QueueConfig, channel: &str) -> i64 {
+        let client = jewelshot_queue::pubsub_client(cfg).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let (_, n): (String, i64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.expect("numsub");
+        n
+    }
+
+    async fn until_subscribers(cfg: &jewelshot_queue::QueueConfig, channel: &str, want: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while subscribers(cfg, channel).await != want {
+            assert!(tokio::time::Instant::now() < deadline, "{channel} never had {want} subscribers");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_events_channel_is_followed_only_while_streams_are_open() {
+        let cfg = jewelshot_testkit::queue_config();
+        let channel = format!("{}:events", cfg.name);
+        let hub = EventHub::new();
+        let linger = Duration::from_millis(400);
+        let task = tokio::spawn(follow(hub.clone(), cfg.clone(), channel.clone(), linger));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(subscribers(&cfg, &channel).await, 0, "no stream, no subscription");
+
+        let (mut a, mut b) = (hub.watch("job-a"), hub.watch("job-b"));
+        until_subscribers(&cfg, &channel, 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await; // past the wake-up after subscribing
+        a.changes.borrow_and_update();
+        b.changes.borrow_and_update();
+        let client = jewelshot_queue::pubsub_client(&cfg).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg("job-a").query_async(&mut conn).await.expect("publish");
+        tokio::time::timeout(Duration::from_secs(5), a.changes.changed())
+            .await
+            .expect("job-a's announcement arrives")
+            .expect("hub alive");
+        assert!(!b.changes.has_changed().expect("hub alive"), "job-b was not announced");
+
+        drop(a);
+        assert_eq!(subscribers(&cfg, &channel).await, 1, "one stream is still open");
+        drop(b);
+        assert_eq!(subscribers(&cfg, &channel).await, 1, "kept for the linger");
+        until_subscribers(&cfg, &channel, 0).await;
+
+        let _c = hub.watch("job-c");
+        until_subscribers(&cfg, &channel, 1).await;
+        task.abort();
     }
 }

@@ -156,7 +156,7 @@ impl Application {
         let follow = tokio::spawn(auth_cache::follow(self.auth.0.clone(), self.auth.1.clone()));
         let fleet = tokio::spawn(self.fleet.run());
         let (hub, channel) = self.events;
-        let live = tokio::spawn(events::follow(hub.clone(), self.auth.1.clone(), channel));
+        let live = tokio::spawn(events::follow(hub.clone(), self.auth.1.clone(), channel, events::LINGER));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining requests");

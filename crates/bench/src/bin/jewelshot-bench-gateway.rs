@@ -5,6 +5,8 @@
 //!   clients), measured before and after the submits — the ratio is the figure that travels
 //!   between machines;
 //! - submits/s and p50/p99 at 50 connections, and Postgres transactions per submit;
+//! - the machine's CPU per submit against per `pgbench` insert (`/proc/stat`), and the share of
+//!   each phase the host stole: on a noisy host the rates swing, the CPU per operation much less;
 //! - polls/s and p50/p99 at 50, 200 and 1,000 connections over open jobs, and Postgres
 //!   transactions per poll — then the same polls through a gateway with `poll_snapshots` off
 //!   (every poll reads Postgres: the "before");
@@ -22,7 +24,7 @@
 use std::{collections::HashMap, path::Path, process::Command};
 
 use anyhow::{bail, Context};
-use jewelshot_bench::rss_mb;
+use jewelshot_bench::{rss_mb, MachineCpu};
 use jewelshot_testkit::{Stack, StackOptions};
 
 /// One `wrk` run.
@@ -87,8 +89,28 @@ fn wrk(url: &str, script: &Path, connections: u32, secs: u64, env: &[(&str, &str
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// `pgbench -M prepared` with the submit's INSERT: inserts per second.
-fn pgbench(url: &str, script: &Path, user: &str, secs: u64) -> anyhow::Result<f64> {
+/// What a phase cost the whole machine: CPU µs per operation, and the share of the time the
+/// host stole (a noisy neighbour: rates measured then are low, the CPU per operation less so).
+#[derive(Debug, Default, Clone, Copy)]
+struct Cost {
+    us_per_op: f64,
+    steal: f64,
+}
+
+/// Run `phase`, which reports how many operations it did, and measure its [`Cost`].
+fn costed<T>(phase: impl FnOnce() -> anyhow::Result<(T, f64)>) -> anyhow::Result<(T, Cost)> {
+    let before = MachineCpu::now();
+    let (out, ops) = phase()?;
+    let (busy, steal) = MachineCpu::now().since(&before);
+    Ok((out, Cost { us_per_op: busy * 1e6 / ops.max(1.0), steal }))
+}
+
+/// `pgbench -M prepared` with the submit's INSERT: inserts per second, and its [`Cost`].
+fn pgbench(url: &str, script: &Path, user: &str, secs: u64) -> anyhow::Result<(f64, Cost)> {
+    costed(|| pgbench_tps(url, script, user, secs).map(|tps| (tps, tps * secs as f64)))
+}
+
+fn pgbench_tps(url: &str, script: &Path, user: &str, secs: u64) -> anyhow::Result<f64> {
     let out = Command::new("pgbench")
         .args(["-n", "-M", "prepared", "-c", "50", "-j", "2", "-T", &secs.to_string(), "-D"])
         .arg(format!("user={user}"))
@@ -142,12 +164,28 @@ async fn main() -> anyhow::Result<()> {
     // Warm up (connections, the credential cache, the statement caches).
     wrk(&format!("{base}/api/ai/edit"), &submit_lua, 50, 2, &env)?;
 
-    let ceiling_before = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
+    let (ceiling_before, insert_before) = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
     let tx0 = stack.db.transactions().await?;
-    let submits = wrk(&format!("{base}/api/ai/edit"), &submit_lua, 50, secs, &env)?;
+    let (submits, submit_cost) = costed(|| {
+        let load = wrk(&format!("{base}/api/ai/edit"), &submit_lua, 50, secs, &env)?;
+        let n = load.requests as f64;
+        Ok((load, n))
+    })?;
     let tx1 = stack.db.transactions().await?;
-    let ceiling_after = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
+    let (ceiling_after, insert_after) = pgbench(&stack.db.direct_url, &insert_sql, &user, secs)?;
     let ceiling = (ceiling_before + ceiling_after) / 2.0;
+    let insert_us = (insert_before.us_per_op + insert_after.us_per_op) / 2.0;
+    let cpu_line = format!(
+        "machine CPU per operation: submit {:.0} µs, pgbench insert {:.0} µs ({:.0}, {:.0}) → {:.1} % (steal: submits {:.1} %, pgbench {:.1} / {:.1} %)",
+        submit_cost.us_per_op,
+        insert_us,
+        insert_before.us_per_op,
+        insert_after.us_per_op,
+        insert_us / submit_cost.us_per_op.max(f64::MIN_POSITIVE) * 100.0,
+        submit_cost.steal * 100.0,
+        insert_before.steal * 100.0,
+        insert_after.steal * 100.0
+    );
     let per_submit = (tx1 - tx0) as f64 / submits.requests as f64;
     let hits = hits(&mut stack, &user, &key, secs, &root.join("deploy/bench/wrk/submit-hit.lua")).await?;
     if std::env::var("BENCH_ONLY").as_deref() == Ok("submits") {
@@ -160,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             submits.p99_ms,
             submits.errors
         );
+        println!("{cpu_line}");
         drop(client);
         return stack.drop_database().await;
     }
@@ -216,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
         submits.errors,
         per_submit
     );
+    println!("  {cpu_line}");
     for (c, l) in &polls {
         println!(
             "polls @{c:<5}    {:>8.0}/s                           p50 {:>6.2} ms   p99 {:>6.2} ms   errors {}",
