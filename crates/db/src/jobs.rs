@@ -197,29 +197,25 @@ impl Db {
             // The input is hashed by the worker that fetches it (`<basis>:` until then).
             let cache_key = cache_basis.map(|b| format!("{b}:"));
             // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
-            // insert rate, measured with pgbench).
-            let row = self
-                .conn()
-                .await?
-                .query_one(
-                    "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
-                    &[
-                        &id.to_string(),
-                        &user.to_string(),
-                        &edit.priority.as_str(),
-                        &edit.prompt,
-                        &edit.image_url.as_str(),
-                        &edit.webhook_url.as_ref().map(|u| u.as_str()),
-                        &edit.run_at,
-                        &max_attempts,
-                        &trace_parent,
-                        &cache_key,
-                    ],
-                )
+            // insert rate, measured with pgbench), written with whatever other plain submits
+            // wait on this pool (`group`).
+            let job = self
+                .group
+                .insert(crate::group::NewJob {
+                    id,
+                    user_id: user.to_string(),
+                    priority: edit.priority.as_str().to_owned(),
+                    prompt: edit.prompt.clone(),
+                    input_url: edit.image_url.as_str().to_owned(),
+                    webhook_url: edit.webhook_url.as_ref().map(|u| u.as_str().to_owned()),
+                    run_at: edit.run_at,
+                    max_attempts,
+                    trace_parent: trace_parent.map(str::to_owned),
+                    cache_key,
+                })
                 .await?;
             self.changed(id);
-            return Ok(Inserted::New(Box::new(job_from_row(&row)?)));
+            return Ok(Inserted::New(Box::new(job)));
         }
         let row = self
             .conn()

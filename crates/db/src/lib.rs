@@ -15,6 +15,7 @@
 //!   holds one ([`Db::with_keyring`]).
 //! - [`jobs`] — job rows ([`jobs::JobRow`]), idempotent insert, queue position, attempts,
 //!   heartbeats and status transitions.
+//! - `group` (private) — plain submits' group insert: concurrent ones share a statement.
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`deliveries`] — webhook deliveries: the outbox workers claim (per-user cap, leases).
@@ -28,6 +29,7 @@
 pub mod cache;
 pub mod deliveries;
 pub mod gallery;
+mod group;
 pub mod jobs;
 pub mod requeue;
 pub mod secrets;
@@ -193,6 +195,8 @@ pub struct Db {
     /// Told of every job a write changes (the snapshot publisher), if any.
     changes: Option<std::sync::Arc<dyn snapshot::ChangeSink>>,
     keyring: std::sync::Arc<secrets::Keyring>,
+    /// Plain submits' group insert ([`group`]).
+    group: std::sync::Arc<group::Group>,
 }
 
 impl std::fmt::Debug for Db {
@@ -232,7 +236,8 @@ impl Db {
             .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default() })
+        let group = std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.max_connections));
+        Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default(), group })
     }
 
     /// Seal and open webhook secrets with `keyring` (without one they are stored as plaintext).
@@ -249,6 +254,12 @@ impl Db {
 
     pub(crate) async fn conn(&self) -> Result<sql::Conn> {
         Ok(sql::Conn::new(self.pool.get().await?, self.pooler))
+    }
+
+    /// Statements sent and rows written by plain submits' group inserts on this pool (see
+    /// `group`: rows per statement is the batch size).
+    pub fn group_inserts(&self) -> (u64, u64) {
+        self.group.counts()
     }
 
     /// How statements are sent (see [`sql::Pooler`]).

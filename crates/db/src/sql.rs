@@ -81,6 +81,9 @@ pg_types! {
     bool => BOOL,
     Vec<u8> => BYTEA,
     Vec<String> => TEXT_ARRAY,
+    Vec<Option<String>> => TEXT_ARRAY,
+    Vec<i32> => INT4_ARRAY,
+    Vec<Option<chrono::DateTime<chrono::Utc>>> => TIMESTAMPTZ_ARRAY,
     serde_json::Value => JSONB,
     chrono::DateTime<chrono::Utc> => TIMESTAMPTZ,
 }

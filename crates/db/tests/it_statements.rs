@@ -81,6 +81,52 @@ async fn statements_are_prepared_once_per_connection_or_never_behind_a_transacti
     }
 }
 
+/// Plain submits that arrive together share statements (`group`), each caller gets its own
+/// committed row, and a row that cannot be written (its user does not exist) fails alone.
+#[tokio::test]
+async fn concurrent_plain_submits_share_statements_and_a_bad_row_fails_alone() {
+    for mode in MODES {
+        let test = fresh_database().await.expect("database");
+        let cfg = DbConfig { url: url_for(&test, mode), max_connections: 2, pooler: mode, ..Default::default() };
+        let db = Db::connect(&cfg).expect("pool");
+        let owner = user(&db).await;
+        let ghost = UserId::generate();
+        let plain = Submission { max_attempts: 3, ..Default::default() };
+        let submits = (0..200).map(|i| {
+            let (db, plain) = (db.clone(), plain);
+            let who = if i == 77 { ghost } else { owner };
+            async move {
+                let id = JobId::generate();
+                (i, id, db.submit_job(id, who, &edit(&format!("p{i}"), i % 3 == 0), &plain).await)
+            }
+        });
+        for (i, id, r) in futures::future::join_all(submits).await {
+            match r {
+                Err(DbError::Query(_)) if i == 77 => {}
+                Ok(Inserted::New(job)) if i != 77 => {
+                    assert_eq!((job.id, job.user_id, job.prompt.as_str()), (id, owner, format!("p{i}").as_str()));
+                    assert_eq!(job.webhook_url.is_some(), i % 3 == 0, "{mode:?} {i}");
+                    assert_eq!((job.status, job.max_attempts), (JobStatus::Queued, 3));
+                }
+                other => panic!("{mode:?} submit {i}: {:?}", other.map(|_| "a row")),
+            }
+        }
+        let stored: i64 = test
+            .client()
+            .await
+            .expect("client")
+            .query_one("SELECT count(*) FROM jobs WHERE user_id = $1", &[&owner.to_string()])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(stored, 199, "{mode:?}");
+        let (statements, rows) = db.group_inserts();
+        assert_eq!(rows, 199, "{mode:?}");
+        // Batches of up to 64, then the one that held the bad row again row by row.
+        assert!(statements <= 80, "{mode:?}: {statements} statements for {rows} rows");
+    }
+}
+
 #[tokio::test]
 async fn submits_replay_their_key_and_respect_the_cap_in_one_statement() {
     for mode in MODES {
