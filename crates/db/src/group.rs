@@ -7,6 +7,11 @@
 //! submit is written at once, as a batch of one; under load the batches grow with the queue, so
 //! Postgres does less per row exactly when it is the bottleneck. A batch that fails is written
 //! again row by row, so one bad row (a user deleted meanwhile) fails only its own submit.
+//!
+//! Off by default (`JEWELSHOT_DATABASE__GROUP_INSERT`): it cuts the machine's CPU per submit by
+//! about a third and raises the rate, but in `just bench-gateway` it also raised p99 at 50
+//! connections (17-20 ms → 32-66 ms; docs/benchmarks.md) — callers whose rows share a batch are
+//! answered together, and not yet understood further.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -160,6 +165,29 @@ async fn write(
             }
         }
     }
+}
+
+/// `job` alone, in the single-row statement (without `group_insert`).
+pub(crate) async fn insert_alone(conn: &sql::Conn, job: &NewJob) -> Result<JobRow> {
+    let row = conn
+        .query_one(
+            "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+            &[
+                &job.id.to_string(),
+                &job.user_id,
+                &job.priority,
+                &job.prompt,
+                &job.input_url,
+                &job.webhook_url,
+                &job.run_at,
+                &job.max_attempts,
+                &job.trace_parent,
+                &job.cache_key,
+            ],
+        )
+        .await?;
+    job_from_row(&row)
 }
 
 /// `jobs` in one statement; their rows by id.

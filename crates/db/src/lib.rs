@@ -92,6 +92,8 @@ pub struct DbConfig {
     /// `none` (direct or session pooler: statements prepared once per connection) or
     /// `transaction` (PgBouncer/Supavisor in transaction mode: one-round-trip unnamed statements).
     pub pooler: sql::Pooler,
+    /// Plain submits waiting on one pool share one INSERT statement (`group`; off by default).
+    pub group_insert: bool,
 }
 
 impl Default for DbConfig {
@@ -102,6 +104,7 @@ impl Default for DbConfig {
             timeout_ms: 5_000,
             statement_timeout_ms: 10_000,
             pooler: sql::Pooler::None,
+            group_insert: false,
         }
     }
 }
@@ -195,8 +198,8 @@ pub struct Db {
     /// Told of every job a write changes (the snapshot publisher), if any.
     changes: Option<std::sync::Arc<dyn snapshot::ChangeSink>>,
     keyring: std::sync::Arc<secrets::Keyring>,
-    /// Plain submits' group insert ([`group`]).
-    group: std::sync::Arc<group::Group>,
+    /// Plain submits' group insert ([`group`]), when `group_insert` is on.
+    group: Option<std::sync::Arc<group::Group>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -236,7 +239,9 @@ impl Db {
             .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        let group = std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.max_connections));
+        let group = cfg
+            .group_insert
+            .then(|| std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.max_connections)));
         Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default(), group })
     }
 
@@ -259,7 +264,7 @@ impl Db {
     /// Statements sent and rows written by plain submits' group inserts on this pool (see
     /// `group`: rows per statement is the batch size).
     pub fn group_inserts(&self) -> (u64, u64) {
-        self.group.counts()
+        self.group.as_ref().map(|g| g.counts()).unwrap_or_default()
     }
 
     /// How statements are sent (see [`sql::Pooler`]).

@@ -81,13 +81,19 @@ async fn statements_are_prepared_once_per_connection_or_never_behind_a_transacti
     }
 }
 
-/// Plain submits that arrive together share statements (`group`), each caller gets its own
+/// With `group_insert`, plain submits that arrive together share statements (`group`), each caller gets its own
 /// committed row, and a row that cannot be written (its user does not exist) fails alone.
 #[tokio::test]
 async fn concurrent_plain_submits_share_statements_and_a_bad_row_fails_alone() {
     for mode in MODES {
         let test = fresh_database().await.expect("database");
-        let cfg = DbConfig { url: url_for(&test, mode), max_connections: 2, pooler: mode, ..Default::default() };
+        let cfg = DbConfig {
+            url: url_for(&test, mode),
+            max_connections: 2,
+            pooler: mode,
+            group_insert: true,
+            ..Default::default()
+        };
         let db = Db::connect(&cfg).expect("pool");
         let owner = user(&db).await;
         let ghost = UserId::generate();
