@@ -6,7 +6,7 @@
 //! objects nothing refers to any more, after a grace period ([`Db::cache_evict`],
 //! [`Db::due_orphans`]).
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use jewelshot_domain::JobId;
 
@@ -96,35 +96,54 @@ impl Db {
         trace_parent: Option<&str>,
         entry: &str,
     ) -> Result<Option<JobRow>> {
-        let row = self
-            .conn()
-            .await?
-            .query_opt(
-                "WITH e AS (
-                    SELECT r.* FROM result_cache r
-                     WHERE r.key = $9 AND r.storage_key IS NOT NULL AND r.expires_at > now()),
-                 j AS (
-                    INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, max_attempts,
-                                      trace_parent, cache_key, cached, result_key, result_url, result_content_type,
-                                      result_bytes, result_width, result_height, gallery_entry, started_at, finished_at)
-                    SELECT $1, $2, 'complete', $3, $4, $5, $6, $7, $8, e.key, true, e.storage_key, e.url, e.content_type,
-                           e.bytes, e.width, e.height, true, now(), now()
-                      FROM e
-                    RETURNING *)
-                 SELECT * FROM j",
-                &[
-                    &id.to_string(),
-                    &user.to_string(),
-                    &edit.priority.as_str(),
-                    &edit.prompt,
-                    &edit.image_url.as_str(),
-                    &edit.webhook_url.as_ref().map(|u| u.as_str()),
-                    &max_attempts,
-                    &trace_parent,
-                    &entry,
-                ],
-            )
-            .await?;
+        let row = match &self.group {
+            // Written with whatever other submits wait on this pool.
+            Some(group) => {
+                let new = crate::group::NewJob {
+                    id,
+                    user_id: user.to_string(),
+                    priority: edit.priority.as_str(),
+                    prompt: Cow::Borrowed(&edit.prompt),
+                    input_url: Cow::Borrowed(edit.image_url.as_str()),
+                    webhook_url: edit.webhook_url.as_ref().map(|u| Cow::Borrowed(u.as_str())),
+                    run_at: None,
+                    max_attempts,
+                    trace_parent: trace_parent.map(Cow::Borrowed),
+                    how: crate::group::How::Hit { key: Cow::Borrowed(entry) },
+                };
+                group.insert(new).await?
+            }
+            None => {
+                self.conn()
+                    .await?
+                    .query_opt(
+                        "WITH e AS (
+                            SELECT r.* FROM result_cache r
+                             WHERE r.key = $9 AND r.storage_key IS NOT NULL AND r.expires_at > now()),
+                         j AS (
+                            INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, max_attempts,
+                                              trace_parent, cache_key, cached, result_key, result_url, result_content_type,
+                                              result_bytes, result_width, result_height, gallery_entry, started_at, finished_at)
+                            SELECT $1, $2, 'complete', $3, $4, $5, $6, $7, $8, e.key, true, e.storage_key, e.url, e.content_type,
+                                   e.bytes, e.width, e.height, true, now(), now()
+                              FROM e
+                            RETURNING *)
+                         SELECT * FROM j",
+                        &[
+                            &id.to_string(),
+                            &user.to_string(),
+                            &edit.priority.as_str(),
+                            &edit.prompt,
+                            &edit.image_url.as_str(),
+                            &edit.webhook_url.as_ref().map(|u| u.as_str()),
+                            &max_attempts,
+                            &trace_parent,
+                            &entry,
+                        ],
+                    )
+                    .await?
+            }
+        };
         let Some(row) = row else { return Ok(None) };
         self.changed(id);
         Ok(Some(job_from_row(&row)?))

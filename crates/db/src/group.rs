@@ -1,30 +1,38 @@
-//! Group insert: plain submits that arrive on one pool while others are being written share one
+//! Group insert: submits that arrive on one pool while others are being written share one
 //! statement — one round trip and one commit for all of them, Postgres's group commit done
 //! before the server sees the rows. Each caller still waits for its own row to be committed.
 //!
-//! A pool's inserts go through up to `lanes` writers (tasks on the runtime of the pool's first
-//! insert). A writer takes everything waiting when it is free (up to [`MOST_ROWS`]): alone, a
+//! Three kinds of submit are grouped, each kind in its own statement ([`How`]): plain ones (the
+//! bare INSERT of `unnest`ed columns); recent hits (completed from a stored result the gateway
+//! saw hit, if it is still there); and those that consult the result cache with an upload's
+//! hash (`jewelshot_submit` called per row, `LATERAL`: a later row of a batch sees what an
+//! earlier one wrote, so identical submits share as they do one by one). Submits with a queued
+//! cap or an `Idempotency-Key` are not grouped.
+//!
+//! A pool's submits go through up to `lanes` writers (tasks on the runtime of the pool's first
+//! submit). A writer takes everything waiting when it is free (up to [`MOST_ROWS`]): alone, a
 //! submit is written at once, as a batch of one; under load the batches grow with the queue, so
 //! Postgres does less per row exactly when it is the bottleneck. A batch that fails is written
 //! again row by row, so one bad row (a user deleted meanwhile) fails only its own submit.
 //!
-//! Off by default (`JEWELSHOT_DATABASE__GROUP_INSERT`): it cuts the machine's CPU per submit by
-//! about a third and raises the rate, but in `just bench-gateway` it also raised p99 at 50
-//! connections (17-20 ms → 32-66 ms; docs/benchmarks.md) — callers whose rows share a batch are
-//! answered together, and not yet understood further.
+//! On by default (`JEWELSHOT_DATABASE__GROUP_INSERT`); docs/benchmarks.md has the figures.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex,
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use jewelshot_domain::JobId;
+use jewelshot_domain::{metric_names as m, JobId};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
 
 use crate::{
-    jobs::{job_from_row, JobRow},
     sql::{self, Sql},
     DbError, Result,
 };
@@ -32,31 +40,88 @@ use crate::{
 /// Most rows in one statement.
 pub const MOST_ROWS: usize = 64;
 
-/// A job row as a plain submit writes it (`queued`).
+/// A job row as a submit writes it: borrowed from the request, and copied only when it waits
+/// for a writer ([`NewJob::into_owned`]).
 #[derive(Debug, Clone)]
-pub(crate) struct NewJob {
+pub(crate) struct NewJob<'a> {
     pub id: JobId,
     pub user_id: String,
-    pub priority: String,
-    pub prompt: String,
-    pub input_url: String,
-    pub webhook_url: Option<String>,
+    pub priority: &'static str,
+    pub prompt: Cow<'a, str>,
+    pub input_url: Cow<'a, str>,
+    pub webhook_url: Option<Cow<'a, str>>,
     pub run_at: Option<DateTime<Utc>>,
     pub max_attempts: i32,
-    pub trace_parent: Option<String>,
-    pub cache_key: Option<String>,
+    pub trace_parent: Option<Cow<'a, str>>,
+    pub how: How<'a>,
+}
+
+/// How a submit meets the result cache, which decides its statement.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum How<'a> {
+    /// The bare INSERT, `queued`, with the cache key a worker completes once it has hashed the
+    /// input (`<basis>:`), if the job may use the cache.
+    Plain { cache_key: Option<String> },
+    /// Completed from the result cache's entry `key`, if it is still there (no row otherwise).
+    Hit { key: Cow<'a, str> },
+    /// `jewelshot_submit`: the cache consulted with the hash of the caller's upload `input_key`.
+    Lookup { basis: Cow<'a, str>, input_key: Cow<'a, str> },
+}
+
+impl How<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Plain { .. } => "plain",
+            Self::Hit { .. } => "hit",
+            Self::Lookup { .. } => "lookup",
+        }
+    }
+}
+
+impl NewJob<'_> {
+    fn into_owned(self) -> NewJob<'static> {
+        fn own(s: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(s.into_owned())
+        }
+        NewJob {
+            id: self.id,
+            user_id: self.user_id,
+            priority: self.priority,
+            prompt: own(self.prompt),
+            input_url: own(self.input_url),
+            webhook_url: self.webhook_url.map(own),
+            run_at: self.run_at,
+            max_attempts: self.max_attempts,
+            trace_parent: self.trace_parent.map(own),
+            how: match self.how {
+                How::Plain { cache_key } => How::Plain { cache_key },
+                How::Hit { key } => How::Hit { key: own(key) },
+                How::Lookup { basis, input_key } => How::Lookup { basis: own(basis), input_key: own(input_key) },
+            },
+        }
+    }
 }
 
 struct Pending {
-    job: NewJob,
-    reply: oneshot::Sender<Result<JobRow>>,
+    job: NewJob<'static>,
+    reply: oneshot::Sender<Result<Option<Row>>>,
 }
 
-/// Statements and rows written so far ([`crate::Db::group_inserts`]).
+/// Statements and rows written so far ([`crate::Db::group_inserts`]; the metrics too).
 #[derive(Debug, Default)]
 struct Counts {
     statements: AtomicU64,
     rows: AtomicU64,
+}
+
+impl Counts {
+    /// One statement sent for `kind`, which wrote `rows`.
+    fn sent(&self, kind: &'static str, rows: u64) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        metrics::counter!(m::DB_GROUP_STATEMENTS, "kind" => kind).increment(1);
+        metrics::counter!(m::DB_GROUP_ROWS, "kind" => kind).increment(rows);
+    }
 }
 
 /// One pool's writers.
@@ -78,10 +143,11 @@ impl Group {
         (self.counts.statements.load(Ordering::Relaxed), self.counts.rows.load(Ordering::Relaxed))
     }
 
-    /// Write `job` with whatever else is waiting; its row once committed.
-    pub(crate) async fn insert(&self, job: NewJob) -> Result<JobRow> {
+    /// Write `job` with whatever else is waiting; its row once committed (as [`insert_alone`]'s),
+    /// or `None` for a [`How::Hit`] whose entry is gone.
+    pub(crate) async fn insert(&self, job: NewJob<'_>) -> Result<Option<Row>> {
         let (reply, answer) = oneshot::channel();
-        let mut pending = Pending { job, reply };
+        let mut pending = Pending { job: job.into_owned(), reply };
         // Writers end with the runtime that started them (a test's): start new ones then.
         for _ in 0..2 {
             match self.sender().send(pending) {
@@ -127,99 +193,165 @@ async fn write(
         if queue.lock().await.recv_many(&mut batch, MOST_ROWS).await == 0 {
             return;
         }
-        let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
-        let written = insert_rows(&pool, pooler, &jobs).await;
-        counts.statements.fetch_add(1, Ordering::Relaxed);
-        match written {
-            Ok(mut rows) => {
-                counts.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for p in batch.drain(..) {
-                    let row = rows
-                        .remove(&p.job.id)
-                        .ok_or_else(|| DbError::Corrupt(format!("job {} was not returned by its insert", p.job.id)));
-                    let _ = p.reply.send(row);
-                }
+        let (mut plain, mut hits, mut lookups) = (Vec::new(), Vec::new(), Vec::new());
+        for p in batch.drain(..) {
+            match p.job.how {
+                How::Plain { .. } => plain.push(p),
+                How::Hit { .. } => hits.push(p),
+                How::Lookup { .. } => lookups.push(p),
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some(p) = batch.pop() {
-                    let _ = p.reply.send(Err(e));
-                }
+        }
+        let (pool, counts) = (&pool, &counts);
+        futures::join!(
+            settle(pool, pooler, counts, plain),
+            settle(pool, pooler, counts, hits),
+            settle(pool, pooler, counts, lookups)
+        );
+    }
+}
+
+/// Write one kind of submit's batch and answer its callers; row by row if the batch fails.
+async fn settle(pool: &Pool, pooler: sql::Pooler, counts: &Counts, mut batch: Vec<Pending>) {
+    let Some(kind) = batch.first().map(|p| p.job.how.kind()) else { return };
+    let jobs: Vec<&NewJob<'_>> = batch.iter().map(|p| &p.job).collect();
+    let written = write_rows(pool, pooler, &jobs).await;
+    counts.sent(kind, written.as_ref().map_or(0, |rows| rows.len() as u64));
+    match written {
+        Ok(mut rows) => {
+            for p in batch {
+                let _ = p.reply.send(Ok(rows.remove(&p.job.id.to_string())));
             }
-            Err(_) => {
-                // Each row on its own, so each caller gets its own outcome.
-                let alone = batch.drain(..).map(|p| {
-                    let (pool, counts) = (&pool, &counts);
-                    async move {
-                        let row = insert_rows(pool, pooler, &[&p.job]).await;
-                        counts.statements.fetch_add(1, Ordering::Relaxed);
-                        let row = row.and_then(|mut rows| {
-                            rows.remove(&p.job.id).ok_or_else(|| DbError::Corrupt("an insert returned no row".into()))
-                        });
-                        if row.is_ok() {
-                            counts.rows.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let _ = p.reply.send(row);
-                    }
-                });
-                futures::future::join_all(alone).await;
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(p) = batch.pop() {
+                let _ = p.reply.send(Err(e));
             }
+        }
+        Err(_) => {
+            // Each row on its own, so each caller gets its own outcome.
+            let alone = batch.into_iter().map(|p| async move {
+                let row = write_rows(pool, pooler, &[&p.job]).await;
+                counts.sent(kind, row.as_ref().map_or(0, |rows| rows.len() as u64));
+                let _ = p.reply.send(row.map(|mut rows| rows.remove(&p.job.id.to_string())));
+            });
+            futures::future::join_all(alone).await;
         }
     }
 }
 
-/// `job` alone, in the single-row statement (without `group_insert`).
-pub(crate) async fn insert_alone(conn: &sql::Conn, job: &NewJob) -> Result<JobRow> {
-    let row = conn
-        .query_one(
-            "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
-            &[
-                &job.id.to_string(),
-                &job.user_id,
-                &job.priority,
-                &job.prompt,
-                &job.input_url,
-                &job.webhook_url,
-                &job.run_at,
-                &job.max_attempts,
-                &job.trace_parent,
-                &job.cache_key,
-            ],
-        )
-        .await?;
-    job_from_row(&row)
+/// A plain submit alone, in the single-row statement (without `group_insert`): the row as
+/// `jewelshot_submit` answers it (`outcome` `new`, `same_request`, the job's columns).
+pub(crate) async fn insert_alone(conn: &sql::Conn, job: &NewJob<'_>, cache_key: Option<&str>) -> Result<Row> {
+    conn.query_one(
+        "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING 'new'::text AS outcome, NULL::boolean AS same_request, *",
+        &[
+            &job.id.to_string(),
+            &job.user_id,
+            &job.priority,
+            &&*job.prompt,
+            &&*job.input_url,
+            &job.webhook_url.as_deref(),
+            &job.run_at,
+            &job.max_attempts,
+            &job.trace_parent.as_deref(),
+            &cache_key,
+        ],
+    )
+    .await
 }
 
-/// `jobs` in one statement; their rows by id.
-async fn insert_rows(
-    pool: &Pool,
-    pooler: sql::Pooler,
-    jobs: &[&NewJob],
-) -> Result<std::collections::HashMap<JobId, JobRow>> {
-    fn column<T>(jobs: &[&NewJob], f: impl Fn(&NewJob) -> T) -> Vec<T> {
+/// `jobs` (all of one [`How`]) in one statement; their rows by id, as [`insert_alone`] answers.
+async fn write_rows(pool: &Pool, pooler: sql::Pooler, jobs: &[&NewJob<'_>]) -> Result<HashMap<String, Row>> {
+    fn column<T>(jobs: &[&NewJob<'_>], f: impl Fn(&NewJob<'_>) -> T) -> Vec<T> {
         jobs.iter().map(|j| f(j)).collect()
     }
+    fn text(jobs: &[&NewJob<'_>], f: impl for<'h> Fn(&'h How<'_>) -> Option<&'h str>) -> Vec<Option<String>> {
+        column(jobs, |j| f(&j.how).map(str::to_owned))
+    }
+    let mut jobs = jobs.to_vec();
+    // Rows that take the same cache entry's lock take it in the same order in every batch.
+    jobs.sort_by(|a, b| a.how.cmp(&b.how));
+    let jobs = &jobs[..];
+    let Some(first) = jobs.first() else { return Ok(HashMap::new()) };
     let ids = column(jobs, |j| j.id.to_string());
     let users = column(jobs, |j| j.user_id.clone());
-    let priorities = column(jobs, |j| j.priority.clone());
-    let prompts = column(jobs, |j| j.prompt.clone());
-    let inputs = column(jobs, |j| j.input_url.clone());
-    let webhooks = column(jobs, |j| j.webhook_url.clone());
+    let priorities = column(jobs, |j| j.priority.to_owned());
+    let prompts = column(jobs, |j| j.prompt.to_string());
+    let inputs = column(jobs, |j| j.input_url.to_string());
+    let webhooks = column(jobs, |j| j.webhook_url.as_deref().map(str::to_owned));
     let run_ats = column(jobs, |j| j.run_at);
     let attempts = column(jobs, |j| j.max_attempts);
-    let traces = column(jobs, |j| j.trace_parent.clone());
-    let cache_keys = column(jobs, |j| j.cache_key.clone());
+    let traces = column(jobs, |j| j.trace_parent.as_deref().map(str::to_owned));
+    let common: [&dyn sql::Param; 9] =
+        [&ids, &users, &priorities, &prompts, &inputs, &webhooks, &run_ats, &attempts, &traces];
     let conn = sql::Conn::new(pool.get().await?, pooler);
-    let rows = conn
-        .query(
-            "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
-             SELECT id, user_id, 'queued', priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-                           $8::int4[], $9::text[], $10::text[])
-                 AS n(id, user_id, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent, cache_key)
-             RETURNING *",
-            &[&ids, &users, &priorities, &prompts, &inputs, &webhooks, &run_ats, &attempts, &traces, &cache_keys],
-        )
-        .await?;
-    rows.iter().map(|r| job_from_row(r).map(|j| (j.id, j))).collect()
+    let rows = match first.how {
+        How::Plain { .. } => {
+            let cache_keys = text(jobs, |h| match h {
+                How::Plain { cache_key } => cache_key.as_deref(),
+                _ => None,
+            });
+            conn.query(
+                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, run_at, max_attempts,
+                                   trace_parent, cache_key)
+                 SELECT id, user_id, 'queued', priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent,
+                        cache_key
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                               $8::int4[], $9::text[], $10::text[])
+                     AS n(id, user_id, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent,
+                          cache_key)
+                 RETURNING 'new'::text AS outcome, NULL::boolean AS same_request, *",
+                &[common.as_slice(), &[&cache_keys]].concat(),
+            )
+            .await?
+        }
+        How::Hit { .. } => {
+            let keys = text(jobs, |h| match h {
+                How::Hit { key } => Some(key.as_ref()),
+                _ => None,
+            });
+            conn.query(
+                "INSERT INTO jobs (id, user_id, status, priority, prompt, input_url, webhook_url, max_attempts,
+                                   trace_parent, cache_key, cached, result_key, result_url, result_content_type,
+                                   result_bytes, result_width, result_height, gallery_entry, started_at, finished_at)
+                 SELECT n.id, n.user_id, 'complete', n.priority, n.prompt, n.input_url, n.webhook_url, n.max_attempts,
+                        n.trace_parent, e.key, true, e.storage_key, e.url, e.content_type, e.bytes, e.width, e.height,
+                        true, now(), now()
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                               $8::int4[], $9::text[], $10::text[])
+                     AS n(id, user_id, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent,
+                          entry)
+                   JOIN result_cache e ON e.key = n.entry AND e.storage_key IS NOT NULL AND e.expires_at > now()
+                 RETURNING 'hit'::text AS outcome, NULL::boolean AS same_request, *",
+                &[common.as_slice(), &[&keys]].concat(),
+            )
+            .await?
+        }
+        How::Lookup { .. } => {
+            let bases = text(jobs, |h| match h {
+                How::Lookup { basis, .. } => Some(basis.as_ref()),
+                _ => None,
+            });
+            let input_keys = text(jobs, |h| match h {
+                How::Lookup { input_key, .. } => Some(input_key.as_ref()),
+                _ => None,
+            });
+            conn.query(
+                "SELECT s.outcome, s.same_request, (s.job).*
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                               $8::int4[], $9::text[], $10::text[], $11::text[])
+                        WITH ORDINALITY
+                        AS n(id, user_id, priority, prompt, input_url, webhook_url, run_at, max_attempts, trace_parent,
+                             basis, input_key, ord)
+                  CROSS JOIN LATERAL jewelshot_submit(n.id, n.user_id, n.priority, n.prompt, n.input_url, n.webhook_url,
+                               n.run_at, n.max_attempts, 0, NULL, NULL, n.trace_parent, n.basis, n.input_key) s
+                  ORDER BY n.ord",
+                &[common.as_slice(), &[&bases, &input_keys]].concat(),
+            )
+            .await?
+        }
+    };
+    rows.into_iter().map(|r| Ok((r.try_get::<_, String>("id")?, r))).collect()
 }

@@ -1,9 +1,12 @@
 //! Job rows and their transitions. Every transition is one conditional UPDATE, so two workers
 //! (or a worker and a cancel) can never both win.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use jewelshot_domain::{JobId, JobStatus, NewEdit, Priority, UserId};
 
+use crate::group::{How, NewJob};
 use crate::sql::Sql;
 use crate::{steps::generate_started, Db, DbError, Result};
 
@@ -193,30 +196,39 @@ impl Db {
         // A scheduled job never completes before its time: it does not use the cache.
         let cache_basis = cache_basis.filter(|_| edit.run_at.is_none());
         let input_key = input_key.filter(|_| cache_basis.is_some());
-        if cap == 0 && idempotency.is_none() && input_key.is_none() {
-            // The input is hashed by the worker that fetches it (`<basis>:` until then).
-            let cache_key = cache_basis.map(|b| format!("{b}:"));
-            // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
-            // insert rate, measured with pgbench) — with `group_insert`, written with whatever
-            // other plain submits wait on this pool (`group`).
-            let new = crate::group::NewJob {
+        if cap == 0 && idempotency.is_none() && (input_key.is_none() || self.group.is_some()) {
+            let how = match cache_basis.zip(input_key) {
+                Some((basis, input_key)) => {
+                    How::Lookup { basis: Cow::Borrowed(basis), input_key: Cow::Borrowed(input_key) }
+                }
+                // The worker that fetches the input hashes it (`<basis>:` until then).
+                None => How::Plain { cache_key: cache_basis.map(|b| format!("{b}:")) },
+            };
+            let new = NewJob {
                 id,
                 user_id: user.to_string(),
-                priority: edit.priority.as_str().to_owned(),
-                prompt: edit.prompt.clone(),
-                input_url: edit.image_url.as_str().to_owned(),
-                webhook_url: edit.webhook_url.as_ref().map(|u| u.as_str().to_owned()),
+                priority: edit.priority.as_str(),
+                prompt: Cow::Borrowed(&edit.prompt),
+                input_url: Cow::Borrowed(edit.image_url.as_str()),
+                webhook_url: edit.webhook_url.as_ref().map(|u| Cow::Borrowed(u.as_str())),
                 run_at: edit.run_at,
                 max_attempts,
-                trace_parent: trace_parent.map(str::to_owned),
-                cache_key,
+                trace_parent: trace_parent.map(Cow::Borrowed),
+                how,
             };
-            let job = match &self.group {
-                Some(group) => group.insert(new).await?,
-                None => crate::group::insert_alone(&self.conn().await?, &new).await?,
+            // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
+            // insert rate, measured with pgbench) — with `group_insert`, written with whatever
+            // other submits wait on this pool (`group`), the cache's lookups too.
+            let row = match (&self.group, &new.how) {
+                (Some(group), _) => {
+                    group.insert(new).await?.ok_or_else(|| DbError::Corrupt("a submit wrote no row".into()))?
+                }
+                (None, How::Plain { cache_key }) => {
+                    crate::group::insert_alone(&self.conn().await?, &new, cache_key.as_deref()).await?
+                }
+                (None, _) => return Err(DbError::Corrupt("only a plain submit is written alone".into())),
             };
-            self.changed(id);
-            return Ok(Inserted::New(Box::new(job)));
+            return self.inserted(id, &row, cap);
         }
         let row = self
             .conn()
@@ -242,23 +254,28 @@ impl Db {
                 ],
             )
             .await?;
-        let outcome: &str = row.get("outcome");
+        self.inserted(id, &row, cap)
+    }
+
+    /// What `jewelshot_submit` (or a plain submit's INSERT, as `new`) answered for job `id`.
+    fn inserted(&self, id: JobId, row: &tokio_postgres::Row, cap: i64) -> Result<Inserted> {
+        let outcome: &str = row.try_get("outcome")?;
         match outcome {
             "new" => {
                 self.changed(id);
-                Ok(Inserted::New(Box::new(job_from_row(&row)?)))
+                Ok(Inserted::New(Box::new(job_from_row(row)?)))
             }
             "hit" => {
                 self.changed(id);
-                Ok(Inserted::Cached(Box::new(job_from_row(&row)?)))
+                Ok(Inserted::Cached(Box::new(job_from_row(row)?)))
             }
             "shared" => {
                 self.changed(id);
-                Ok(Inserted::Shared(Box::new(job_from_row(&row)?)))
+                Ok(Inserted::Shared(Box::new(job_from_row(row)?)))
             }
             "existing" => Ok(Inserted::Existing {
-                job: Box::new(job_from_row(&row)?),
-                same_request: row.get::<_, Option<bool>>("same_request").unwrap_or(false),
+                job: Box::new(job_from_row(row)?),
+                same_request: row.try_get::<_, Option<bool>>("same_request")?.unwrap_or(false),
             }),
             "cap" => Err(DbError::QueuedCapReached { cap }),
             other => Err(DbError::Corrupt(format!("jewelshot_submit answered {other:?}"))),

@@ -15,7 +15,7 @@
 //!   holds one ([`Db::with_keyring`]).
 //! - [`jobs`] — job rows ([`jobs::JobRow`]), idempotent insert, queue position, attempts,
 //!   heartbeats and status transitions.
-//! - `group` (private) — plain submits' group insert: concurrent ones share a statement.
+//! - `group` (private) — the group insert: concurrent submits without a cap or a key share a statement.
 //! - [`requeue`] — selecting and resetting failed or stuck jobs for `jewelshot requeue`.
 //! - [`steps`] — per-step outcome and output — what makes a retry skip finished work.
 //! - [`deliveries`] — webhook deliveries: the outbox workers claim (per-user cap, leases).
@@ -92,7 +92,8 @@ pub struct DbConfig {
     /// `none` (direct or session pooler: statements prepared once per connection) or
     /// `transaction` (PgBouncer/Supavisor in transaction mode: one-round-trip unnamed statements).
     pub pooler: sql::Pooler,
-    /// Plain submits waiting on one pool share one INSERT statement (`group`; off by default).
+    /// Submits without a cap or a key that wait on one pool share one statement (`group`; on by
+    /// default: off, each is its own statement).
     pub group_insert: bool,
 }
 
@@ -104,7 +105,7 @@ impl Default for DbConfig {
             timeout_ms: 5_000,
             statement_timeout_ms: 10_000,
             pooler: sql::Pooler::None,
-            group_insert: false,
+            group_insert: true,
         }
     }
 }
@@ -198,7 +199,7 @@ pub struct Db {
     /// Told of every job a write changes (the snapshot publisher), if any.
     changes: Option<std::sync::Arc<dyn snapshot::ChangeSink>>,
     keyring: std::sync::Arc<secrets::Keyring>,
-    /// Plain submits' group insert ([`group`]), when `group_insert` is on.
+    /// The group insert ([`group`]), when `group_insert` is on.
     group: Option<std::sync::Arc<group::Group>>,
 }
 
@@ -261,8 +262,8 @@ impl Db {
         Ok(sql::Conn::new(self.pool.get().await?, self.pooler))
     }
 
-    /// Statements sent and rows written by plain submits' group inserts on this pool (see
-    /// `group`: rows per statement is the batch size).
+    /// Statements sent and rows written by this pool's group inserts (see `group`: rows per
+    /// statement is the batch size).
     pub fn group_inserts(&self) -> (u64, u64) {
         self.group.as_ref().map(|g| g.counts()).unwrap_or_default()
     }

@@ -81,7 +81,7 @@ async fn statements_are_prepared_once_per_connection_or_never_behind_a_transacti
     }
 }
 
-/// With `group_insert`, plain submits that arrive together share statements (`group`), each caller gets its own
+/// With `group_insert` (the default), plain submits that arrive together share statements (`group`), each caller gets its own
 /// committed row, and a row that cannot be written (its user does not exist) fails alone.
 #[tokio::test]
 async fn concurrent_plain_submits_share_statements_and_a_bad_row_fails_alone() {
@@ -130,6 +130,85 @@ async fn concurrent_plain_submits_share_statements_and_a_bad_row_fails_alone() {
         assert_eq!(rows, 199, "{mode:?}");
         // Batches of up to 64, then the one that held the bad row again row by row.
         assert!(statements <= 80, "{mode:?}: {statements} statements for {rows} rows");
+    }
+}
+
+/// The result cache's submits are grouped too, each kind in its own statement: recent hits
+/// (completed from a stored entry; none written when the entry is gone) and lookups with an
+/// upload's hash, where identical submits in one batch share one job's request as they do one
+/// by one, and a stored result completes them at once.
+#[tokio::test]
+async fn concurrent_hits_and_cache_lookups_share_statements_and_keep_their_outcomes() {
+    for mode in MODES {
+        let test = fresh_database().await.expect("database");
+        let cfg = DbConfig { url: url_for(&test, mode), max_connections: 2, pooler: mode, ..Default::default() };
+        let db = Db::connect(&cfg).expect("pool");
+        let owner = user(&db).await;
+        let upload = format!("uploads/{owner}/ring.jpg");
+        let c = test.client().await.expect("client");
+        c.batch_execute(&format!(
+            "INSERT INTO uploads (id, user_id, storage_key, content_type, bytes, original_bytes, width, height, content_sha256)
+             VALUES ('up1', '{owner}', '{upload}', 'image/jpeg', 10, 10, 4, 4, 'abc');
+             INSERT INTO jobs (id, user_id, status, prompt, input_url, max_attempts) VALUES ('maker', '{owner}', 'complete', 'p', 'u', 3);
+             INSERT INTO result_cache (key, job_id, storage_key, url, content_type, bytes, width, height, ready_at, expires_at)
+             VALUES ('stored:abc', 'maker', 'results/r.jpg', 'https://cdn.example.com/r.jpg', 'image/jpeg', 99, 8, 8,
+                     now(), now() + interval '1 hour')"
+        ))
+        .await
+        .expect("an upload and a stored result");
+        let e = edit("white background", false);
+        let looked_up = |basis: &'static str| {
+            let (db, e, upload) = (db.clone(), e.clone(), upload.clone());
+            async move {
+                let how = Submission {
+                    max_attempts: 3,
+                    cache_basis: Some(basis),
+                    input_key: Some(&upload),
+                    ..Default::default()
+                };
+                db.submit_job(JobId::generate(), owner, &e, &how).await.expect("submit")
+            }
+        };
+        let hit = |entry: &'static str| {
+            let (db, e) = (db.clone(), e.clone());
+            async move { db.submit_hit(JobId::generate(), owner, &e, 3, None, entry).await.expect("hit") }
+        };
+        let (hits, gone, fresh, stored) = futures::join!(
+            futures::future::join_all((0..40).map(|_| hit("stored:abc"))),
+            hit("nothing:abc"),
+            futures::future::join_all((0..20).map(|_| looked_up("fresh"))),
+            futures::future::join_all((0..10).map(|_| looked_up("stored"))),
+        );
+        for job in &hits {
+            let job = job.as_ref().expect("a stored entry completes the submit");
+            assert_eq!(
+                (job.status, job.cached, job.result_key.as_deref()),
+                (JobStatus::Complete, true, Some("results/r.jpg"))
+            );
+        }
+        assert!(gone.is_none(), "{mode:?}: no row for an entry that is not there");
+        let leaders: Vec<JobId> =
+            fresh.iter().filter_map(|i| if let Inserted::New(j) = i { Some(j.id) } else { None }).collect();
+        assert_eq!(leaders.len(), 1, "{mode:?}: one of the identical submits makes the request");
+        for i in &fresh {
+            match i {
+                Inserted::New(_) => {}
+                Inserted::Shared(j) => assert_eq!(j.shares_job, Some(leaders[0]), "{mode:?}"),
+                other => panic!("{mode:?}: an identical submit shares the request, not {other:?}"),
+            }
+        }
+        for i in &stored {
+            assert!(matches!(i, Inserted::Cached(j) if j.status == JobStatus::Complete && j.cached), "{mode:?}: {i:?}");
+        }
+        let (statements, rows) = db.group_inserts();
+        assert_eq!(rows, 70, "{mode:?}");
+        assert!(statements <= 20, "{mode:?}: {statements} statements for {rows} rows");
+        let written: i64 = c
+            .query_one("SELECT count(*) FROM jobs WHERE user_id = $1 AND id <> 'maker'", &[&owner.to_string()])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(written, 70, "{mode:?}");
     }
 }
 

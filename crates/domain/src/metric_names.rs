@@ -55,6 +55,8 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (EVENT_STREAMS, Kind::Gauge, "Live status streams (GET /api/jobs/{id}/events) this gateway holds open"),
     (CACHE_LOOKUPS, Kind::Counter, "Result-cache lookups by outcome: hit (completed from a stored result), shared (waits on an identical job's fal request), miss (calls fal), bypass (cache: false, or the cache off)"),
     (CACHE_UPKEEP, Kind::Counter, "What the result cache's upkeep removed, by what: expired and capacity (entries), orphan (objects nothing referred to)"),
+    (DB_GROUP_STATEMENTS, Kind::Counter, "Statements the group insert sent, by kind (plain, lookup): submits per statement is rows over statements"),
+    (DB_GROUP_ROWS, Kind::Counter, "Submits the group insert wrote, by kind (plain: the bare INSERT; lookup: consulting the result cache)"),
 ];
 
 /// The seed's seven critical metrics, in its order, and the names that carry each.
@@ -100,6 +102,8 @@ pub const BANDWIDTH: &str = "jewelshot_bandwidth_bytes_total";
 pub const BANDWIDTH_QUOTA: &str = "jewelshot_bandwidth_quota_bytes";
 pub const ALLOCATOR_BYTES: &str = "jewelshot_allocator_bytes";
 pub const EVENT_STREAMS: &str = "jewelshot_gateway_event_streams";
+pub const DB_GROUP_STATEMENTS: &str = "jewelshot_db_group_statements_total";
+pub const DB_GROUP_ROWS: &str = "jewelshot_db_group_rows_total";
 
 /// Buckets of the request and step histograms, in seconds.
 pub const LATENCY_BUCKETS: &[f64] =

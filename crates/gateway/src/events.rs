@@ -3,9 +3,9 @@
 //! Every writer of a job's poll snapshot (the gateway at submit, the workers and the CLI through
 //! their publishers) announces the job's id on the line's events channel in the same Redis
 //! script. Each gateway holds **one** subscription to that channel ([`follow`]) while it has
-//! streams open, and fans the announcements out in-process ([`EventHub`]): a job's own streams wake at once, and streams
-//! of waiting jobs re-read their place in line (at most every `events_line_interval_ms`), since
-//! any job leaving the line moves theirs. So any replica serves any job, and an idle stream
+//! streams open, and fans the announcements out in-process ([`EventHub`]): a job's own streams
+//! wake at once, and streams of waiting jobs re-read their place in line (at most every
+//! `events_line_interval_ms`), since any job leaving the line moves theirs. So any replica serves any job, and an idle stream
 //! costs a parked future, no Redis traffic.
 //!
 //! Each event is the whole [`JobView`] (the same answer as `GET /api/jobs/{id}`, steps and all),
