@@ -95,6 +95,9 @@ pub struct DbConfig {
     /// Submits without a cap or a key that wait on one pool share one statement (`group`; on by
     /// default: off, each is its own statement).
     pub group_insert: bool,
+    /// Writers per pool of the group insert, each a statement in flight at a time (at most
+    /// `max_connections`): fewer writers, bigger batches and fewer busy backends.
+    pub group_writers: usize,
 }
 
 impl Default for DbConfig {
@@ -106,6 +109,7 @@ impl Default for DbConfig {
             statement_timeout_ms: 10_000,
             pooler: sql::Pooler::None,
             group_insert: true,
+            group_writers: 4,
         }
     }
 }
@@ -242,7 +246,7 @@ impl Db {
             .map_err(|e| DbError::Config(e.to_string()))?;
         let group = cfg
             .group_insert
-            .then(|| std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.max_connections)));
+            .then(|| std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.group_writers.min(cfg.max_connections))));
         Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default(), group })
     }
 
