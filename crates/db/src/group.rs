@@ -210,8 +210,12 @@ async fn write(
     }
 }
 
-/// Write one kind of submit's batch and answer its callers; row by row if the batch fails.
+/// Write one kind of submit's batch and answer its callers. A batch the server refused for
+/// one of its rows (bad data, a constraint, a deadlock) is written again row by row; any other
+/// fault (no connection, a timeout) is every caller's answer, as it would have been alone.
 async fn settle(pool: &Pool, pooler: sql::Pooler, counts: &Counts, mut batch: Vec<Pending>) {
+    // A caller that went away (its client hung up) is not written, as it would not have been alone.
+    batch.retain(|p| !p.reply.is_closed());
     let Some(kind) = batch.first().map(|p| p.job.how.kind()) else { return };
     let jobs: Vec<&NewJob<'_>> = batch.iter().map(|p| &p.job).collect();
     let written = write_rows(pool, pooler, &jobs).await;
@@ -227,6 +231,12 @@ async fn settle(pool: &Pool, pooler: sql::Pooler, counts: &Counts, mut batch: Ve
                 let _ = p.reply.send(Err(e));
             }
         }
+        Err(e) if !for_a_row(&e) => {
+            let e = Arc::new(e);
+            for p in batch {
+                let _ = p.reply.send(Err(DbError::Shared(e.clone())));
+            }
+        }
         Err(_) => {
             // Each row on its own, so each caller gets its own outcome.
             let alone = batch.into_iter().map(|p| async move {
@@ -237,6 +247,13 @@ async fn settle(pool: &Pool, pooler: sql::Pooler, counts: &Counts, mut batch: Ve
             futures::future::join_all(alone).await;
         }
     }
+}
+
+/// The server refused a statement for what one of its rows holds or met: a data exception
+/// (22), an integrity constraint (23), a rollback such as a deadlock (40), a function's error (P0).
+fn for_a_row(e: &DbError) -> bool {
+    let DbError::Query(q) = e else { return false };
+    q.code().is_some_and(|c| ["22", "23", "40", "P0"].iter().any(|class| c.code().starts_with(class)))
 }
 
 /// A plain submit alone, in the single-row statement (without `group_insert`): the row as
@@ -271,7 +288,9 @@ async fn write_rows(pool: &Pool, pooler: sql::Pooler, jobs: &[&NewJob<'_>]) -> R
         column(jobs, |j| f(&j.how).map(str::to_owned))
     }
     let mut jobs = jobs.to_vec();
-    // Rows that take the same cache entry's lock take it in the same order in every batch.
+    // Identical lookups side by side, each key's in one order. Two batches can still meet two
+    // entries in opposite orders (the lock is on the upload's hash, not its storage key): Postgres
+    // then refuses one batch as a deadlock after `deadlock_timeout`, and its rows are written alone.
     jobs.sort_by(|a, b| a.how.cmp(&b.how));
     let jobs = &jobs[..];
     let Some(first) = jobs.first() else { return Ok(HashMap::new()) };

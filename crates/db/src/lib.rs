@@ -95,8 +95,9 @@ pub struct DbConfig {
     /// Submits without a cap or a key that wait on one pool share one statement (`group`; on by
     /// default: off, each is its own statement).
     pub group_insert: bool,
-    /// Writers per pool of the group insert, each a statement in flight at a time (at most
-    /// `max_connections`): fewer writers, bigger batches and fewer busy backends.
+    /// Writers per pool of the group insert (at most `max_connections`), each writing one batch
+    /// at a time — a statement per kind in it, so up to three connections: fewer writers, bigger
+    /// batches and fewer busy backends.
     pub group_writers: usize,
 }
 
@@ -131,6 +132,9 @@ pub enum DbError {
     QueuedCapReached { cap: i64 },
     #[error(transparent)]
     Secret(#[from] secrets::SecretsError),
+    /// One fault that failed several callers at once (a group insert's statement): each gets it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<DbError>),
 }
 
 impl DbError {
@@ -144,6 +148,7 @@ impl DbError {
             Self::Corrupt(_) => "database-corrupt",
             Self::QueuedCapReached { .. } => "too-many-queued-jobs",
             Self::Secret(_) => "secret-unavailable",
+            Self::Shared(e) => e.code(),
         }
     }
 
@@ -154,6 +159,7 @@ impl DbError {
             Self::Query(e) => {
                 e.is_closed() || e.as_db_error().is_none() || e.code().is_some_and(|c| c.code().starts_with("40"))
             }
+            Self::Shared(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -163,6 +169,7 @@ impl DbError {
         match self {
             Self::Pool(_) => true,
             Self::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            Self::Shared(e) => e.is_unavailable(),
             _ => false,
         }
     }
@@ -244,9 +251,9 @@ impl Db {
             .timeouts(Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) })
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        let group = cfg
-            .group_insert
-            .then(|| std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.group_writers.min(cfg.max_connections))));
+        let group = cfg.group_insert.then(|| {
+            std::sync::Arc::new(group::Group::new(pool.clone(), cfg.pooler, cfg.group_writers.min(cfg.max_connections)))
+        });
         Ok(Self { pool, pooler: cfg.pooler, changes: None, keyring: Default::default(), group })
     }
 

@@ -133,6 +133,33 @@ async fn concurrent_plain_submits_share_statements_and_a_bad_row_fails_alone() {
     }
 }
 
+/// A fault that is not one row's (here: no server at all) is every caller of the batch's
+/// answer at once, as it would have been alone — not a retry storm of one statement per row.
+#[tokio::test]
+async fn a_batch_without_a_server_fails_all_its_callers_once() {
+    let cfg = DbConfig {
+        url: "postgres://postgres@127.0.0.1:1/nothing".into(),
+        max_connections: 2,
+        timeout_ms: 300,
+        ..Default::default()
+    };
+    let db = Db::connect(&cfg).expect("pool");
+    let plain = Submission { max_attempts: 3, ..Default::default() };
+    let submits = (0..40).map(|i| {
+        let db = db.clone();
+        async move { db.submit_job(JobId::generate(), UserId::generate(), &edit(&format!("p{i}"), false), &plain).await }
+    });
+    for r in futures::future::join_all(submits).await {
+        let e = r.expect_err("no server");
+        assert!(e.is_unavailable(), "{e:?}");
+        assert_eq!(e.code(), "database-unavailable");
+    }
+    let (statements, rows) = db.group_inserts();
+    assert_eq!(rows, 0);
+    // Two writers: a batch each (or a few), never one attempt per row.
+    assert!(statements <= 10, "{statements} attempts for 40 submits");
+}
+
 /// The result cache's submits are grouped too, each kind in its own statement: recent hits
 /// (completed from a stored entry; none written when the entry is gone) and lookups with an
 /// upload's hash, where identical submits in one batch share one job's request as they do one
