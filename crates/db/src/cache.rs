@@ -99,18 +99,8 @@ impl Db {
         let row = match &self.group {
             // Written with whatever other submits wait on this pool.
             Some(group) => {
-                let new = crate::group::NewJob {
-                    id,
-                    user_id: user.to_string(),
-                    priority: edit.priority.as_str(),
-                    prompt: Cow::Borrowed(&edit.prompt),
-                    input_url: Cow::Borrowed(edit.image_url.as_str()),
-                    webhook_url: edit.webhook_url.as_ref().map(|u| Cow::Borrowed(u.as_str())),
-                    run_at: None,
-                    max_attempts,
-                    trace_parent: trace_parent.map(Cow::Borrowed),
-                    how: crate::group::How::Hit { key: Cow::Borrowed(entry) },
-                };
+                let how = crate::group::How::Hit { key: Cow::Borrowed(entry) };
+                let new = crate::group::NewJob::of(id, user, edit, max_attempts, trace_parent, how);
                 group.insert(new).await?
             }
             None => {

@@ -28,7 +28,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use jewelshot_domain::{metric_names as m, JobId};
+use jewelshot_domain::{metric_names as m, JobId, NewEdit, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 
@@ -78,7 +78,30 @@ impl How<'_> {
     }
 }
 
-impl NewJob<'_> {
+impl<'a> NewJob<'a> {
+    /// `edit` as `user`'s job `id`, written `how`.
+    pub(crate) fn of(
+        id: JobId,
+        user: UserId,
+        edit: &'a NewEdit,
+        max_attempts: i32,
+        trace_parent: Option<&'a str>,
+        how: How<'a>,
+    ) -> Self {
+        Self {
+            id,
+            user_id: user.to_string(),
+            priority: edit.priority.as_str(),
+            prompt: Cow::Borrowed(&edit.prompt),
+            input_url: Cow::Borrowed(edit.image_url.as_str()),
+            webhook_url: edit.webhook_url.as_ref().map(|u| Cow::Borrowed(u.as_str())),
+            run_at: edit.run_at,
+            max_attempts,
+            trace_parent: trace_parent.map(Cow::Borrowed),
+            how,
+        }
+    }
+
     fn into_owned(self) -> NewJob<'static> {
         fn own(s: Cow<'_, str>) -> Cow<'static, str> {
             Cow::Owned(s.into_owned())

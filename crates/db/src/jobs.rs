@@ -204,18 +204,7 @@ impl Db {
                 // The worker that fetches the input hashes it (`<basis>:` until then).
                 None => How::Plain { cache_key: cache_basis.map(|b| format!("{b}:")) },
             };
-            let new = NewJob {
-                id,
-                user_id: user.to_string(),
-                priority: edit.priority.as_str(),
-                prompt: Cow::Borrowed(&edit.prompt),
-                input_url: Cow::Borrowed(edit.image_url.as_str()),
-                webhook_url: edit.webhook_url.as_ref().map(|u| Cow::Borrowed(u.as_str())),
-                run_at: edit.run_at,
-                max_attempts,
-                trace_parent: trace_parent.map(Cow::Borrowed),
-                how,
-            };
+            let new = NewJob::of(id, user, edit, max_attempts, trace_parent, how);
             // Nothing to check: the bare INSERT (the function's plpgsql costs ~25 % of Postgres's
             // insert rate, measured with pgbench) — with `group_insert`, written with whatever
             // other submits wait on this pool (`group`), the cache's lookups too.
